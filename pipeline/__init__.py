@@ -1,0 +1,1 @@
+"""The work on files: safe decoding, label parsing, inference, the dataset, training, reports."""

@@ -1,0 +1,297 @@
+"""Exactly-once bookkeeping for a batch of complete files: register, compute, commit, then move.
+
+    A  register   one transaction: a row per file (or the row a crash left behind), cheap rejections decided
+    B  step       the step computes outcomes; nothing is written meanwhile
+    C  commit     one transaction: results, final states and destinations
+    D  move       files go to archive/ or quarantine/; one transaction records the moves
+
+A crash between any two of these leaves either a `pending` row with its file still in the drop folder (redone
+from B) or a committed destination (the move is finished at start-up). Disk full or a locked database: the
+transaction rolls back, the files stay where they are, and the caller retries later.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from pipeline.decode import check_entry, open_for_reading
+from pipeline.errors import ModelUnavailable, Rejected
+from pipeline.steps import Item, Result, Step
+from storage.db import session_scope
+from storage.files import finish_moves, planned_destinations, unique_destination
+from storage.tables import Detection, File, FileState, Prediction
+
+log = logging.getLogger(__name__)
+
+MAX_STEP_ATTEMPTS = 5
+FINAL = (FileState.processed.value, FileState.quarantined.value)
+LIVE = (FileState.pending.value, FileState.awaiting_model.value, FileState.awaiting_partner.value)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Absolute folders; `home` is what every stored path is relative to."""
+
+    home: Path
+    archive: Path
+    quarantine: Path
+
+    def rel(self, path: Path) -> str:
+        return Path(os.path.relpath(path, self.home)).as_posix()
+
+
+@dataclass
+class BatchReport:
+    processed: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    waiting: int = 0
+    retry: list[Path] = field(default_factory=list)  # transient failure: try again later
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Found:
+    path: Path
+    rel: str  # relative to the drop folder
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str | None = None
+    rejected: Rejected | None = None
+    row: File | None = None
+
+
+def sha256_file(path: Path) -> str:
+    fd = open_for_reading(path)
+    h = hashlib.sha256()
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def ingest_batch(
+    engine, layout: Layout, folder: str, root: Path, paths: list[Path], step: Step, *, max_bytes: int
+) -> BatchReport:
+    """Take complete files under `root` (the `folder` drop folder) through to a final or waiting state.
+
+    Example:
+        >>> report = ingest_batch(engine, layout, "inbox", home / "inbox", [home / "inbox/a.jpg"], NoopStep(),
+        ...                       max_bytes=10_000_000)
+        >>> report.processed
+        1
+    """
+    report = BatchReport()
+    found = [f for f in (_look(p, root, max_bytes, report) for p in paths) if f is not None]
+    if not found:
+        return report
+    try:
+        with session_scope(engine) as s:
+            _register(s, layout, folder, found)
+            work = [f for f in found if f.row.state == FileState.pending.value and f.row.duplicate_of is None]
+            ids = {id(f): f.row.id for f in found}
+    except (OperationalError, OSError) as exc:
+        return _transient(report, found, "register", exc)
+
+    outcomes = _run_step(step, work, ids, report)
+    try:
+        with session_scope(engine) as s:
+            moving = [r.id for r in _commit(s, layout, folder, found, ids, outcomes, report)]
+    except (OperationalError, OSError) as exc:
+        return _transient(report, found, "commit", exc)
+    try:
+        with session_scope(engine) as s:
+            finish_moves(s, layout.home, s.scalars(select(File).where(File.id.in_(moving))).all())
+    except (OperationalError, OSError) as exc:
+        # Destinations are committed: the daemon's recovery finishes these moves later.
+        log.warning("recording moves failed (%s); they are finished on the next pass", exc)
+    return report
+
+
+def _transient(report: BatchReport, found: list[_Found], phase: str, exc: Exception) -> BatchReport:
+    log.warning("%s of %d files failed (%s); they stay in place and are retried", phase, len(found), exc)
+    report.retry.extend(f.path for f in found)
+    return report
+
+
+def _look(path: Path, root: Path, max_bytes: int, report: BatchReport) -> _Found | None:
+    from pipeline.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS
+
+    rel = path.relative_to(root).as_posix()
+    f = _Found(path, rel)
+    allowed = IMAGE_EXTENSIONS | LABEL_EXTENSIONS if root.name == "labeled" else IMAGE_EXTENSIONS
+    try:
+        st = check_entry(path, max_bytes=max_bytes, allowed=allowed)
+        f.size, f.mtime_ns = st.st_size, st.st_mtime_ns
+        f.sha256 = sha256_file(path)
+    except FileNotFoundError:
+        return None  # gone before we got to it: nothing to account for
+    except Rejected as exc:
+        f.rejected = exc
+        try:
+            st = os.lstat(path)
+            f.size, f.mtime_ns = st.st_size, st.st_mtime_ns
+        except OSError:
+            return None
+    except OSError as exc:
+        log.warning("%s: cannot read (%s); will retry", path, exc.strerror)
+        report.retry.append(path)
+        return None
+    return f
+
+
+def _register(s: Session, layout: Layout, folder: str, found: list[_Found]) -> None:
+    locations = {layout.rel(f.path): f for f in found}
+    left_behind = {
+        r.location: r
+        for r in s.scalars(select(File).where(File.location.in_(list(locations)), File.state.in_(LIVE)))
+    }
+    first_by_sha = _first_rows(s, {f.sha256 for f in found if f.sha256})
+    for loc, f in locations.items():
+        old = left_behind.get(loc)
+        if old is not None and old.sha256 == f.sha256 and f.rejected is None:
+            f.row = old  # a crash or a wait left this row: carry on with it
+            old.state = FileState.pending.value
+            continue
+        if old is not None:
+            # The file at this path was replaced before it was processed; the old content is gone.
+            old.state, old.reason, old.location = FileState.quarantined.value, "replaced", None
+            old.moved_at = old.processed_at = datetime.now(timezone.utc)
+        f.row = File(folder=folder, source_path=f.rel, original_name=Path(f.rel).name, size=f.size,
+                     mtime_ns=f.mtime_ns, sha256=f.sha256, location=loc, state=FileState.pending.value)
+        if f.rejected is not None:
+            _quarantine(f.row, f.rejected)
+        elif f.sha256 in first_by_sha:
+            f.row.duplicate_of = first_by_sha[f.sha256].id
+        s.add(f.row)
+        if f.sha256 and f.rejected is None and f.sha256 not in first_by_sha:
+            s.flush()
+            first_by_sha[f.sha256] = f.row
+    s.flush()
+
+
+def _first_rows(s: Session, shas: set[str]) -> dict[str, File]:
+    if not shas:
+        return {}
+    rows = s.scalars(
+        select(File)
+        .where(File.sha256.in_(list(shas)), File.duplicate_of.is_(None), File.state != FileState.requeued.value)
+        .order_by(File.id)
+    )
+    out: dict[str, File] = {}
+    for r in rows:
+        out.setdefault(r.sha256, r)
+    return out
+
+
+def _quarantine(row: File, exc: Rejected) -> None:
+    row.state, row.reason, row.detail = FileState.quarantined.value, exc.code, exc.detail or str(exc)
+
+
+def _run_step(step: Step, work: list[_Found], ids: dict, report: BatchReport) -> dict[int, object]:
+    if not work:
+        return {}
+    items = [Item(ids[id(f)], f.path, f.sha256) for f in work]
+    try:
+        outcomes = step(items)
+    except Exception as exc:  # noqa: BLE001 - a broken step must not stop the daemon
+        log.exception("step failed on a batch of %d files", len(items))
+        report.errors.append(f"{type(exc).__name__}: {exc}")
+        return {i.file_id: exc for i in items}
+    if len(outcomes) != len(items):
+        raise RuntimeError(f"step returned {len(outcomes)} outcomes for {len(items)} items")
+    return {i.file_id: o for i, o in zip(items, outcomes)}
+
+
+def _commit(s, layout, folder, found, ids, outcomes, report) -> list[File]:
+    rows = {r.id: r for r in s.scalars(select(File).where(File.id.in_(list(ids.values()))))}
+    now = datetime.now(timezone.utc)
+    to_move: list[File] = []
+    taken = set()
+    for f in found:
+        row = rows[ids[id(f)]]
+        outcome = outcomes.get(row.id)
+        if row.duplicate_of is not None and row.state == FileState.pending.value:
+            if not _settle_duplicate(s, row):
+                report.retry.append(f.path)
+                continue
+        elif isinstance(outcome, Result):
+            _store_result(s, row, outcome)
+            row.state = FileState.processed.value
+        elif isinstance(outcome, Rejected):
+            _quarantine(row, outcome)
+        elif isinstance(outcome, ModelUnavailable):
+            row.state, row.reason = FileState.awaiting_model.value, None
+        elif isinstance(outcome, Exception):
+            if row.attempts + 1 >= MAX_STEP_ATTEMPTS:
+                _quarantine(row, Rejected("processing_error", f"{type(outcome).__name__}: {outcome}"[:500]))
+            else:
+                row.attempts += 1
+                report.retry.append(f.path)
+                continue
+        if row.state in FINAL:
+            row.processed_at = now
+            base = layout.archive if row.state == FileState.processed.value else layout.quarantine
+            row.final_path = unique_destination(layout.home, f"{layout.rel(base)}/{folder}/{row.source_path}", taken)
+            to_move.append(row)
+            _count(report, row)
+        else:
+            report.waiting += 1
+    clash = planned_destinations(s, to_move)
+    for r in to_move:
+        if r.final_path in clash:  # promised to another row earlier (its file not moved yet): pick again
+            r.final_path = unique_destination(layout.home, r.final_path, taken | clash)
+    return to_move
+
+
+def _count(report: BatchReport, row: File) -> None:
+    if row.duplicate_of is not None:
+        report.duplicates += 1
+    if row.state == FileState.processed.value:
+        report.processed += 1
+        log.info("processed %s", row.source_path)
+    else:
+        report.quarantined += 1
+        log.warning("quarantined %s: %s", row.source_path, row.reason)
+
+
+def _settle_duplicate(s: Session, row: File) -> bool:
+    """A duplicate ends as its first copy did, without a second inference. False: the first is not done yet."""
+    first = s.get(File, row.duplicate_of)
+    if first.state in FINAL:
+        row.state, row.reason = first.state, first.reason
+        row.detail = f"same content as file {first.id} ({first.original_name})"
+        return True
+    if first.state == FileState.awaiting_model.value:
+        row.state = first.state
+        return True
+    return False
+
+
+def _store_result(s: Session, row: File, r: Result) -> None:
+    pred = Prediction(file_id=row.id, model_version=r.model_version, backend=r.backend, imgsz=r.imgsz,
+                      predicted_class=r.predicted_class, confidence=r.confidence, top5=r.top5, width=r.width,
+                      height=r.height, decode_ms=r.decode_ms, infer_ms=r.infer_ms)
+    s.add(pred)
+    if r.detections:
+        s.flush()
+        s.add_all(Detection(prediction_id=pred.id, class_name=c, confidence=p, x1=a, y1=b, x2=x, y2=y)
+                  for c, p, a, b, x, y in r.detections)
+    if r.predicted_class is not None:
+        log.info("%s: %s (%.0f%%)", row.original_name, r.predicted_class, 100 * (r.confidence or 0))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -1,0 +1,98 @@
+"""What happens to an inbox image once it is complete. A step takes a batch and returns one outcome per item.
+
+The ingest machinery (pipeline.ingest) guarantees exactly-once bookkeeping whatever the step does; the step
+only computes. The real classifier is one step; `DecodeStep` (record the decoded size) and `NoopStep` (for
+benchmarks of the watcher alone) are others.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.decode import DecodedImage, decode_image, open_for_reading
+from pipeline.errors import ModelUnavailable, Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    file_id: int
+    path: Path
+    sha256: str
+
+
+@dataclass(slots=True)
+class Result:
+    """A finished item. Classifier fields stay None for steps that do not classify."""
+
+    width: int | None = None
+    height: int | None = None
+    predicted_class: str | None = None
+    confidence: float | None = None
+    top5: list | None = None
+    detections: list[tuple[str, float, float, float, float, float]] = field(default_factory=list)
+    model_version: str | None = None
+    backend: str | None = None
+    imgsz: int | None = None
+    decode_ms: float | None = None
+    infer_ms: float | None = None
+
+
+Outcome = Result | Rejected | ModelUnavailable
+
+
+class Step(Protocol):
+    def __call__(self, items: list[Item]) -> list[Outcome]: ...
+
+
+def read_file(path: Path) -> bytes:
+    """Read a whole regular file without following links (see pipeline.decode.open_for_reading)."""
+    import os
+
+    fd = open_for_reading(path)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def decode_batch(items: list[Item], *, max_pixels: int, pool: ThreadPoolExecutor) -> list[DecodedImage | Rejected]:
+    """Decode in a thread pool (Pillow releases the GIL while decoding); failures come back as Rejected."""
+
+    def one(item: Item) -> DecodedImage | Rejected:
+        try:
+            return decode_image(read_file(item.path), max_pixels=max_pixels)
+        except Rejected as exc:
+            return exc
+
+    return list(pool.map(one, items))
+
+
+class DecodeStep:
+    """Decode safely and record the image size: the step before any model exists."""
+
+    def __init__(self, max_pixels: int, workers: int = 2):
+        self.max_pixels = max_pixels
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+
+    def __call__(self, items: list[Item]) -> list[Outcome]:
+        t0 = time.perf_counter()
+        decoded = decode_batch(items, max_pixels=self.max_pixels, pool=self.pool)
+        ms = (time.perf_counter() - t0) * 1000 / max(1, len(items))
+        return [d if isinstance(d, Rejected) else Result(width=d.width, height=d.height, decode_ms=ms) for d in decoded]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class NoopStep:
+    """Does nothing: measures the watcher and the bookkeeping alone."""
+
+    def __call__(self, items: list[Item]) -> list[Outcome]:
+        return [Result() for _ in items]

@@ -1,0 +1,23 @@
+"""The root of every coverwatch error.
+
+    CoverwatchError            anything the user can fix: one line, exit 2 (carries a reason code)
+    ├── DatabaseError          the database cannot be opened, migrated or written
+    └── (pipeline.errors, watcher.errors subclass this root)
+"""
+
+
+class CoverwatchError(Exception):
+    """A problem the user can fix. `code` is stable and ends up in the database and the report."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class DatabaseError(CoverwatchError):
+    """Raised when the database URL is unusable or a migration fails."""
+
+    code = "database_error"

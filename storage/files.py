@@ -1,0 +1,130 @@
+"""File moves that stay consistent with the database.
+
+The rule (Maildir's): decide the destination, commit it, then move; a move is idempotent, so a restart after
+`kill -9` at any step just finishes it. Originals are never overwritten and never deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.tables import File
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255  # bytes, on every Linux file system we care about
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fit(stem: str, suffix: str, tag: str) -> str:
+    """stem + tag + suffix, with the stem cut (on a character boundary) to fit NAME_MAX bytes."""
+    budget = NAME_MAX - len((tag + suffix).encode())
+    data = stem.encode()
+    if len(data) > budget:
+        stem = data[:budget].decode(errors="ignore")
+    return f"{stem}{tag}{suffix}"
+
+
+def unique_destination(home: Path, rel: str, taken: set[str]) -> str:
+    """A path relative to `home` like `rel` that names no existing file and no path in `taken`.
+
+    `taken` holds destinations already planned (in this batch or in the database) but not yet moved.
+    """
+    p = PurePosixPath(rel)
+    suffix = p.suffix if len(p.suffix) <= 16 else ""
+    stem = p.name[: len(p.name) - len(suffix)] if suffix else p.name
+    for n in range(0, 100_000):
+        name = _fit(stem, suffix, "" if n == 0 else f"-{n}")
+        candidate = str(p.parent / name)
+        if candidate not in taken and not os.path.lexists(home / candidate):
+            taken.add(candidate)
+            return candidate
+    raise OSError(errno.EEXIST, f"no free name for {rel}")
+
+
+def planned_destinations(session: Session, rows: list[File]) -> set[str]:
+    """Which of these rows' destinations the database already promised to some other file."""
+    out: set[str] = set()
+    ids = {r.id for r in rows}
+    with session.no_autoflush:
+        for i in range(0, len(rows), 500):
+            chunk = [r.final_path for r in rows[i : i + 500]]
+            hits = session.execute(select(File.id, File.final_path).where(File.final_path.in_(chunk)))
+            out.update(path for row_id, path in hits if row_id not in ids)
+    return out
+
+
+def move_file(home: Path, src_rel: str, dst_rel: str) -> None:
+    """Move home/src_rel to home/dst_rel, idempotently, never following or opening the file.
+
+    Works for symlinks and FIFOs too (rename moves the directory entry). Across devices, copies to a temp name,
+    fsyncs, renames, then removes the source: a crash leaves at worst both copies, never none.
+    """
+    src, dst = home / src_rel, home / dst_rel
+    if not os.path.lexists(src):
+        if os.path.lexists(dst):
+            return  # done before a crash
+        raise FileNotFoundError(errno.ENOENT, "neither source nor destination exists", str(src))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(dst):
+        # The destination was reserved for this file, so it is a finished copy of it: drop the source.
+        os.unlink(src)
+        return
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        tmp = dst.with_name(f".{dst.name}.coverwatch-tmp")
+        shutil.copy2(src, tmp, follow_symlinks=False)
+        os.rename(tmp, dst)
+        os.unlink(src)
+    fsync_dir(dst.parent)
+
+
+def finish_moves(session: Session, home: Path, rows: Iterable[File]) -> list[File]:
+    """Move each row's file to its committed destination and record it. Returns rows that failed."""
+    failed = []
+    now = datetime.now(timezone.utc)
+    for row in rows:
+        if row.final_path is None or row.location == row.final_path:
+            continue
+        try:
+            move_file(home, row.location, row.final_path)
+        except FileNotFoundError:
+            log.warning("%s: vanished before it could be moved to %s", row.location, row.final_path)
+            row.detail = (row.detail + "; " if row.detail else "") + "file vanished before its move"
+            row.location = None
+        except OSError as exc:
+            log.warning("cannot move %s to %s (%s); will retry", row.location, row.final_path, exc.strerror)
+            failed.append(row)
+            continue
+        else:
+            row.location = row.final_path
+        row.moved_at = now
+    return failed
+
+
+def unfinished_moves(session: Session) -> list[File]:
+    """Rows whose destination was committed but whose file has not got there yet (a crash, a full disk)."""
+    return list(
+        session.scalars(
+            select(File).where(File.final_path.is_not(None), File.moved_at.is_(None), File.location.is_not(None))
+        )
+    )

@@ -1,0 +1,194 @@
+"""SQLAlchemy 2.0 models. Named `tables` so that "model" only ever means an ML model."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FileState(str, enum.Enum):
+    """Where a dropped file stands. Final: processed, quarantined. Waiting: the awaiting_* states."""
+
+    pending = "pending"  # registered, not finished yet
+    processed = "processed"
+    quarantined = "quarantined"
+    awaiting_model = "awaiting_model"
+    awaiting_partner = "awaiting_partner"
+    requeued = "requeued"  # history: a quarantined file sent back; its next life is a new row
+
+
+WAITING_STATES = (FileState.awaiting_model.value, FileState.awaiting_partner.value)
+
+
+class File(Base):
+    """One file that appeared in a drop folder, from registration to its final place."""
+
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder: Mapped[str] = mapped_column(String(16))  # inbox | labeled
+    source_path: Mapped[str] = mapped_column(Text)  # relative to the drop folder, as dropped
+    original_name: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(32), default=FileState.pending.value, index=True)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("files.id"))
+    # Where the file is now and where it goes, both relative to home. The destination is decided and
+    # committed before the move; a restart finishes every row whose location differs from it.
+    location: Mapped[str | None] = mapped_column(Text)
+    final_path: Mapped[str | None] = mapped_column(Text, unique=True)
+    moved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    predictions: Mapped[list[Prediction]] = relationship(back_populates="file")
+
+    __table_args__ = (Index("ix_files_folder_source", "folder", "source_path"),)
+
+
+class Prediction(Base):
+    """The result of one inference on one file."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    backend: Mapped[str | None] = mapped_column(String(16))
+    imgsz: Mapped[int | None] = mapped_column(Integer)
+    predicted_class: Mapped[str | None] = mapped_column(Text)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    top5: Mapped[list | None] = mapped_column(JSON)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    decode_ms: Mapped[float | None] = mapped_column(Float)
+    infer_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    file: Mapped[File] = relationship(back_populates="predictions")
+    detections: Mapped[list[Detection]] = relationship(back_populates="prediction")
+
+
+class Detection(Base):
+    """One box of a detect-task prediction, normalised xyxy."""
+
+    __tablename__ = "detections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"), index=True)
+    class_name: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float] = mapped_column(Float)
+    y2: Mapped[float] = mapped_column(Float)
+
+    prediction: Mapped[Prediction] = relationship(back_populates="detections")
+
+
+class ClassName(Base):
+    """The class registry: names are the identity, `position` is the dataset's class id."""
+
+    __tablename__ = "classes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    position: Mapped[int] = mapped_column(Integer, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Label(Base):
+    """One labelled box (or a whole-image class for classification) from a labelled drop."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    class_name: Mapped[str] = mapped_column(Text)
+    cx: Mapped[float | None] = mapped_column(Float)
+    cy: Mapped[float | None] = mapped_column(Float)
+    w: Mapped[float | None] = mapped_column(Float)
+    h: Mapped[float | None] = mapped_column(Float)
+    source_format: Mapped[str] = mapped_column(String(16))  # yolo | voc | folder
+    split: Mapped[str | None] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    replaced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelVersion(Base):
+    """A trained (or configured) model in the registry."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    task: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="candidate")  # candidate|champion|rejected|retired
+    classes: Mapped[list | None] = mapped_column(JSON)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TrainingRun(Base):
+    """One requested training; the queue lives here so a restart neither loses nor repeats a run."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # queued|running|done|failed
+    trigger: Mapped[str] = mapped_column(String(32))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    epochs: Mapped[int | None] = mapped_column(Integer)
+    params: Mapped[dict | None] = mapped_column(JSON)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Report(Base):
+    """An Excel workbook that was written."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Worker(Base):
+    """A running daemon's heartbeat, so `status` can tell whether one is alive without guessing."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16), default="all")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_rescan_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    queue_depth: Mapped[int] = mapped_column(Integer, default=0)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,75 @@
+"""Shared fixtures: a home folder per test, engines closed afterwards, coco128 images copied in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Ultralytics must never download or pip-install from a test (set before anything imports it).
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
+
+ROOT = Path(__file__).resolve().parents[1]
+COCO = ROOT.parent / "shared" / "datasets" / "coco128"
+COCO_IMAGES = COCO / "images" / "train2017"
+COCO_LABELS = COCO / "labels" / "train2017"
+
+
+def coco_images(n: int | None = None) -> list[Path]:
+    images = sorted(COCO_IMAGES.glob("*.jpg"))
+    if not images:
+        pytest.skip(f"coco128 not found at {COCO}")
+    return images[:n] if n else images
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A fresh home made by `coverwatch init`, with a fast settle time."""
+    from watcher.home import init_home
+
+    h = tmp_path / "home"
+    cfg = init_home(h)
+    text = cfg.read_text().replace("settle_seconds: 1.0", "settle_seconds: 0.2")
+    cfg.write_text(text)
+    return h
+
+
+@pytest.fixture
+def cfg(home: Path):
+    from watcher.config import load_config
+
+    return load_config(home / "coverwatch.yaml")
+
+
+@pytest.fixture
+def engine(cfg):
+    from storage.db import make_engine, upgrade_database
+
+    e = make_engine(cfg.database_url)
+    upgrade_database(e)
+    yield e
+    e.dispose()
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120):
+    """The real console entry point in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "watcher", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def copy_images(dest: Path, n: int, names: list[str] | None = None) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, src in enumerate(coco_images(n)):
+        target = dest / (names[i] if names else src.name)
+        shutil.copy(src, target)
+        out.append(target)
+    return out

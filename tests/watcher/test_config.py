@@ -1,0 +1,100 @@
+"""Config validation: every bad config gives one line naming the key path."""
+
+import logging
+
+import pytest
+
+from watcher.config import load_config
+from watcher.errors import ConfigError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "coverwatch.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_defaults_for_every_key(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.task == "detect"
+    assert cfg.watch.settle_seconds == 1.0 and cfg.watch.rescan_seconds == 60 and cfg.watch.polling == "auto"
+    assert cfg.watch.pair_timeout_seconds == 30
+    assert (cfg.model.weights, cfg.model.imgsz, cfg.model.backend, cfg.model.batch) == ("yolo11n.pt", 640, "auto", 16)
+    assert (cfg.model.conf, cfg.model.review_below, cfg.model.device) == (0.25, 0.4, "auto")
+    t = cfg.training
+    assert (t.base, t.epochs, t.imgsz, t.batch, t.patience, t.min_new_labels, t.val_fraction, t.balance) == (
+        "yolo11n.yaml", 100, 640, "auto", 20, 50, 0.2, "none")
+    assert cfg.reports.every_minutes == 60
+
+
+def test_paths_resolve_against_the_config_folder(tmp_path):
+    cfg = load_config(write(tmp_path, "database: sqlite:///db/cw.db\npaths: {inbox: drops/in}\n"))
+    assert cfg.path("inbox") == (tmp_path / "drops/in").resolve()
+    assert cfg.database_url == f"sqlite:///{(tmp_path / 'db/cw.db').resolve()}"
+
+
+def test_other_database_urls_are_kept(tmp_path):
+    cfg = load_config(write(tmp_path, "database: postgresql+psycopg://u@h/db\n"))
+    assert cfg.database_url == "postgresql+psycopg://u@h/db"
+
+
+def test_config_is_frozen(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    with pytest.raises(Exception):
+        cfg.watch.settle_seconds = 5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("watch: {settle_seconds: -1}", "watch.settle_seconds: input should be greater than or equal to 0 (got -1)"),
+        ("watch: {rescan_seconds: 0}", "watch.rescan_seconds: input should be greater than 0 (got 0)"),
+        ("watch: {rescan_seconds: -5}", "watch.rescan_seconds: input should be greater than 0 (got -5)"),
+        ("watch: {polling: maybe}", "watch.polling: input should be 'auto', True or False (got 'maybe')"),
+        ("watch: {colour: red}", "watch.colour: unknown key"),
+        ("colour: red", "colour: unknown key"),
+        ("task: segment", "task: input should be 'detect' or 'classify' (got 'segment')"),
+        ("training: {batch: lots}", "training.batch: expected a positive integer or 'auto' (got 'lots')"),
+        ("training: {batch: -2}", "training.batch: expected a positive integer or 'auto' (got -2)"),
+        ("training: {epochs: ten}", "training.epochs: input should be a valid integer (got 'ten')"),
+        ("training: {val_fraction: 1.5}", "training.val_fraction: input should be less than 1 (got 1.5)"),
+        ("training: {at: '25:00'}", "training.at: expected a time of day as HH:MM (got '25:00')"),
+        ("training: {balance: always}", "training.balance: input should be 'none' or 'oversample' (got 'always')"),
+        ("model: {conf: 2}", "model.conf: input should be less than or equal to 1 (got 2)"),
+        ("model: {imgsz: big}", "model.imgsz: input should be a valid integer (got 'big')"),
+        ("model: {backend: tensorrt}", "model.backend: input should be 'auto', 'torch' or 'onnx' (got 'tensorrt')"),
+        ("reports: {every_minutes: -1}", "reports.every_minutes: input should be greater than 0 (got -1)"),
+        ("watch: 5", "watch: input should be a valid dictionary or instance of WatchConfig (got 5)"),
+        ("- a\n- b", "expected a mapping of keys at the top level, got list"),
+        ("watch: {settle_seconds: [1", "YAML syntax error"),
+        ("home: /etc", "home: unknown key"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_a_path_that_is_not_a_directory(tmp_path):
+    (tmp_path / "inbox").write_text("I am a file")
+    with pytest.raises(ConfigError, match=r"paths.inbox: .* exists and is not a directory"):
+        load_config(write(tmp_path, ""))
+
+
+@pytest.mark.parametrize(("given", "used"), [(640, 640), (100, 128), (641, 672), (32, 32)])
+def test_image_size_rounds_up_to_the_stride_with_a_warning(tmp_path, caplog, given, used):
+    with caplog.at_level(logging.WARNING):
+        cfg = load_config(write(tmp_path, f"model: {{imgsz: {given}}}\ntraining: {{imgsz: {given}}}"))
+    assert cfg.model.imgsz == used and cfg.training.imgsz == used
+    warned = [r.getMessage() for r in caplog.records if "multiple of 32" in r.getMessage()]
+    assert len(warned) == (0 if given == used else 2)
+    if warned:
+        assert f"model.imgsz: {given} is not a multiple of 32 (the model's stride); using {used}" in warned

@@ -1,0 +1,269 @@
+"""The daemon: events and rescans feed a settle tracker; complete files go to the pipeline in batches.
+
+It is a small class with initialize / loop_once / shutdown (huey's consumer shape). Signal handlers only set
+the stop event; `loop_once(now)` takes the clock so a test can drive a single iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+
+from pipeline.ingest import LIVE, Layout, ingest_batch
+from pipeline.steps import DecodeStep, Step
+from storage.db import make_engine, session_scope, upgrade_database
+from storage.files import finish_moves, unfinished_moves
+from storage.tables import File, Worker
+from watcher.config import Config
+from watcher.events import Hint, NameFilter, start_observer, wants_polling
+from watcher.home import ensure_folders
+from watcher.settle import Settler
+
+log = logging.getLogger(__name__)
+
+DROP_FOLDERS = ("inbox", "labeled")
+HEARTBEAT_SECONDS = 5.0
+INGEST_BATCH = 256  # files per bookkeeping transaction; the step batches its own model calls
+MAX_BACKOFF = 60.0
+
+
+class Daemon:
+    """Watch the drop folders and take every complete file to a final or waiting state.
+
+    Example:
+        >>> d = Daemon(load_config("home/coverwatch.yaml"), step=NoopStep())
+        >>> d.run()   # until SIGTERM, or until d.stop.set() from another thread
+    """
+
+    def __init__(self, cfg: Config, *, step: Step | None = None, stop: threading.Event | None = None,
+                 engine=None, clock=time.monotonic, role: str = "all"):
+        self.cfg = cfg
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.role = role
+        self.engine = engine or make_engine(cfg.database_url)
+        self.step = step
+        self.hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+        self.settler = Settler(cfg.watch.settle_seconds)
+        self.names = NameFilter()
+        self.roots = {name: cfg.path(name) for name in DROP_FOLDERS}
+        self.layout = Layout(cfg.home, cfg.path("archive"), cfg.path("quarantine"))
+        self.observer = None
+        self.polling = False
+        self.worker_id: int | None = None
+        self._failures: dict[str, int] = defaultdict(int)
+        self._next_rescan = 0.0
+        self._next_heartbeat = 0.0
+        self._last_rescan: datetime | None = None
+        self._peeked: Hint | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        ensure_folders(self.cfg)
+        upgrade_database(self.engine)
+        if self.step is None:
+            self.step = DecodeStep(self.cfg.watch.max_pixels)
+        self._register_worker()
+        self.recover()
+        self.polling = wants_polling(self.cfg.watch.polling, list(self.roots.values()))
+        self._start_observer()
+        self.rescan(self.clock())
+        log.info("watching %s (%s)", ", ".join(str(p) for p in self.roots.values()),
+                 "polling" if self.polling else "inotify")
+
+    def run(self) -> None:
+        """Initialize, loop until stopped, shut down. SIGTERM/SIGINT stop it cleanly."""
+        self._catch_signals()
+        self.initialize()
+        print(f"coverwatch: watching {self.roots['inbox']} and {self.roots['labeled']}; database "
+              f"{self.engine.url.render_as_string(hide_password=True)}", flush=True)
+        try:
+            while not self.stop.is_set():
+                self.loop_once()
+                self._wait()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+        close = getattr(self.step, "close", None)
+        if close:
+            close()
+        try:
+            with session_scope(self.engine) as s:
+                s.execute(update(Worker).where(Worker.id == self.worker_id).values(stopped_at=_utcnow()))
+        except OperationalError:
+            log.warning("could not record the shutdown in the database")
+        self.engine.dispose()
+        log.info("stopped")
+
+    # -- one iteration -----------------------------------------------------------------------------------
+
+    def loop_once(self, now: float | None = None) -> int:
+        """Drain hints, rescan when due, process what is complete. Returns how many files were taken."""
+        now = self.clock() if now is None else now
+        self._drain(now)
+        if now >= self._next_rescan:
+            self.rescan(now)
+        if self.observer is not None and not self.observer.is_alive():
+            log.error("the file observer died; restarting it and rescanning")
+            self._start_observer()
+            self.rescan(now)
+        taken = 0
+        while not self.stop.is_set():
+            ready = self.settler.ready(now, limit=INGEST_BATCH)
+            if not ready:
+                break
+            taken += len(ready)
+            self._ingest(ready, now)
+            now = self.clock()
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + HEARTBEAT_SECONDS
+        return taken
+
+    def rescan(self, now: float) -> None:
+        """Reconcile the folders with the database: every file not accounted for becomes a candidate."""
+        try:
+            with session_scope(self.engine) as s:
+                finish_moves(s, self.cfg.home, unfinished_moves(s))
+                waiting = set(s.scalars(select(File.location).where(File.state.in_(LIVE[1:]))))
+        except OperationalError as exc:
+            log.warning("rescan could not read the database (%s); trying again soon", exc.orig)
+            self._next_rescan = now + 1.0
+            return
+        found = 0
+        for root in self.roots.values():
+            for path in self._walk(root):
+                p = str(path)
+                if p not in self.settler and self.layout.rel(path) not in waiting:
+                    self.settler.hint(p, "scan", now)
+                    found += 1
+        self._last_rescan = _utcnow()
+        self._next_rescan = now + self.cfg.watch.rescan_seconds
+        if found:
+            log.debug("rescan found %d candidate files", found)
+
+    def recover(self) -> None:
+        """Finish the moves that a crash interrupted: destinations committed, files not there yet."""
+        with session_scope(self.engine) as s:
+            rows = unfinished_moves(s)
+            if rows:
+                log.info("finishing %d moves interrupted by a restart", len(rows))
+                finish_moves(s, self.cfg.home, rows)
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def _ingest(self, ready: list[str], now: float) -> None:
+        by_folder: dict[str, list[Path]] = defaultdict(list)
+        for p in ready:
+            by_folder[self._folder_of(Path(p))].append(Path(p))
+        for folder, paths in by_folder.items():
+            if folder is None:
+                continue
+            report = ingest_batch(self.engine, self.layout, folder, self.roots[folder], paths, self.step,
+                                  max_bytes=self.cfg.watch.max_bytes)
+            retry = {str(p) for p in report.retry}
+            for p in paths:
+                if str(p) in retry:
+                    self._failures[str(p)] += 1
+                    delay = min(MAX_BACKOFF, 0.5 * 2 ** self._failures[str(p)])
+                    self.settler.retry_later(str(p), delay, now)
+                else:
+                    self._failures.pop(str(p), None)
+
+    def _folder_of(self, path: Path) -> str | None:
+        for name, root in self.roots.items():
+            if path.is_relative_to(root):
+                return name
+        return None
+
+    def _drain(self, now: float) -> None:
+        while True:
+            if self._peeked is not None:
+                hint, self._peeked = self._peeked, None
+            else:
+                try:
+                    hint = self.hints.get_nowait()
+                except queue.Empty:
+                    return
+            if hint.kind == "dir":
+                for path in self._walk(Path(hint.path)):
+                    self.settler.hint(str(path), "scan", now)
+            elif hint.kind == "deleted" or self.names(os.path.basename(hint.path)):
+                self.settler.hint(hint.path, hint.kind, now)
+
+    def _walk(self, root: Path):
+        """Every candidate file below root; symlinked folders are not entered (links are files to us)."""
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            return
+        for entry in entries:
+            if not self.names(entry.name):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path))
+            else:
+                yield Path(entry.path)
+
+    def _wait(self) -> None:
+        """Sleep until the next file is due, an event arrives, or a periodic job is due."""
+        now = self.clock()
+        due = min(x for x in (self.settler.next_due(), self._next_rescan, self._next_heartbeat) if x is not None)
+        timeout = max(0.0, min(due - now, 0.5))
+        try:
+            self._peeked = self.hints.get(timeout=timeout)  # first in line for the next drain: order matters
+        except queue.Empty:
+            return
+
+    def _start_observer(self) -> None:
+        paths = list(self.roots.values())
+        try:
+            self.observer = start_observer(paths, self.hints, polling=self.polling,
+                                           poll_interval=self.cfg.watch.poll_interval_seconds)
+        except OSError as exc:
+            # inotify watch or instance limits: polling still works, only slower to notice.
+            log.warning("native file events unavailable (%s); falling back to polling", exc)
+            self.polling = True
+            self.observer = start_observer(paths, self.hints, polling=True,
+                                           poll_interval=self.cfg.watch.poll_interval_seconds)
+
+    def _register_worker(self) -> None:
+        with session_scope(self.engine) as s:
+            w = Worker(host=socket.gethostname(), pid=os.getpid(), role=self.role)
+            s.add(w)
+            s.flush()
+            self.worker_id = w.id
+
+    def _heartbeat(self) -> None:
+        try:
+            with session_scope(self.engine) as s:
+                s.execute(update(Worker).where(Worker.id == self.worker_id).values(
+                    heartbeat_at=_utcnow(), queue_depth=len(self.settler), last_rescan_at=self._last_rescan))
+        except OperationalError as exc:
+            log.warning("heartbeat not recorded (%s)", exc.orig)
+
+    def _catch_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
