@@ -3,6 +3,7 @@
     CoverwatchError (storage.errors)
     └── Rejected                 this file cannot be used; it goes to quarantine with `code`
     └── ModelUnavailable         no model can be loaded yet (offline, no champion): files wait
+    └── FetchError               `coverwatch fetch` could not download a URL; nothing was written to the inbox
 """
 
 from storage.errors import CoverwatchError
@@ -34,3 +35,11 @@ class ModelUnavailable(CoverwatchError):
     """Raised when no model can be loaded yet; images wait as awaiting_model."""
 
     code = "awaiting_model"
+
+
+class FetchError(CoverwatchError):
+    """Raised by `pipeline.fetch`. Codes: bad_url, unreachable, http_error, too_many_redirects, timeout,
+    truncated, too_large, not_an_image, write_failed."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail, code=code)

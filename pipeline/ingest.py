@@ -100,6 +100,7 @@ def ingest_batch(
     try:
         with session_scope(engine) as s:
             _register(s, layout, folder, found)
+            found = [f for f in found if f.row is not None]
             work = [f for f in found if f.row.state == FileState.pending.value and f.row.duplicate_of is None]
             ids = {id(f): f.row.id for f in found}
     except (OperationalError, OSError) as exc:
@@ -156,11 +157,13 @@ def _register(s: Session, layout: Layout, folder: str, found: list[_Found]) -> N
     locations = {layout.rel(f.path): f for f in found}
     left_behind = {
         r.location: r
-        for r in s.scalars(select(File).where(File.location.in_(list(locations)), File.state.in_(LIVE)))
+        for r in s.scalars(select(File).where(File.location.in_(list(locations)), File.moved_at.is_(None)))
     }
     first_by_sha = _first_rows(s, {f.sha256 for f in found if f.sha256})
     for loc, f in locations.items():
         old = left_behind.get(loc)
+        if old is not None and old.final_path is not None:
+            continue  # finished, only its move is pending: recovery completes it, not a second life
         if old is not None and old.sha256 == f.sha256 and f.rejected is None:
             f.row = old  # a crash or a wait left this row: carry on with it
             old.state = FileState.pending.value

@@ -118,6 +118,8 @@ def finish_moves(session: Session, home: Path, rows: Iterable[File]) -> list[Fil
         else:
             row.location = row.final_path
         row.moved_at = now
+        if row.state == "requeued":
+            row.final_path = None  # the inbox is not a final place: the file's next row owns it now
     return failed
 
 
@@ -128,3 +130,24 @@ def unfinished_moves(session: Session) -> list[File]:
             select(File).where(File.final_path.is_not(None), File.moved_at.is_(None), File.location.is_not(None))
         )
     )
+
+
+def requeue(session: Session, home: Path, inbox_rel: str, ids: list[int] | None) -> list[File]:
+    """Send quarantined files back to the inbox (all of them when `ids` is None).
+
+    The old row stays as history (state `requeued`); the file's next life is a new row. Like every move, the
+    destination is committed before the file moves, and `finish_moves` completes it after a crash.
+    """
+    from storage.tables import FileState
+
+    query = select(File).where(File.state == FileState.quarantined.value, File.location.is_not(None))
+    if ids is not None:
+        query = query.where(File.id.in_(ids))
+    rows = list(session.scalars(query))
+    taken: set[str] = set()
+    for row in rows:
+        row.state = FileState.requeued.value
+        row.final_path = unique_destination(home, f"{inbox_rel}/{row.source_path}", taken)
+        row.moved_at = None
+    session.flush()
+    return rows

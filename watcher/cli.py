@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,57 @@ def run(ctx: click.Context) -> None:
 
 @cli.command()
 @config_option
+@click.pass_context
+def process(ctx: click.Context) -> None:
+    """One pass over everything waiting, then exit (cron/batch mode)."""
+    from watcher.daemon import Daemon
+
+    daemon = Daemon(_config(ctx))
+    with click.progressbar(length=0, label="processing", file=sys.stderr) as bar:
+        def advance(n: int) -> None:
+            bar.length = max(bar.length or 0, bar.pos + n, len(daemon.settler) + bar.pos + n)
+            bar.update(n)
+
+        done = daemon.process_pending(progress=advance)
+    click.echo(f"processed {done} files")
+
+
+@cli.command()
+@config_option
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "all_", is_flag=True, help="Every quarantined file.")
+@click.pass_context
+def requeue(ctx: click.Context, ids: tuple[int, ...], all_: bool) -> None:
+    """Send quarantined files back through the pipeline."""
+    from storage.db import make_engine, session_scope, upgrade_database
+    from storage.files import finish_moves
+    from storage.files import requeue as requeue_rows
+    from storage.tables import File
+
+    if bool(ids) == all_:
+        raise click.UsageError("give file IDs or --all")
+    cfg = _config(ctx)
+    engine = make_engine(cfg.database_url)
+    try:
+        upgrade_database(engine)
+        inbox_rel = os.path.relpath(cfg.path("inbox"), cfg.home)
+        with session_scope(engine) as s:
+            rows = requeue_rows(s, cfg.home, Path(inbox_rel).as_posix(), None if all_ else list(ids))
+            found = {r.id for r in rows}
+        with session_scope(engine) as s:
+            moved = [s.get(File, i) for i in found]
+            finish_moves(s, cfg.home, moved)
+            for row in moved:
+                click.echo(f"requeued {row.id} {row.original_name} (was {row.reason})")
+    finally:
+        engine.dispose()
+    missing = set(ids) - found
+    if missing:
+        raise CoverwatchError(f"not in quarantine: {', '.join(map(str, sorted(missing)))}")
+
+
+@cli.command()
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
@@ -151,6 +203,33 @@ def doctor(ctx: click.Context) -> None:
         click.echo(f"{mark} {c.name}: {c.detail}" + (f"\n     fix: {c.fix}" if c.fix else ""))
     if home is None or not all(c.ok for c in checks):
         ctx.exit(1)
+
+
+@cli.command()
+@config_option
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds for the connect and each wait for data.")
+@click.pass_context
+def fetch(ctx: click.Context, urls: tuple[str, ...], timeout: float) -> None:
+    """Download images into the inbox (size and type checked)."""
+    from pipeline.errors import FetchError
+    from pipeline.fetch import fetch_to_inbox
+
+    cfg = _config(ctx)
+    inbox = cfg.path("inbox")
+    failed = 0
+    for url in urls:
+        try:
+            saved = fetch_to_inbox(url, inbox, max_bytes=cfg.watch.max_bytes, timeout=timeout)
+        except FetchError as exc:
+            failed += 1
+            shown = "".join(c if c.isprintable() else "?" for c in url)  # one line per failure, whatever the URL
+            click.echo(f"fetch: {shown}: {exc.code}: {exc}", err=True)
+        else:
+            click.echo(str(saved))
+    if failed:
+        ctx.exit(2)
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from pipeline.ingest import LIVE, Layout, ingest_batch
+from pipeline.ingest import Layout, ingest_batch
 from pipeline.steps import DecodeStep, Step
 from storage.db import make_engine, session_scope, upgrade_database
 from storage.files import finish_moves, unfinished_moves
-from storage.tables import File, Worker
+from storage.tables import File, FileState, Worker
 from watcher.config import Config
 from watcher.events import Hint, NameFilter, start_observer, wants_polling
 from watcher.home import ensure_folders
@@ -70,15 +70,16 @@ class Daemon:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
-    def initialize(self) -> None:
+    def initialize(self, *, observe: bool = True) -> None:
         ensure_folders(self.cfg)
         upgrade_database(self.engine)
         if self.step is None:
             self.step = DecodeStep(self.cfg.watch.max_pixels)
         self._register_worker()
         self.recover()
-        self.polling = wants_polling(self.cfg.watch.polling, list(self.roots.values()))
-        self._start_observer()
+        if observe:
+            self.polling = wants_polling(self.cfg.watch.polling, list(self.roots.values()))
+            self._start_observer()
         self.rescan(self.clock())
         log.info("watching %s (%s)", ", ".join(str(p) for p in self.roots.values()),
                  "polling" if self.polling else "inotify")
@@ -95,6 +96,28 @@ class Daemon:
                 self._wait()
         finally:
             self.shutdown()
+
+    def process_pending(self, progress=None) -> int:
+        """Batch mode (`coverwatch process`): one pass over everything waiting, then return.
+
+        Files still failing transiently after a few tries stay where they are for the next run.
+        """
+        self.initialize(observe=False)
+        done = 0
+        try:
+            while len(self.settler) and not self.stop.is_set():
+                if all(self._failures.get(p, 0) > 3 for p in self.settler.paths()):
+                    break
+                due = self.settler.next_due()
+                if due is not None and due > self.clock():
+                    time.sleep(min(due - self.clock(), 1.0))
+                taken = self.loop_once()
+                done += taken
+                if progress and taken:
+                    progress(taken)
+        finally:
+            self.shutdown()
+        return done
 
     def shutdown(self) -> None:
         if self.observer is not None:
@@ -141,7 +164,7 @@ class Daemon:
         try:
             with session_scope(self.engine) as s:
                 finish_moves(s, self.cfg.home, unfinished_moves(s))
-                waiting = set(s.scalars(select(File.location).where(File.state.in_(LIVE[1:]))))
+                waiting = self._accounted_locations(s)
         except OperationalError as exc:
             log.warning("rescan could not read the database (%s); trying again soon", exc.orig)
             self._next_rescan = now + 1.0
@@ -185,6 +208,19 @@ class Daemon:
                     self.settler.retry_later(str(p), delay, now)
                 else:
                     self._failures.pop(str(p), None)
+
+    def _accounted_locations(self, s) -> set[str]:
+        """Files in a drop folder that already have a row and must not be registered again: those waiting
+        for a partner or a model (until the step says it has one), and those whose move is not finished."""
+        states = [FileState.awaiting_partner.value]
+        if not self._model_ready():
+            states.append(FileState.awaiting_model.value)
+        unmoved = File.final_path.is_not(None) & File.moved_at.is_(None)
+        return set(s.scalars(select(File.location).where(File.state.in_(states) | unmoved)))
+
+    def _model_ready(self) -> bool:
+        ready = getattr(self.step, "model_ready", None)
+        return bool(ready()) if ready else True
 
     def _folder_of(self, path: Path) -> str | None:
         for name, root in self.roots.items():

@@ -40,7 +40,10 @@ class NameFilter:
 
 @dataclass(frozen=True, slots=True)
 class Hint:
-    """Something may have happened at `path`. kind: created|modified|closed|moved|deleted|dir."""
+    """Something may have happened at `path`.
+
+    kind: created | modified | opened | closed | closed_no_write | moved | deleted | dir (scan this folder).
+    """
 
     kind: str
     path: str
@@ -68,7 +71,7 @@ class EnqueueHandler(FileSystemEventHandler):
         if kind == "moved":
             self.hints.put(Hint("deleted", os.fsdecode(event.src_path)))
             self.hints.put(Hint("moved", os.fsdecode(event.dest_path)))
-        elif kind in ("created", "modified", "closed", "deleted"):
+        elif kind in ("created", "modified", "opened", "closed", "closed_no_write", "deleted"):
             self.hints.put(Hint(kind, os.fsdecode(event.src_path)))
 
 

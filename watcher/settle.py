@@ -18,7 +18,7 @@ class _Entry:
     size: int
     mtime_ns: int
     stable_since: float
-    writing: bool  # inotify saw a create/modify with no close-write after it
+    opens: int = 0  # inotify opens minus closes seen while tracked: > 0 means a writer may still be at it
     not_before: float = 0.0  # back-off after a failed attempt
 
 
@@ -42,31 +42,38 @@ class Settler:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def paths(self) -> list[str]:
+        return list(self._entries)
+
     def __contains__(self, path: str) -> bool:
         return path in self._entries
 
     def hint(self, path: str, kind: str, now: float) -> None:
-        """Record an event (or a scan finding: kind "scan") for `path`."""
-        if kind == "deleted":
-            self._entries.pop(path, None)
-            return
+        """Record an event (or a scan finding: kind "scan") for `path`.
+
+        Opens and closes only count for files already tracked: a reader opening a file we are not waiting
+        for (our own hashing, a thumbnailer) says nothing about new content.
+        """
         entry = self._entries.get(path)
+        if kind == "deleted" or (entry is None and kind in ("opened", "closed", "closed_no_write")):
+            if kind == "deleted":
+                self._entries.pop(path, None)
+            return
         st = self._safe_stat(path)
         if st is None:
             self._entries.pop(path, None)
             return
         size, mtime, regular = st
         if entry is None:
-            # Only a regular file has a writer to wait for; links and FIFOs are judged by stability alone.
-            entry = _Entry(size, mtime, now, writing=regular and kind in ("created", "modified"))
-            self._entries[path] = entry
-        else:
-            if kind in ("created", "modified"):
-                entry.writing = regular
-            elif kind in ("closed", "moved"):
-                entry.writing = False
-            if (size, mtime) != (entry.size, entry.mtime_ns):
-                entry.size, entry.mtime_ns, entry.stable_since = size, mtime, now
+            entry = self._entries[path] = _Entry(size, mtime, now)
+        if kind == "opened" and regular:
+            entry.opens += 1
+        elif kind in ("closed", "closed_no_write"):
+            entry.opens = max(0, entry.opens - 1)
+        elif kind == "moved":
+            entry.opens = 0  # a rename is atomic: whatever wrote it is done with this name
+        if (size, mtime) != (entry.size, entry.mtime_ns):
+            entry.size, entry.mtime_ns, entry.stable_since = size, mtime, now
         self._schedule(path, max(entry.stable_since + self.settle, entry.not_before))
 
     def retry_later(self, path: str, delay: float, now: float) -> None:
@@ -74,7 +81,7 @@ class Settler:
         st = self._safe_stat(path)
         if st is None:
             return
-        self._entries[path] = _Entry(st[0], st[1], now, writing=False, not_before=now + delay)
+        self._entries[path] = _Entry(st[0], st[1], now, not_before=now + delay)
         self._schedule(path, now + delay)
 
     def ready(self, now: float, limit: int | None = None) -> list[str]:
@@ -102,7 +109,7 @@ class Settler:
             entry.size, entry.mtime_ns, entry.stable_since = st[0], st[1], now
             self._schedule(path, now + self.settle)
             return False
-        if entry.writing and now - entry.stable_since < self.close_grace:
+        if entry.opens > 0 and now - entry.stable_since < self.close_grace:
             # Still open for writing: a paused writer. Look again later; a close-write reschedules sooner.
             self._schedule(path, now + max(self.settle, 0.5))
             return False

@@ -1,0 +1,278 @@
+"""`coverwatch fetch`: download an image from an http(s) URL into the inbox, checked before the watcher sees it.
+
+The body goes to a hidden `.NAME.XXXXXXXX.part` file, which the watcher ignores, and is renamed to its final name
+only once it is complete, within `max_bytes`, fsynced, and identified by Pillow as an image format that coverwatch
+accepts. Any failure removes the temp file, so the inbox only ever holds whole images.
+
+The name comes from the URL the user gave (as curl -O and wget do, so a server cannot choose it): the last path
+segment, percent-decoded and stripped of separators, control characters and leading dots, with the extension of
+the detected format. It never replaces a file already in the inbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+import unicodedata
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
+
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.decode import IMAGE_EXTENSIONS
+from pipeline.errors import FetchError
+
+log = logging.getLogger(__name__)
+
+# Pillow format -> the extension the file is saved with; the same formats pipeline.decode accepts.
+_EXTENSION_FOR = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif",
+                  "GIF": ".gif"}
+_SAME_EXTENSION = {".jpeg": ".jpg", ".tiff": ".tif"}
+_OPEN_AS = [f for f in _EXTENSION_FOR if f != "MPO"]  # Pillow opens MPO through its JPEG plugin
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CHUNK = 64 * 1024
+# Room for the temp name's dot, token and suffix, and for "-N" and an extension, under NAME_MAX (255 bytes).
+_MAX_NAME_BYTES = 200
+_URL_SAFE = "/%:@!$&'()*+,;=~"
+_USER_AGENT = "coverwatch-fetch"
+
+
+def fetch_to_inbox(url: str, inbox: Path, *, max_bytes: int, timeout: float = 30.0, max_redirects: int = 5,
+                   deadline: float | None = None) -> Path:
+    """Download `url` into `inbox` and return the saved path; raise FetchError (nothing left behind) on failure.
+
+    `timeout` bounds the connect and each wait for data; `deadline` (default 10 x timeout) bounds the whole
+    download, redirects included.
+    """
+    inbox = Path(inbox)
+    base = _safe_name(_check_url(url).path.rpartition("/")[2])
+    try:
+        tmp, fd = _create_temp(inbox, base)
+    except OSError as exc:
+        raise FetchError("write_failed", f"cannot write to {inbox}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = _download(url, out, max_bytes=max_bytes, timeout=timeout, max_redirects=max_redirects,
+                               deadline=10 * timeout if deadline is None else deadline)
+            out.flush()
+            os.fsync(out.fileno())
+        final = _unique_path(inbox, _final_name(base, _identify(tmp), digest))
+        os.rename(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FetchError("write_failed", f"cannot write to {inbox}: {exc.strerror or exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(inbox)
+    log.debug("fetched %s -> %s", url, final)
+    return final
+
+
+def _check_url(url: str) -> SplitResult:
+    # urlsplit silently drops tabs and newlines; a URL holding them is a mistake, not something to repair.
+    if any(not c.isprintable() for c in url):
+        raise FetchError("bad_url", "the URL contains control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what validates it
+    except ValueError as exc:
+        raise FetchError("bad_url", str(exc)) from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise FetchError("bad_url", f"only http and https URLs are fetched, not {parts.scheme or 'a bare path'!r}")
+    if not parts.hostname:
+        raise FetchError("bad_url", "the URL has no host")
+    return parts
+
+
+def _safe_name(segment: str) -> str:
+    """A file name from one URL path segment: no separators, controls, leading dots; "" when nothing is left."""
+    name = re.split(r"[/\\]", unquote(segment))[-1]
+    name = unicodedata.normalize("NFC", "".join(c for c in name if c.isprintable()))
+    name = name.strip().lstrip(".").strip()
+    stem, suffix = os.path.splitext(name)
+    if len(suffix) > 10:
+        stem, suffix = name, ""
+    return stem.encode()[:_MAX_NAME_BYTES].decode(errors="ignore") + suffix
+
+
+def _final_name(base: str, fmt: str, digest: str) -> str:
+    ext = _EXTENSION_FOR[fmt]
+    stem, suffix = os.path.splitext(base)
+    if _SAME_EXTENSION.get(suffix.lower(), suffix.lower()) == ext:
+        return base
+    # Replace an image extension that names the wrong format; keep any other one visible (evil.py -> evil.py.jpg).
+    base = stem if suffix.lower() in IMAGE_EXTENSIONS else base
+    return f"{base or 'download-' + digest[:8]}{ext}"
+
+
+def _unique_path(inbox: Path, name: str) -> Path:
+    # Check-then-rename leaves a tiny race with another writer; os.link would close it, but the watcher takes a
+    # link's "created" event for a file still being written, while a rename reads as complete.
+    stem, suffix = os.path.splitext(name)
+    candidate, n = inbox / name, 0
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = inbox / f"{stem}-{n}{suffix}"
+    return candidate
+
+
+def _create_temp(inbox: Path, base: str) -> tuple[Path, int]:
+    path = inbox / f".{base or 'download'}.{secrets.token_hex(4)}.part"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return path, os.open(path, flags, 0o666)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # best effort: some file systems cannot fsync a directory
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _identify(path: Path) -> str:
+    """The Pillow format of a complete download, from its bytes; only the formats pipeline.decode accepts."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=_OPEN_AS) as img:
+                fmt = img.format
+                img.verify()
+    except UnidentifiedImageError:
+        raise FetchError("not_an_image", "the content is not an image coverwatch accepts") from None
+    except Image.DecompressionBombError as exc:
+        raise FetchError("too_large", str(exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise FetchError("not_an_image", f"broken image data: {str(exc)[:200]}") from None
+    return fmt
+
+
+class _Watchdog:
+    """Cuts the connection at the overall deadline. Socket timeouts bound each wait only, so a server that
+    drips a byte just inside each one could otherwise hold a fetch forever."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+        self.fired = False
+        self.sock: socket.socket | None = None
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(0.0, self.ends - time.monotonic())
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # The plain socket's shutdown, TLS too: it wakes a blocked read without touching the SSL state.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def error(self) -> FetchError:
+        return FetchError("timeout", f"not complete within the {self.seconds:g} s deadline")
+
+
+@contextlib.contextmanager
+def _network(code: str, what: str, watchdog: _Watchdog):
+    """Map socket and HTTP errors to FetchError(code); any error after the deadline is a timeout."""
+    try:
+        yield
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        if watchdog.fired:
+            raise watchdog.error() from None
+        if isinstance(exc, TimeoutError):
+            raise FetchError("timeout", f"{what}: no data within the timeout") from None
+        raise FetchError(code, f"{what}: {str(exc) or type(exc).__name__}") from None
+
+
+def _download(url: str, out: BinaryIO, *, max_bytes: int, timeout: float, max_redirects: int,
+              deadline: float) -> str:
+    """Follow redirects and write the body to `out`; return its sha256."""
+    watchdog = _Watchdog(deadline)
+    try:
+        for _ in range(max_redirects + 1):
+            with _exchange(_check_url(url), timeout, watchdog) as resp:
+                if resp.status not in _REDIRECTS:
+                    return _copy_body(resp, out, max_bytes, watchdog)
+                location = resp.getheader("Location")
+                if not location:
+                    raise FetchError("http_error", f"HTTP {resp.status} redirect without a Location")
+            url = urljoin(url, location.strip())
+            log.debug("redirected to %s", url)
+        raise FetchError("too_many_redirects", f"more than {max_redirects} redirects")
+    finally:
+        watchdog.cancel()
+
+
+@contextlib.contextmanager
+def _exchange(parts: SplitResult, timeout: float, watchdog: _Watchdog):
+    """One GET on a fresh connection; yields the response and closes both."""
+    if watchdog.fired:
+        raise watchdog.error()
+    https = parts.scheme.lower() == "https"
+    conn_cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
+    conn = conn_cls(parts.hostname, parts.port, timeout=max(0.01, min(timeout, watchdog.remaining())))
+    resp = None
+    try:
+        with _network("unreachable", f"cannot connect to {parts.netloc}", watchdog):
+            conn.connect()
+        watchdog.sock = conn.sock
+        conn.sock.settimeout(timeout)
+        with _network("http_error", "no valid HTTP response", watchdog):
+            conn.request("GET", _target(parts), headers={"User-Agent": _USER_AGENT, "Accept": "image/*",
+                                                         "Connection": "close"})
+            resp = conn.getresponse()
+        yield resp
+    finally:
+        watchdog.sock = None
+        if resp is not None:
+            resp.close()
+        conn.close()
+
+
+def _target(parts: SplitResult) -> str:
+    # Quote what a user may paste raw (spaces, Hangul); existing %XX escapes pass through unchanged.
+    path = quote(parts.path or "/", safe=_URL_SAFE)
+    return f"{path}?{quote(parts.query, safe=_URL_SAFE + '?')}" if parts.query else path
+
+
+def _copy_body(resp: http.client.HTTPResponse, out: BinaryIO, max_bytes: int, watchdog: _Watchdog) -> str:
+    if resp.status != 200:
+        raise FetchError("http_error", f"HTTP {resp.status} {resp.reason}".strip())
+    declared = resp.length  # None when chunked or without Content-Length
+    if declared is not None and declared > max_bytes:
+        raise FetchError("too_large", f"Content-Length {declared} > watch.max_bytes {max_bytes}")
+    digest, total = hashlib.sha256(), 0
+    while True:
+        with _network("truncated", "the connection dropped mid-body", watchdog):
+            chunk = resp.read1(_CHUNK)  # read1: one socket read, so the cap is checked as data arrives
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_bytes:
+            raise FetchError("too_large", f"more than watch.max_bytes {max_bytes} bytes")
+        out.write(chunk)
+        digest.update(chunk)
+    if watchdog.fired:
+        raise watchdog.error()
+    if declared is not None and total < declared:
+        raise FetchError("truncated", f"got {total} of {declared} bytes")
+    return digest.hexdigest()
