@@ -73,8 +73,11 @@ def planned_destinations(session: Session, rows: list[File]) -> set[str]:
 def move_file(home: Path, src_rel: str, dst_rel: str) -> None:
     """Move home/src_rel to home/dst_rel, idempotently, never following or opening the file.
 
-    Works for symlinks and FIFOs too (rename moves the directory entry). Across devices, copies to a temp name,
-    fsyncs, renames, then removes the source: a crash leaves at worst both copies, never none.
+    A hard link then an unlink, rather than a rename: the link fails instead of overwriting, and inotify
+    reports the unlink at once, where an unpaired rename-out is held back half a second by watchdog's move
+    pairing and delays every event behind it. Works for symlinks and FIFOs (the link is to the entry itself).
+    Across devices (or where hard links are not supported), it copies to a temp name, fsyncs, renames, then
+    removes the source. A crash leaves at worst both copies, never none.
     """
     src, dst = home / src_rel, home / dst_rel
     if not os.path.lexists(src):
@@ -82,20 +85,26 @@ def move_file(home: Path, src_rel: str, dst_rel: str) -> None:
             return  # done before a crash
         raise FileNotFoundError(errno.ENOENT, "neither source nor destination exists", str(src))
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if os.path.lexists(dst):
-        # The destination was reserved for this file, so it is a finished copy of it: drop the source.
-        os.unlink(src)
-        return
+    if not os.path.lexists(dst):
+        _place(src, dst)
+        fsync_dir(dst.parent)
+    # The destination was reserved for this file, so it is a finished copy of it: drop the source.
+    os.unlink(src)
+
+
+def _place(src: Path, dst: Path) -> None:
     try:
-        os.rename(src, dst)
+        os.link(src, dst, follow_symlinks=False)
+        return
     except OSError as exc:
-        if exc.errno != errno.EXDEV:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
             raise
-        tmp = dst.with_name(f".{dst.name}.coverwatch-tmp")
-        shutil.copy2(src, tmp, follow_symlinks=False)
-        os.rename(tmp, dst)
-        os.unlink(src)
-    fsync_dir(dst.parent)
+    tmp = dst.with_name(f".{dst.name[:200]}.coverwatch-tmp")
+    shutil.copy2(src, tmp, follow_symlinks=False)
+    if tmp.is_file():
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    os.rename(tmp, dst)
 
 
 def finish_moves(session: Session, home: Path, rows: Iterable[File]) -> list[File]:
