@@ -25,10 +25,13 @@ from pipeline.steps import DecodeStep, Step
 from storage.db import make_engine, session_scope, upgrade_database
 from storage.files import finish_moves, unfinished_moves
 from storage.tables import File, FileState, Worker
-from watcher.config import Config
+from storage.errors import CoverwatchError
+from watcher.config import Config, load_config
+from watcher.errors import ConfigError
 from watcher.events import Hint, NameFilter, start_observer, wants_polling
 from watcher.home import ensure_folders
 from watcher.settle import Settler
+from watcher.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ class Daemon:
         self._next_heartbeat = 0.0
         self._last_rescan: datetime | None = None
         self._peeked: Hint | None = None
+        self._reload_requested = threading.Event()
+        self.notifier = Notifier.from_environment()
+        self._metrics = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -83,6 +89,13 @@ class Daemon:
         self.rescan(self.clock())
         log.info("watching %s (%s)", ", ".join(str(p) for p in self.roots.values()),
                  "polling" if self.polling else "inotify")
+        if observe and self.cfg.metrics.port:
+            from watcher.metrics import serve_metrics
+
+            started = self.clock()
+            self._metrics = serve_metrics(self.cfg.metrics.port, self.engine, lambda: self.clock() - started)
+        if observe:
+            self.notifier.ready(self._status_line())
 
     def run(self) -> None:
         """Initialize, loop until stopped, shut down. SIGTERM/SIGINT stop it cleanly."""
@@ -120,6 +133,10 @@ class Daemon:
         return done
 
     def shutdown(self) -> None:
+        self.notifier.stopping()
+        if self._metrics is not None:
+            self._metrics[0].shutdown()
+            self._metrics[0].server_close()
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=5)
@@ -132,6 +149,7 @@ class Daemon:
         except OperationalError:
             log.warning("could not record the shutdown in the database")
         self.engine.dispose()
+        self.notifier.close()
         log.info("stopped")
 
     # -- one iteration -----------------------------------------------------------------------------------
@@ -139,6 +157,10 @@ class Daemon:
     def loop_once(self, now: float | None = None) -> int:
         """Drain hints, rescan when due, process what is complete. Returns how many files were taken."""
         now = self.clock() if now is None else now
+        self.notifier.ping(now)
+        if self._reload_requested.is_set():
+            self._reload_requested.clear()
+            self.reload()
         self._drain(now)
         if now >= self._next_rescan:
             self.rescan(now)
@@ -154,8 +176,10 @@ class Daemon:
             taken += len(ready)
             self._ingest(ready, now)
             now = self.clock()
+            self.notifier.ping(now)  # busy is not hung: keep systemd's watchdog fed between batches
         if now >= self._next_heartbeat:
             self._heartbeat()
+            self.notifier.status(self._status_line())
             self._next_heartbeat = now + HEARTBEAT_SECONDS
         return taken
 
@@ -180,6 +204,37 @@ class Daemon:
         self._next_rescan = now + self.cfg.watch.rescan_seconds
         if found:
             log.debug("rescan found %d candidate files", found)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; watch paths, intervals and thresholds change without a restart.
+
+        An invalid new config is rejected with one log line and the running one is kept.
+        """
+        self.notifier.reloading()
+        try:
+            new = load_config(self.cfg.config_path)
+            if new.database_url != self.cfg.database_url:
+                raise ConfigError("database: changing the database needs a restart")
+            ensure_folders(new)
+        except CoverwatchError as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            self.notifier.status(self._status_line())
+            return
+        old_roots, old_polling = self.roots, self.cfg.watch.polling
+        self.cfg = new
+        self.settler.settle = new.watch.settle_seconds
+        self.roots = {name: new.path(name) for name in DROP_FOLDERS}
+        self.layout = Layout(new.home, new.path("archive"), new.path("quarantine"))
+        reconfigure = getattr(self.step, "reconfigure", None)
+        if reconfigure:
+            reconfigure(new)
+        if self.observer is not None and (self.roots != old_roots or new.watch.polling != old_polling):
+            self.observer.stop()
+            self.polling = wants_polling(new.watch.polling, list(self.roots.values()))
+            self._start_observer()
+        self._next_rescan = 0.0  # look at the (maybe new) folders right away
+        log.info("config reloaded from %s", new.config_path)
+        self.notifier.status(self._status_line())
 
     def recover(self) -> None:
         """Finish the moves that a crash interrupted: destinations committed, files not there yet."""
@@ -294,11 +349,17 @@ class Daemon:
         except OperationalError as exc:
             log.warning("heartbeat not recorded (%s)", exc.orig)
 
+    def _status_line(self) -> str:
+        model = getattr(self.step, "model_version", None)
+        return f"{len(self.settler)} files waiting to settle; model {model or 'none'}"
+
     def _catch_signals(self) -> None:
+        """Handlers only set flags; the loop does the work."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
 
 
 def _utcnow() -> datetime:

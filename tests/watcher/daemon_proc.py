@@ -3,6 +3,7 @@ appends one line per inference call to CALL_LOG (so a test can count calls acros
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from pipeline.steps import DecodeStep
@@ -18,10 +19,11 @@ class LoggedStep(DecodeStep):
 
     def __call__(self, items):
         os.write(self.fd, "".join(f"{it.sha256}\n" for it in items).encode())
+        time.sleep(float(os.environ.get("SLOW_STEP_SECONDS", "0")))  # a slow model, for shutdown tests
         return super().__call__(items)
 
 
 if __name__ == "__main__":
-    setup_logging("WARNING")
+    setup_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     cfg = load_config(Path(sys.argv[1]) / "coverwatch.yaml")
     Daemon(cfg, step=LoggedStep(cfg.watch.max_pixels, Path(sys.argv[2]))).run()
