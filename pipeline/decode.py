@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat as statmod
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ FORBIDDEN_EXTENSIONS = frozenset(
     {".pt", ".pth", ".pkl", ".pickle", ".onnx", ".ckpt", ".safetensors", ".engine", ".torchscript", ".joblib",
      ".npy", ".npz", ".h5", ".py", ".pyc", ".sh", ".exe", ".dll", ".so", ".bat", ".ps1", ".jar"}
 )
-_PIL_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "MPO"}
+PIL_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "MPO"}
 
 
 def check_entry(path: Path, *, max_bytes: int, allowed: frozenset[str] = IMAGE_EXTENSIONS) -> os.stat_result:
@@ -79,12 +80,12 @@ def decode_image(data: bytes | Path, *, max_pixels: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(src)
+            img = pillow_open(src)
             img.MAX_IMAGE_PIXELS = None  # our own cap, below, is the one in force
             w, h = img.size
             if w * h > max_pixels:
                 raise Rejected("decompression_bomb", f"{w}x{h} = {w * h} pixels > watch.max_pixels {max_pixels}")
-            if img.format not in _PIL_FORMATS:
+            if img.format not in PIL_FORMATS:
                 raise Rejected("unsupported_format", f"{img.format} images are not accepted")
             img.load()
     except Rejected:
@@ -95,10 +96,18 @@ def decode_image(data: bytes | Path, *, max_pixels: int) -> DecodedImage:
         raise Rejected("decompression_bomb", str(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise Rejected("truncated_image", str(exc)[:200]) from None
-    return _to_rgb(img)
+    return to_rgb(img)
 
 
-def _to_rgb(img: Image.Image) -> DecodedImage:
+def pillow_open(src, **kwargs):
+    """Pillow's own Image.open. Once imported, Ultralytics replaces Image.open with a wrapper that answers a file
+    Pillow cannot identify by pip-installing and importing pi-heif (ModuleNotFoundError offline): a bad file in a
+    drop folder must be `not_an_image`, never an install."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return (getattr(patches, "_image_open", None) or Image.open)(src, **kwargs)
+
+
+def to_rgb(img: Image.Image) -> DecodedImage:
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: scale to 8 bits instead of clipping everything above 255 to white.

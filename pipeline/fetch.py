@@ -29,7 +29,7 @@ from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.decode import IMAGE_EXTENSIONS
+from pipeline.decode import IMAGE_EXTENSIONS, pillow_open
 from pipeline.errors import FetchError
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _identify(path: Path) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=_OPEN_AS) as img:
+            with pillow_open(path, formats=_OPEN_AS) as img:
                 fmt = img.format
                 img.verify()
     except UnidentifiedImageError:
