@@ -13,7 +13,7 @@ export YOLO_OFFLINE ?= 1
 export YOLO_AUTOINSTALL ?= false
 export YOLO_CONFIG_DIR ?= $(CURDIR)/.yolo-config
 
-.PHONY: install install-dev run test bench clean
+.PHONY: install install-dev run test test-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,12 +40,30 @@ run: install
 	@test -f $(HOME_DIR)/coverwatch.yaml || $(BIN)/coverwatch init $(HOME_DIR)
 	$(BIN)/coverwatch -c $(HOME_DIR)/coverwatch.yaml run
 
-test: install-dev
+# The whole suite on SQLite, then the storage and watcher suites again on a throwaway PostgreSQL server.
+test: install-dev test-deps
 	@mkdir -p $(YOLO_CONFIG_DIR)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	COVERWATCH_TEST_DB=postgres $(BIN)/python -m pytest -q tests/storage tests/watcher $(PYTEST_ARGS)
+
+# Programs some tests drive, from Debian when missing: LibreOffice (the report opens in a real spreadsheet
+# program), PostgreSQL (the multi-worker suites), systemd-analyze (the unit file verifies). Where apt cannot
+# run (not root, offline, not Debian) the tests that need them skip and say why.
+TEST_PROGRAMS = soffice:libreoffice-calc initdb:postgresql systemd-analyze:systemd
+test-deps:
+	@missing=""; for pair in $(TEST_PROGRAMS); do prog=$${pair%%:*}; pkg=$${pair#*:}; \
+	  command -v $$prog >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/$$prog >/dev/null 2>&1 \
+	  || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  ( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $$missing fonts-noto-cjk) >/dev/null 2>&1 && echo "installed:$$missing" ) \
+	  || echo "could not install:$$missing (the tests that need them will skip)"; fi
 
 bench: install-dev
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/report.py
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .yolo-config

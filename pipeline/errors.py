@@ -4,6 +4,8 @@
     └── Rejected                 this file cannot be used; it goes to quarantine with `code`
     └── ModelUnavailable         no model can be loaded yet (offline, no champion): files wait
     └── FetchError               `coverwatch fetch` could not download a URL; nothing was written to the inbox
+    └── DatasetError             `coverwatch dataset export` cannot write the copy (no dataset yet, target not empty)
+    └── TrainingError            a training cannot start or finish, or a registry change is impossible
 """
 
 from storage.errors import CoverwatchError
@@ -20,6 +22,23 @@ REASONS = {
     "symlink": "symbolic links are never followed",
     "not_regular_file": "FIFOs, sockets and device files are never opened",
     "unreadable": "the file cannot be read (permissions)",
+    # labelled drops (pipeline.labels, pipeline.labelled)
+    "wrong_field_count": "a YOLO label line does not have 5 fields (class cx cy w h)",
+    "non_numeric": "a class id or coordinate is not a number",
+    "not_finite": "a coordinate is NaN or infinite",
+    "class_out_of_range": "a class id has no name in the folder's classes.txt",
+    "coordinate_out_of_range": "a normalised coordinate is outside 0..1",
+    "zero_size_box": "a box has zero or negative width or height",
+    "box_outside_image": "a box runs past the image edge",
+    "size_mismatch": "the VOC <size> differs from the image's real size",
+    "bad_encoding": "the label file is not UTF-8 text",
+    "bad_xml": "the VOC file is not the XML labelImg writes",
+    "bad_classes": "classes.txt is empty or names a class twice",
+    "missing_label": "the image's label file did not arrive within watch.pair_timeout_seconds",
+    "orphan_label": "the label file's image did not arrive within watch.pair_timeout_seconds",
+    "missing_classes": "a YOLO label's folder has no classes.txt to map class ids to names",
+    "image_rejected": "the label's image was rejected (see the image's own reason)",
+    "label_rejected": "the image's label file was rejected (see the label's own reason)",
 }
 
 
@@ -37,9 +56,24 @@ class ModelUnavailable(CoverwatchError):
     code = "awaiting_model"
 
 
+class DatasetError(CoverwatchError):
+    """Raised by `pipeline.dataset` when a dataset cannot be exported. Codes: no_dataset, export_exists."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail, code=code)
+
+
 class FetchError(CoverwatchError):
     """Raised by `pipeline.fetch`. Codes: bad_url, unreachable, http_error, too_many_redirects, timeout,
     truncated, too_large, not_an_image, write_failed."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail, code=code)
+
+
+class TrainingError(CoverwatchError):
+    """Raised by `pipeline.training`, `pipeline.train_job` and `pipeline.registry`. Codes: no_dataset,
+    nothing_fits (out of memory at the smallest settings), training_failed, unknown_version, no_previous."""
 
     def __init__(self, code: str, detail: str):
         super().__init__(detail, code=code)

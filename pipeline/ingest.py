@@ -17,11 +17,11 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from pipeline.decode import check_entry, open_for_reading
@@ -82,8 +82,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Who is registering and for how long the claim holds (several daemons may share one inbox)."""
+
+    worker: int | None = None
+    seconds: float = 120.0
+
+    def expires(self) -> datetime:
+        return datetime.now(timezone.utc) + timedelta(seconds=self.seconds)
+
+
 def ingest_batch(
-    engine, layout: Layout, folder: str, root: Path, paths: list[Path], step: Step, *, max_bytes: int
+    engine, layout: Layout, folder: str, root: Path, paths: list[Path], step: Step, *, max_bytes: int,
+    claim: Claim = Claim(),
 ) -> BatchReport:
     """Take complete files under `root` (the `folder` drop folder) through to a final or waiting state.
 
@@ -99,7 +111,7 @@ def ingest_batch(
         return report
     try:
         with session_scope(engine) as s:
-            _register(s, layout, folder, found)
+            _register(s, layout, folder, found, claim)
             found = [f for f in found if f.row is not None]
             work = [f for f in found if f.row.state == FileState.pending.value and f.row.duplicate_of is None]
             ids = {id(f): f.row.id for f in found}
@@ -109,7 +121,7 @@ def ingest_batch(
     outcomes = _run_step(step, work, ids, report)
     try:
         with session_scope(engine) as s:
-            moving = [r.id for r in _commit(s, layout, folder, found, ids, outcomes, report)]
+            moving = [r.id for r in _commit(s, layout, folder, found, ids, outcomes, report, claim)]
     except (OperationalError, OSError) as exc:
         return _transient(report, found, "commit", exc)
     try:
@@ -128,13 +140,12 @@ def _transient(report: BatchReport, found: list[_Found], phase: str, exc: Except
 
 
 def _look(path: Path, root: Path, max_bytes: int, report: BatchReport) -> _Found | None:
-    from pipeline.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS
+    from pipeline.decode import IMAGE_EXTENSIONS
 
     rel = path.relative_to(root).as_posix()
     f = _Found(path, rel)
-    allowed = IMAGE_EXTENSIONS | LABEL_EXTENSIONS if root.name == "labeled" else IMAGE_EXTENSIONS
     try:
-        st = check_entry(path, max_bytes=max_bytes, allowed=allowed)
+        st = check_entry(path, max_bytes=max_bytes, allowed=IMAGE_EXTENSIONS)
         f.size, f.mtime_ns = st.st_size, st.st_mtime_ns
         f.sha256 = sha256_file(path)
     except FileNotFoundError:
@@ -153,36 +164,69 @@ def _look(path: Path, root: Path, max_bytes: int, report: BatchReport) -> _Found
     return f
 
 
-def _register(s: Session, layout: Layout, folder: str, found: list[_Found]) -> None:
+def _register(s: Session, layout: Layout, folder: str, found: list[_Found], claim: Claim) -> None:
     locations = {layout.rel(f.path): f for f in found}
+    # Rows another worker is registering right now are locked: skip them rather than wait (PostgreSQL).
     left_behind = {
         r.location: r
-        for r in s.scalars(select(File).where(File.location.in_(list(locations)), File.moved_at.is_(None)))
+        for r in s.scalars(select(File).where(File.location.in_(list(locations)), File.moved_at.is_(None))
+                           .with_for_update(skip_locked=True))
     }
     first_by_sha = _first_rows(s, {f.sha256 for f in found if f.sha256})
     for loc, f in locations.items():
         old = left_behind.get(loc)
-        if old is not None and old.final_path is not None:
-            continue  # finished, only its move is pending: recovery completes it, not a second life
+        if old is not None and (old.final_path is not None or not _claimable(old, claim)):
+            continue  # its move is pending (recovery finishes it), or a live worker holds it
         if old is not None and old.sha256 == f.sha256 and f.rejected is None:
             f.row = old  # a crash or a wait left this row: carry on with it
-            old.state = FileState.pending.value
+            old.state, old.claimed_by, old.claim_expires_at = FileState.pending.value, claim.worker, claim.expires()
             continue
         if old is not None:
             # The file at this path was replaced before it was processed; the old content is gone.
             old.state, old.reason, old.location = FileState.quarantined.value, "replaced", None
             old.moved_at = old.processed_at = datetime.now(timezone.utc)
-        f.row = File(folder=folder, source_path=f.rel, original_name=Path(f.rel).name, size=f.size,
-                     mtime_ns=f.mtime_ns, sha256=f.sha256, location=loc, state=FileState.pending.value)
+        row = File(folder=folder, source_path=f.rel, original_name=Path(f.rel).name, size=f.size,
+                   mtime_ns=f.mtime_ns, sha256=f.sha256, location=loc, state=FileState.pending.value,
+                   claimed_by=claim.worker, claim_expires_at=claim.expires())
         if f.rejected is not None:
-            _quarantine(f.row, f.rejected)
+            _quarantine(row, f.rejected)
         elif f.sha256 in first_by_sha:
-            f.row.duplicate_of = first_by_sha[f.sha256].id
-        s.add(f.row)
-        if f.sha256 and f.rejected is None and f.sha256 not in first_by_sha:
-            s.flush()
-            first_by_sha[f.sha256] = f.row
+            row.duplicate_of = first_by_sha[f.sha256].id
+        if _insert(s, row, f.path):
+            f.row = row
+            if f.sha256 and f.rejected is None and f.sha256 not in first_by_sha:
+                first_by_sha[f.sha256] = row
     s.flush()
+
+
+class _Gone(Exception):
+    pass
+
+
+def _insert(s: Session, row: File, path: Path) -> bool:
+    """Insert, unless another worker registered the same file first (the live-location unique index) or has
+    already finished it: the file is looked for after the insert, because a row that another worker marked
+    moved no longer blocks the index, but its file is gone by then."""
+    try:
+        with s.begin_nested():
+            s.add(row)
+            s.flush()
+            if not os.path.lexists(path):
+                raise _Gone
+    except (IntegrityError, _Gone):
+        if row in s:
+            s.expunge(row)
+        return False
+    return True
+
+
+def _claimable(row: File, claim: Claim) -> bool:
+    if row.claimed_by is None or row.claimed_by == claim.worker or row.claim_expires_at is None:
+        return True
+    expires = row.claim_expires_at
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=timezone.utc)
+    return expires < datetime.now(timezone.utc)
 
 
 def _first_rows(s: Session, shas: set[str]) -> dict[str, File]:
@@ -218,16 +262,21 @@ def _run_step(step: Step, work: list[_Found], ids: dict, report: BatchReport) ->
     return {i.file_id: o for i, o in zip(items, outcomes)}
 
 
-def _commit(s, layout, folder, found, ids, outcomes, report) -> list[File]:
-    rows = {r.id: r for r in s.scalars(select(File).where(File.id.in_(list(ids.values()))))}
+def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> list[File]:
+    rows = {r.id: r for r in s.scalars(select(File).where(File.id.in_(list(ids.values()))).with_for_update())}
     now = datetime.now(timezone.utc)
     to_move: list[File] = []
     taken = set()
     for f in found:
         row = rows[ids[id(f)]]
+        if row.claimed_by != claim.worker or row.final_path is not None:
+            log.warning("%s: taken over by worker %s; dropping this result", row.source_path, row.claimed_by)
+            continue
+        row.claimed_by = row.claim_expires_at = None
         outcome = outcomes.get(row.id)
         if row.duplicate_of is not None and row.state == FileState.pending.value:
             if not _settle_duplicate(s, row):
+                row.claimed_by, row.claim_expires_at = claim.worker, claim.expires()
                 report.retry.append(f.path)
                 continue
         elif isinstance(outcome, Result):
@@ -242,6 +291,7 @@ def _commit(s, layout, folder, found, ids, outcomes, report) -> list[File]:
                 _quarantine(row, Rejected("processing_error", f"{type(outcome).__name__}: {outcome}"[:500]))
             else:
                 row.attempts += 1
+                row.claimed_by, row.claim_expires_at = claim.worker, claim.expires()
                 report.retry.append(f.path)
                 continue
         if row.state in FINAL:

@@ -21,6 +21,9 @@ BUSY_TIMEOUT_MS = 10_000
 
 def _sqlite_pragmas(busy_timeout_ms: int):
     def on_connect(dbapi_conn, _record) -> None:
+        # pysqlite's own transaction handling begins only before writes and breaks SAVEPOINTs; SQLAlchemy's
+        # documented fix: let pysqlite do nothing, and emit BEGIN ourselves (the "begin" hook below).
+        dbapi_conn.isolation_level = None
         # WAL lets readers (status, report) run beside the daemon's writes; FULL survives power loss.
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -32,6 +35,12 @@ def _sqlite_pragmas(busy_timeout_ms: int):
     return on_connect
 
 
+def _sqlite_begin(conn) -> None:
+    # IMMEDIATE takes the write lock up front: used where a read decides a write that must not race (migrations).
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """Create an engine for any SQLAlchemy URL; SQLite gets its pragmas in one connect hook."""
     try:
@@ -40,6 +49,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
         raise DatabaseError(f"database: cannot use {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms))
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 

@@ -86,10 +86,17 @@ def move_file(home: Path, src_rel: str, dst_rel: str) -> None:
         raise FileNotFoundError(errno.ENOENT, "neither source nor destination exists", str(src))
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not os.path.lexists(dst):
-        _place(src, dst)
+        try:
+            _place(src, dst)
+        except FileExistsError:
+            pass  # another worker placed it between our check and our link
         fsync_dir(dst.parent)
-    # The destination was reserved for this file, so it is a finished copy of it: drop the source.
-    os.unlink(src)
+    # The destination was reserved for this file, so it is a finished copy of it: drop the source. Another
+    # worker finishing the same move may have dropped it already.
+    try:
+        os.unlink(src)
+    except FileNotFoundError:
+        pass
 
 
 def _place(src: Path, dst: Path) -> None:

@@ -7,7 +7,17 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage.tables import File, FileState, ModelVersion, TrainingRun, Worker
+from storage.tables import (
+    Detection,
+    File,
+    FileState,
+    Label,
+    ModelVersion,
+    Prediction,
+    Report,
+    TrainingRun,
+    Worker,
+)
 
 HEARTBEAT_STALE = timedelta(seconds=30)
 
@@ -63,6 +73,7 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
     run = active_training(session)
     workers = live_workers(session, now)
     oldest = oldest_waiting(session)
+    last_report = session.scalar(select(Report).order_by(Report.created_at.desc()))
     return {
         "pending": counts[FileState.pending.value],
         "processed": counts[FileState.processed.value],
@@ -72,11 +83,15 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
         "duplicates": duplicate_count(session),
         "queue_depth": sum(w.queue_depth for w in workers),
         "oldest_waiting_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
+        "last_report": None
+        if last_report is None
+        else {"path": last_report.path, "time": _aware(last_report.created_at).isoformat()},
         "champion": champ.version if champ else None,
         "champion_metrics": champ.metrics if champ else None,
         "training": None
         if run is None
-        else {"state": run.state, "epoch": run.epoch, "epochs": run.epochs, "trigger": run.trigger},
+        else {"state": run.state, "epoch": run.epoch, "epochs": run.epochs, "trigger": run.trigger,
+              "version": run.version, "losses": run.losses, "eta_seconds": run.eta_seconds},
         "daemon": {
             "running": bool(workers),
             "workers": [
@@ -91,3 +106,104 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
             ],
         },
     }
+
+
+# -- the Excel report: statements streamed in chunks, and small aggregates --------------------------------------
+
+
+def _latest_prediction_ids():
+    """The newest prediction of each file: after a re-classification, the older one is history."""
+    return select(func.max(Prediction.id)).group_by(Prediction.file_id)
+
+
+def latest_predictions_stmt():
+    """One row per classified file: id, original_name, predicted_class, confidence, model_version, created_at,
+    final_path, state. Ordered by prediction id, for streaming."""
+    return (
+        select(Prediction.id, File.original_name, Prediction.predicted_class, Prediction.confidence,
+               Prediction.model_version, Prediction.created_at, File.final_path, File.state)
+        .join(File, File.id == Prediction.file_id)
+        .where(Prediction.id.in_(_latest_prediction_ids()))
+        .order_by(Prediction.id)
+    )
+
+
+def latest_detections_stmt():
+    """One row per box of the latest predictions: prediction_id, original_name, class_name, confidence, x1, y1,
+    x2, y2."""
+    return (
+        select(Detection.prediction_id, File.original_name, Detection.class_name, Detection.confidence,
+               Detection.x1, Detection.y1, Detection.x2, Detection.y2)
+        .join(Prediction, Prediction.id == Detection.prediction_id)
+        .join(File, File.id == Prediction.file_id)
+        .where(Detection.prediction_id.in_(_latest_prediction_ids()))
+        .order_by(Detection.id)
+    )
+
+
+def quarantined_stmt():
+    """Quarantined files: id, original_name, reason, detail, processed_at, updated_at, final_path."""
+    return (
+        select(File.id, File.original_name, File.reason, File.detail, File.processed_at, File.updated_at,
+               File.final_path)
+        .where(File.state == FileState.quarantined.value)
+        .order_by(File.id)
+    )
+
+
+def report_counts(session: Session) -> dict:
+    """Sizes and time span of what the report covers."""
+    latest = _latest_prediction_ids().subquery()
+    first, last = session.execute(select(func.min(Prediction.created_at), func.max(Prediction.created_at))).one()
+    return {
+        "predictions": session.scalar(select(func.count()).select_from(latest)) or 0,
+        "prediction_history": session.scalar(select(func.count(Prediction.id))) or 0,
+        "detections": session.scalar(
+            select(func.count(Detection.id)).where(Detection.prediction_id.in_(_latest_prediction_ids()))) or 0,
+        "first_prediction": _aware(first),
+        "last_prediction": _aware(last),
+    }
+
+
+def class_counts(session: Session, low_confidence: float) -> dict[str, dict[str, int]]:
+    """Per class name: labels (current), labelled_images, predictions and low_confidence (latest predictions),
+    detections (boxes of the latest predictions)."""
+    out: dict[str, dict[str, int]] = {}
+
+    def put(key: str, rows) -> None:
+        for name, n in rows:
+            if name is not None:
+                out.setdefault(name, {})[key] = n
+
+    current = Label.replaced_at.is_(None)
+    put("labels", session.execute(select(Label.class_name, func.count()).where(current).group_by(Label.class_name)))
+    put("labelled_images", session.execute(
+        select(Label.class_name, func.count(func.distinct(Label.image_sha256))).where(current)
+        .group_by(Label.class_name)))
+    latest = Prediction.id.in_(_latest_prediction_ids())
+    put("predictions", session.execute(
+        select(Prediction.predicted_class, func.count()).where(latest).group_by(Prediction.predicted_class)))
+    put("low_confidence", session.execute(
+        select(Prediction.predicted_class, func.count()).where(latest, Prediction.confidence < low_confidence)
+        .group_by(Prediction.predicted_class)))
+    put("detections", session.execute(
+        select(Detection.class_name, func.count()).where(Detection.prediction_id.in_(_latest_prediction_ids()))
+        .group_by(Detection.class_name)))
+    return out
+
+
+def quarantine_reasons(session: Session) -> dict[str, int]:
+    rows = session.execute(select(File.reason, func.count()).where(File.state == FileState.quarantined.value)
+                           .group_by(File.reason).order_by(func.count().desc()))
+    return {reason or "unknown": n for reason, n in rows}
+
+
+def training_runs_with_models(session: Session) -> list[tuple[TrainingRun, ModelVersion | None]]:
+    return list(session.execute(
+        select(TrainingRun, ModelVersion).outerjoin(ModelVersion, ModelVersion.id == TrainingRun.model_version_id)
+        .order_by(TrainingRun.requested_at, TrainingRun.id)))
+
+
+
+def last_report_time(session: Session) -> datetime | None:
+    return _aware(session.scalar(select(func.max(Report.created_at))))

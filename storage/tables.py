@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -53,13 +53,22 @@ class File(Base):
     final_path: Mapped[str | None] = mapped_column(Text, unique=True)
     moved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Work claims, for several daemons on one inbox: the worker registering or processing a file holds it until
+    # the claim expires; a dead worker's claims are taken over.
+    claimed_by: Mapped[int | None] = mapped_column(Integer)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     predictions: Mapped[list[Prediction]] = relationship(back_populates="file")
 
-    __table_args__ = (Index("ix_files_folder_source", "folder", "source_path"),)
+    __table_args__ = (
+        Index("ix_files_folder_source", "folder", "source_path"),
+        # One live row per file in a drop folder: two workers registering the same file cannot both win.
+        Index("ux_files_live_location", "location", unique=True,
+              sqlite_where=text("moved_at IS NULL"), postgresql_where=text("moved_at IS NULL")),
+    )
 
 
 class Prediction(Base):
@@ -132,6 +141,70 @@ class Label(Base):
     replaced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class ClassList(Base):
+    """The names of one classes.txt, by the folder it came in: YOLO ids from that folder map through it, even
+    for labels that arrive after the classes.txt itself was archived."""
+
+    __tablename__ = "class_lists"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
+    folder: Mapped[str] = mapped_column(Text, index=True)  # relative to labeled/; "" for labeled/ itself
+    names: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Sample(Base):
+    """One labelled image as dropped: the image file, its label file, its split. A later drop of the same image
+    content replaces it (`replaced_at`); its Label rows share `image_file_id` as their `file_id`."""
+
+    __tablename__ = "samples"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), unique=True)
+    label_file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"))
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    source_format: Mapped[str] = mapped_column(String(16))  # yolo | voc | folder
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str | None] = mapped_column(String(8))  # set by the dataset build (val_fraction lives there)
+    boxes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    replaced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LabelEvent(Base):
+    """Something about the labels the user should hear of: a class added, duplicate lines dropped, an image
+    re-labelled. The report's "Label issues" sheet reads these."""
+
+    __tablename__ = "label_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)  # class_added | duplicate_lines | relabelled
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"))
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetVersion(Base):
+    """One immutable snapshot of the managed dataset, with what was measured and done while building it."""
+
+    __tablename__ = "dataset_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(Text)  # the snapshot folder, relative to home
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    classes: Mapped[list] = mapped_column(JSON)
+    train_images: Mapped[int] = mapped_column(Integer, default=0)
+    val_images: Mapped[int] = mapped_column(Integer, default=0)
+    train_entries: Mapped[int] = mapped_column(Integer, default=0)  # with oversampling, > train_images
+    boxes: Mapped[int] = mapped_column(Integer, default=0)
+    stats: Mapped[dict | None] = mapped_column(JSON)  # imbalance, ambiguity, balance
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ModelVersion(Base):
     """A trained (or configured) model in the registry."""
 
@@ -146,6 +219,15 @@ class ModelVersion(Base):
     metrics: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Why it was promoted or rejected, with both figures on the same validation split.
+    decision: Mapped[str | None] = mapped_column(Text)
+    dataset_fingerprint: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        # One champion, whatever several daemons or a CLI do at the same moment.
+        Index("ux_model_versions_champion", "state", unique=True,
+              sqlite_where=text("state = 'champion'"), postgresql_where=text("state = 'champion'")),
+    )
 
 
 class TrainingRun(Base):
@@ -165,6 +247,63 @@ class TrainingRun(Base):
     requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    version: Mapped[str | None] = mapped_column(String(64))  # its folder under models/
+    losses: Mapped[dict | None] = mapped_column(JSON)  # the last epoch's mean training losses
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+    host: Mapped[str | None] = mapped_column(String(255))  # where the training process runs
+    pid: Mapped[int | None] = mapped_column(Integer)
+    resume_path: Mapped[str | None] = mapped_column(Text)  # last.pt an interrupted run resumed from
+    dataset_version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    attempts: Mapped[list[TrainingAttempt]] = relationship(back_populates="run", order_by="TrainingAttempt.n")
+
+    __table_args__ = (
+        # At most one queued and one running run: requests merge into the queued one, even across processes.
+        Index("ux_training_runs_active", "state", unique=True,
+              sqlite_where=text("state IN ('queued', 'running')"),
+              postgresql_where=text("state IN ('queued', 'running')")),
+    )
+
+
+class TrainingAttempt(Base):
+    """One try of a training run: the out-of-memory back-off makes several, each with its settings and reason."""
+
+    __tablename__ = "training_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id"), index=True)
+    n: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(Text)
+    imgsz: Mapped[int] = mapped_column(Integer)
+    batch: Mapped[int] = mapped_column(Integer)  # -1: Ultralytics' auto-batch
+    resume: Mapped[bool] = mapped_column(Boolean, default=False)
+    outcome: Mapped[str] = mapped_column(String(16), default="running")  # running|ok|oom|failed|interrupted
+    reason: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    run: Mapped[TrainingRun] = relationship(back_populates="attempts")
+
+
+class ModelMetric(Base):
+    """One evaluation figure set of a model version: overall (class_name NULL) or for one class."""
+
+    __tablename__ = "model_metrics"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    dataset_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    class_name: Mapped[str | None] = mapped_column(Text)
+    images: Mapped[int | None] = mapped_column(Integer)
+    instances: Mapped[int | None] = mapped_column(Integer)
+    precision: Mapped[float | None] = mapped_column(Float)
+    recall: Mapped[float | None] = mapped_column(Float)
+    map50: Mapped[float | None] = mapped_column(Float)
+    map50_95: Mapped[float | None] = mapped_column(Float)
+    top1: Mapped[float | None] = mapped_column(Float)
+    top5: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Report(Base):
@@ -192,3 +331,13 @@ class Worker(Base):
     last_rescan_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     queue_depth: Mapped[int] = mapped_column(Integer, default=0)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Lease(Base):
+    """A named job only one worker may do at a time (writing reports), held until `expires_at`."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

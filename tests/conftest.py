@@ -29,14 +29,40 @@ def coco_images(n: int | None = None) -> list[Path]:
     return images[:n] if n else images
 
 
+# COVERWATCH_TEST_DB=postgres runs the same tests against a throwaway PostgreSQL server (see tests/postgres.py).
+USE_POSTGRES = os.environ.get("COVERWATCH_TEST_DB", "sqlite") == "postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from tests.postgres import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
+def db_url(request, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL database when COVERWATCH_TEST_DB=postgres."""
+    if USE_POSTGRES:
+        return request.getfixturevalue("postgres_server").new_database()
+    return f"sqlite:///{tmp_path / 'cw.db'}"
+
+
+@pytest.fixture
+def home(tmp_path: Path, db_url: str) -> Path:
     """A fresh home made by `coverwatch init`, with a fast settle time."""
     from watcher.home import init_home
 
     h = tmp_path / "home"
     cfg = init_home(h)
     text = cfg.read_text().replace("settle_seconds: 1.0", "settle_seconds: 0.2")
+    if USE_POSTGRES:
+        text = text.replace("database: sqlite:///coverwatch.db", f"database: {db_url}")
     cfg.write_text(text)
     return h
 

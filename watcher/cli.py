@@ -78,12 +78,14 @@ def init(home: Path) -> None:
 
 @cli.command()
 @config_option
+@click.option("--role", type=click.Choice(["all", "inference", "training"]), default="all", show_default=True,
+              help="inference: watch and classify only; training: serve the training queue only (a GPU host).")
 @click.pass_context
-def run(ctx: click.Context) -> None:
+def run(ctx: click.Context, role: str) -> None:
     """The daemon, in the foreground (what systemd starts)."""
     from watcher.daemon import Daemon
 
-    Daemon(_config(ctx)).run()
+    Daemon(_config(ctx), role=role).run()
 
 
 @cli.command()
@@ -179,7 +181,11 @@ def _format_status(s: dict) -> str:
     oldest = s["oldest_waiting_seconds"]
     lines.append(f"queue: {s['queue_depth']} seen, not yet registered; oldest waiting file: "
                  f"{'none' if oldest is None else f'{oldest:.0f}s'}")
-    lines.append(f"champion: {s['champion'] or 'none yet'}")
+    report = s["last_report"]
+    lines.append(f"last report: {report['path'] + ' at ' + report['time'] if report else 'none yet'}")
+    metrics = s["champion_metrics"] or {}
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    lines.append(f"champion: {s['champion'] or 'none yet'}" + (f" ({shown})" if shown else ""))
     t = s["training"]
     lines.append("training: idle" if t is None else f"training: {t['state']} epoch {t['epoch'] or 0}/{t['epochs'] or '?'}")
     return "\n".join(lines)
@@ -232,7 +238,181 @@ def fetch(ctx: click.Context, urls: tuple[str, ...], timeout: float) -> None:
         ctx.exit(2)
 
 
+@cli.group()
+def classes() -> None:
+    """The class registry (names are the identity; the dataset's ids are their order)."""
+
+
+@classes.command("export")
+@config_option
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def classes_export(ctx: click.Context, file: Path) -> None:
+    """Write the class names as labelImg's predefined_classes.txt."""
+    from pipeline.classes import export_classes
+    from storage.db import make_engine, upgrade_database
+
+    engine = make_engine(_config(ctx).database_url)
+    try:
+        upgrade_database(engine)
+        names = export_classes(engine, file)
+    finally:
+        engine.dispose()
+    click.echo(f"wrote {len(names)} class names to {file}")
+
+
+@cli.group()
+def dataset() -> None:
+    """The managed YOLO dataset."""
+
+
+@dataset.command("export")
+@config_option
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def dataset_export(ctx: click.Context, dest: Path) -> None:
+    """A self-contained copy of the managed dataset for `yolo train data=DEST/data.yaml`."""
+    from pipeline.dataset import build_dataset, export_dataset
+    from storage.db import make_engine, upgrade_database
+
+    cfg = _config(ctx)
+    t = cfg.training
+    engine = make_engine(cfg.database_url)
+    try:
+        upgrade_database(engine)
+        build_dataset(engine, cfg.home, cfg.path("dataset"), val_fraction=t.val_fraction, balance=t.balance,
+                      iou_threshold=t.ambiguity_iou, warn_ratio=t.imbalance_warn_ratio)  # bring it up to date
+    finally:
+        engine.dispose()
+    export_dataset(cfg.path("dataset"), dest)
+    click.echo(f"exported the dataset to {dest}; train with: yolo train data={dest / 'data.yaml'}")
+
+
+@cli.command()
+@config_option
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to FILE (default: reports/coverwatch-YYYYMMDD-HHMM.xlsx and reports/latest.xlsx).")
+@click.pass_context
+def report(ctx: click.Context, output: Path | None) -> None:
+    """Write the Excel report now."""
+    from pipeline.report import publish_report, write_report
+    from storage.db import make_engine, upgrade_database
+
+    cfg = _config(ctx)
+    engine = make_engine(cfg.database_url)
+    try:
+        upgrade_database(engine)
+        options = {"home": cfg.home, "low_confidence": cfg.model.review_below}
+        if output is None:
+            path = publish_report(engine, cfg.path("reports"), keep=cfg.reports.keep, **options)
+        else:
+            path = write_report(engine, output, **options)
+    finally:
+        engine.dispose()
+    click.echo(str(path))
+
+
+@cli.command()
+@config_option
+@click.option("--wait", is_flag=True, help="Run it here, in the foreground, and print the outcome.")
+@click.pass_context
+def train(ctx: click.Context, wait: bool) -> None:
+    """Train now on the managed dataset; promotes if better (the daemon runs it, or --wait runs it here)."""
+    from pipeline.errors import TrainingError
+    from pipeline.train_queue import request_training
+    from pipeline.training import run_until_done
+    from storage.db import make_engine, upgrade_database
+    from watcher.config import training_settings
+
+    cfg = _config(ctx)
+    engine = make_engine(cfg.database_url)
+    try:
+        upgrade_database(engine)
+        run_id, merged = request_training(engine, "manual")
+        click.echo(f"training run {run_id} {'was already queued; request merged' if merged else 'queued'}")
+        if not wait:
+            return
+        out = run_until_done(engine, training_settings(cfg), run_id, database_url=cfg.database_url,
+                             on_progress=lambda r: click.echo(_format_training(r), err=True))
+    finally:
+        engine.dispose()
+    for a in out["attempts"]:
+        if a["outcome"] != "ok":
+            click.echo(f"attempt {a['n']}: {a['outcome']}: {a['reason']}")
+    if out["state"] == "failed":
+        raise TrainingError("training_failed", f"training run {run_id} failed: {out['error']}")
+    click.echo(f"{out['version']}: {out['model_state']} ({out['decision']})")
+
+
+def _format_training(r: dict) -> str:
+    eta = f", about {r['eta_seconds']:.0f}s left" if r.get("eta_seconds") else ""
+    losses = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in (r.get("losses") or {}).items())
+    return (f"training run {r['id']} ({r['version'] or 'not started'}): {r['state']} epoch {r['epoch'] or 0}/"
+            f"{r['epochs'] or '?'}{eta}" + (f"; {losses}" if losses else ""))
+
+
+@cli.group()
+def models() -> None:
+    """The model registry: trained versions, the champion, promotion and rollback."""
+
+
+@models.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@click.pass_context
+def models_list(ctx: click.Context, as_json: bool) -> None:
+    """Every version, newest first."""
+    from pipeline.registry import list_models
+
+    rows = _with_engine(ctx, list_models)
+    if as_json:
+        click.echo(json.dumps(rows, default=str, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no trained models yet")
+    for m in rows:
+        score = "-" if m["score"] is None else f"{m['score']:.4f}"
+        click.echo(f"{m['version']}  {m['state']:<11} {m['score_name']} {score}  {m['classes']} classes  "
+                   f"{m['created_at']:%Y-%m-%d %H:%M}  {m['decision'] or ''}")
+
+
+@models.command("promote")
+@config_option
+@click.argument("version")
+@click.pass_context
+def models_promote(ctx: click.Context, version: str) -> None:
+    """Make VERSION the champion (the daemon switches to it on its next batch)."""
+    from pipeline.registry import promote_version
+
+    mv = _with_engine(ctx, lambda engine: promote_version(engine, version))
+    click.echo(f"{mv.version} is the champion")
+
+
+@models.command("rollback")
+@config_option
+@click.pass_context
+def models_rollback(ctx: click.Context) -> None:
+    """Give the champion role back to the previous champion."""
+    from pipeline.registry import rollback
+
+    old, new = _with_engine(ctx, rollback)
+    click.echo(f"rolled back from {old} to {new}; {new} is the champion")
+
+
+def _with_engine(ctx: click.Context, fn):
+    from storage.db import make_engine, upgrade_database
+
+    engine = make_engine(_config(ctx).database_url)
+    try:
+        upgrade_database(engine)
+        return fn(engine)
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
+    # Ultralytics prints banners to stdout on every model load and export; our own log lines say what matters.
+    os.environ.setdefault("YOLO_VERBOSE", "False")
     cli(prog_name="coverwatch")
 
 

@@ -47,6 +47,7 @@ class WatchConfig(_Section):
     polling: Literal["auto", True, False] = "auto"
     poll_interval_seconds: PositiveFloat = 1.0
     pair_timeout_seconds: NonNegFloat = 30.0
+    claim_seconds: PositiveFloat = 120.0
     max_bytes: PositiveInt = 50 * 1024 * 1024
     max_pixels: PositiveInt = 89_478_485  # Pillow's own bomb threshold
 
@@ -75,15 +76,23 @@ class TrainingConfig(_Section):
     min_new_labels: PositiveInt = 50
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     balance: Literal["none", "oversample"] = "none"
+    imbalance_warn_ratio: Annotated[float, Field(ge=1)] = 5.0
+    ambiguity_iou: Annotated[float, Field(gt=0, lt=1)] = 0.7
     device: str | int | list[int] = "auto"
     at: str | None = None
     promote_min_delta: NonNegFloat = 0.0
     reclassify_days: PositiveInt | None = None
+    oom_imgsz_steps: tuple[PositiveInt, ...] = (512, 416, 320)
 
     @field_validator("imgsz")
     @classmethod
     def _stride(cls, v: int) -> int:
         return _round_to_stride(v, "training.imgsz")
+
+    @field_validator("oom_imgsz_steps")
+    @classmethod
+    def _steps(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(sorted({_round_to_stride(x, "training.oom_imgsz_steps") for x in v}, reverse=True))
 
     @field_validator("at")
     @classmethod
@@ -224,3 +233,11 @@ def _check_dirs(cfg: Config) -> None:
         p = cfg.path(name)
         if p.exists() and not p.is_dir():
             raise ConfigError(f"paths.{name}: {p} exists and is not a directory")
+
+
+def training_settings(cfg: Config):
+    """The plain values `pipeline.training` works with, from a loaded config."""
+    from pipeline.training import TrainingSettings
+
+    return TrainingSettings.from_values(home=cfg.home, dataset_dir=cfg.path("dataset"), models_dir=cfg.path("models"),
+                                        task=cfg.task, training=cfg.training.model_dump())

@@ -20,10 +20,13 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from pipeline.ingest import Layout, ingest_batch
-from pipeline.steps import DecodeStep, Step
+from pipeline.dataset import build_dataset
+from pipeline.ingest import Claim, Layout, ingest_batch
+from pipeline.labelled import expire_partners, ingest_labelled
+from pipeline.steps import Step
 from storage.db import make_engine, session_scope, upgrade_database
 from storage.files import finish_moves, unfinished_moves
+from storage.leases import acquire_lease
 from storage.tables import File, FileState, Worker
 from storage.errors import CoverwatchError
 from watcher.config import Config, load_config
@@ -36,9 +39,13 @@ from watcher.systemd import Notifier
 log = logging.getLogger(__name__)
 
 DROP_FOLDERS = ("inbox", "labeled")
+ROLES = ("all", "inference", "training")
 HEARTBEAT_SECONDS = 5.0
+MODEL_CHECK_SECONDS = 2.0
 INGEST_BATCH = 256  # files per bookkeeping transaction; the step batches its own model calls
 MAX_BACKOFF = 60.0
+EXPIRE_SECONDS = 1.0  # how often labelled files waiting for a partner are checked for their timeout
+DATASET_REBUILD_SECONDS = 3.0  # at most one dataset rebuild this often, and only after labels changed
 
 
 class Daemon:
@@ -54,7 +61,11 @@ class Daemon:
         self.cfg = cfg
         self.stop = stop or threading.Event()
         self.clock = clock
+        if role not in ROLES:
+            raise ConfigError(f"--role: expected one of {', '.join(ROLES)}, got {role!r}")
         self.role = role
+        self.does_inference = role in ("all", "inference")  # watch the folders, classify, ingest labels
+        self.does_training = role in ("all", "training")  # serve the training queue
         self.engine = engine or make_engine(cfg.database_url)
         self.step = step
         self.hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
@@ -70,32 +81,43 @@ class Daemon:
         self._next_heartbeat = 0.0
         self._last_rescan: datetime | None = None
         self._peeked: Hint | None = None
+        self._next_model_check = 0.0
+        self._model_was_ready = True  # the start-up rescan already decides; only a change triggers another
+        self._next_report: datetime | None = None  # wall clock: the schedule outlives restarts
+        self._next_expire = 0.0
+        self._next_dataset = 0.0
+        self._labels_changed = True  # build at start when the labels differ from the last dataset
         self._reload_requested = threading.Event()
         self.notifier = Notifier.from_environment()
         self._metrics = None
+        self.training = None  # pipeline.training.TrainingSupervisor, made on the first loop that serves training
+        self._training_cfg = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def initialize(self, *, observe: bool = True) -> None:
+        observe = observe and self.does_inference
         ensure_folders(self.cfg)
         upgrade_database(self.engine)
         if self.step is None:
-            self.step = DecodeStep(self.cfg.watch.max_pixels)
+            self.step = build_step(self.cfg, self.engine)
         self._register_worker()
         self.recover()
         if observe:
             self.polling = wants_polling(self.cfg.watch.polling, list(self.roots.values()))
             self._start_observer()
-        self.rescan(self.clock())
-        log.info("watching %s (%s)", ", ".join(str(p) for p in self.roots.values()),
-                 "polling" if self.polling else "inotify")
-        if observe and self.cfg.metrics.port:
+        if self.does_inference:
+            self.rescan(self.clock())
+            log.info("watching %s (%s)", ", ".join(str(p) for p in self.roots.values()),
+                     "polling" if self.polling else "inotify")
+        else:
+            log.info("role %s: not watching the drop folders", self.role)
+        if self.cfg.metrics.port and observe:
             from watcher.metrics import serve_metrics
 
             started = self.clock()
             self._metrics = serve_metrics(self.cfg.metrics.port, self.engine, lambda: self.clock() - started)
-        if observe:
-            self.notifier.ready(self._status_line())
+        self.notifier.ready(self._status_line())
 
     def run(self) -> None:
         """Initialize, loop until stopped, shut down. SIGTERM/SIGINT stop it cleanly."""
@@ -134,6 +156,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.notifier.stopping()
+        if self.training is not None:
+            self.training.shutdown()  # SIGTERM: the run resumes from its last.pt on the next start
         if self._metrics is not None:
             self._metrics[0].shutdown()
             self._metrics[0].server_close()
@@ -161,7 +185,22 @@ class Daemon:
         if self._reload_requested.is_set():
             self._reload_requested.clear()
             self.reload()
+        taken = 0
+        if self.does_inference:
+            taken = self._watch_and_ingest(now)
+            now = self.clock()
+            self._labelled_upkeep(now)
+        self._report_if_due()
+        self._training_tick(now)
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+            self.notifier.status(self._status_line())
+            self._next_heartbeat = now + HEARTBEAT_SECONDS
+        return taken
+
+    def _watch_and_ingest(self, now: float) -> int:
         self._drain(now)
+        self._offer_waiting_files(now)
         if now >= self._next_rescan:
             self.rescan(now)
         if self.observer is not None and not self.observer.is_alive():
@@ -177,10 +216,6 @@ class Daemon:
             self._ingest(ready, now)
             now = self.clock()
             self.notifier.ping(now)  # busy is not hung: keep systemd's watchdog fed between batches
-        if now >= self._next_heartbeat:
-            self._heartbeat()
-            self.notifier.status(self._status_line())
-            self._next_heartbeat = now + HEARTBEAT_SECONDS
         return taken
 
     def rescan(self, now: float) -> None:
@@ -227,7 +262,7 @@ class Daemon:
         self.layout = Layout(new.home, new.path("archive"), new.path("quarantine"))
         reconfigure = getattr(self.step, "reconfigure", None)
         if reconfigure:
-            reconfigure(new)
+            reconfigure(conf=new.model.conf, review_below=new.model.review_below)
         if self.observer is not None and (self.roots != old_roots or new.watch.polling != old_polling):
             self.observer.stop()
             self.polling = wants_polling(new.watch.polling, list(self.roots.values()))
@@ -253,8 +288,12 @@ class Daemon:
         for folder, paths in by_folder.items():
             if folder is None:
                 continue
-            report = ingest_batch(self.engine, self.layout, folder, self.roots[folder], paths, self.step,
-                                  max_bytes=self.cfg.watch.max_bytes)
+            if folder == "labeled":
+                report = self._ingest_labelled(paths)
+            else:
+                report = ingest_batch(self.engine, self.layout, folder, self.roots[folder], paths, self.step,
+                                      max_bytes=self.cfg.watch.max_bytes,
+                                      claim=Claim(self.worker_id, self.cfg.watch.claim_seconds))
             retry = {str(p) for p in report.retry}
             for p in paths:
                 if str(p) in retry:
@@ -264,6 +303,95 @@ class Daemon:
                 else:
                     self._failures.pop(str(p), None)
 
+    def _ingest_labelled(self, paths: list[Path]):
+        w = self.cfg.watch
+        report = ingest_labelled(self.engine, self.layout, self.roots["labeled"], paths, max_bytes=w.max_bytes,
+                                 max_pixels=w.max_pixels, pair_timeout=w.pair_timeout_seconds)
+        self._labels_changed |= report.processed > 0
+        return report
+
+    def _labelled_upkeep(self, now: float) -> None:
+        """Decide for labelled files whose partner never came; rebuild the dataset when labels changed."""
+        w, t = self.cfg.watch, self.cfg.training
+        try:
+            if now >= self._next_expire:
+                self._next_expire = now + EXPIRE_SECONDS
+                report = expire_partners(self.engine, self.layout, self.roots["labeled"],
+                                         pair_timeout=w.pair_timeout_seconds, max_pixels=w.max_pixels)
+                self._labels_changed |= report.processed > 0
+            if self._labels_changed and now >= self._next_dataset:
+                self._next_dataset = now + DATASET_REBUILD_SECONDS
+                build_dataset(self.engine, self.cfg.home, self.cfg.path("dataset"), val_fraction=t.val_fraction,
+                              balance=t.balance, iou_threshold=t.ambiguity_iou, warn_ratio=t.imbalance_warn_ratio)
+                self._labels_changed = False
+        except (OSError, OperationalError) as exc:
+            log.warning("labelled upkeep failed (%s); trying again soon", exc)
+        except Exception:  # noqa: BLE001 - a bug here must not stop the daemon; the next change retries
+            log.exception("labelled upkeep failed")
+            self._labels_changed = False
+
+    def _hold_report_lease(self, every) -> bool:
+        """Several workers share one database: only the lease holder writes the report this period."""
+        with session_scope(self.engine) as s:
+            return acquire_lease(s, "report", self.worker_id, every.total_seconds() * 0.9)
+
+    def _training_tick(self, now: float) -> None:
+        """Serve the training queue (pipeline.training: triggers, one run at a time) on training roles, and
+        re-classify recent images after a promotion on inference roles.
+
+        Not in batch mode (`coverwatch process`, no observer): it would only start a run to stop it at exit.
+        """
+        if self.training is None and self.observer is None and self.does_inference:
+            return
+        if not self.does_training and not self.cfg.training.reclassify_days:
+            return
+        from pipeline.training import TrainingSupervisor
+        from watcher.config import training_settings
+
+        try:
+            if self.training is None:
+                self.training = TrainingSupervisor(self.engine, training_settings(self.cfg),
+                                                   database_url=self.cfg.database_url)
+                self._training_cfg = self.cfg
+            elif self._training_cfg is not self.cfg:  # reloaded: new thresholds apply from the next tick
+                self.training.settings, self._training_cfg = training_settings(self.cfg), self.cfg
+            self.training.tick(now, step=self.step if self.does_inference else None, serve=self.does_training)
+        except OperationalError as exc:
+            log.warning("training check could not use the database (%s); trying again soon", exc.orig)
+        except Exception:  # noqa: BLE001 - a training problem must never stop the daemon
+            log.exception("training check failed")
+
+    def _report_if_due(self) -> None:
+        """Write the Excel report every reports.every_minutes, counted from the last one written (by any run).
+
+        A failure is logged and tried again at the next period; it never stops the loop.
+        """
+        now = _utcnow()
+        if self._next_report is not None and now < self._next_report:
+            return
+        from datetime import timedelta
+
+        from pipeline.report import publish_report  # pandas and XlsxWriter: loaded when first needed
+        from storage.queries import last_report_time
+
+        every = timedelta(minutes=self.cfg.reports.every_minutes)
+        try:
+            if self._next_report is None:
+                with session_scope(self.engine) as s:
+                    last = last_report_time(s)
+                if last is not None and now < last + every:
+                    self._next_report = last + every
+                    return
+            if not self._hold_report_lease(every):
+                self._next_report = now + every
+                return
+            publish_report(self.engine, self.cfg.path("reports"), home=self.cfg.home, keep=self.cfg.reports.keep,
+                           low_confidence=self.cfg.model.review_below, now=now)
+        except Exception:  # noqa: BLE001 - a report is never worth stopping the daemon for
+            log.exception("the Excel report could not be written; trying again in %s minutes",
+                          self.cfg.reports.every_minutes)
+        self._next_report = now + every
+
     def _accounted_locations(self, s) -> set[str]:
         """Files in a drop folder that already have a row and must not be registered again: those waiting
         for a partner or a model (until the step says it has one), and those whose move is not finished."""
@@ -272,6 +400,17 @@ class Daemon:
             states.append(FileState.awaiting_model.value)
         unmoved = File.final_path.is_not(None) & File.moved_at.is_(None)
         return set(s.scalars(select(File.location).where(File.state.in_(states) | unmoved)))
+
+    def _offer_waiting_files(self, now: float) -> None:
+        """When a model appears (first training, a download), rescan at once: awaiting_model files go through."""
+        if now < self._next_model_check:
+            return
+        self._next_model_check = now + MODEL_CHECK_SECONDS
+        ready = self._model_ready()
+        if ready and not self._model_was_ready:
+            log.info("a model is available: files waiting for one are classified now")
+            self._next_rescan = 0.0
+        self._model_was_ready = ready
 
     def _model_ready(self) -> bool:
         ready = getattr(self.step, "model_ready", None)
@@ -360,6 +499,23 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
+
+
+def build_step(cfg: Config, engine) -> Step:
+    """The classifier of the config: the registry's champion when there is one, else `model.weights` (a path,
+    relative to the home folder, or a pretrained name that Ultralytics downloads into models/ when online)."""
+    from pipeline.classify import ClassifyStep
+    from pipeline.registry import champion_weights
+
+    name = cfg.model.weights
+    local = (cfg.home / name).resolve()
+    weights = name if ("/" not in name and not local.exists()) else local
+    roots = [cfg.path("models")] + ([local] if isinstance(weights, Path) else [])
+    return ClassifyStep(task=cfg.task, weights=weights, imgsz=cfg.model.imgsz, batch=cfg.model.batch,
+                        conf=cfg.model.conf, backend=cfg.model.backend, device=cfg.model.device,
+                        review_dir=cfg.path("review"), review_below=cfg.model.review_below,
+                        max_pixels=cfg.watch.max_pixels, allowed_roots=roots,
+                        model_source=lambda: champion_weights(engine, cfg.home))
 
 
 def _utcnow() -> datetime:

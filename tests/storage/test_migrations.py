@@ -4,15 +4,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
+import pytest
+
 from storage.db import current_revision, make_engine, upgrade_database
 from storage.tables import Base
+from tests.conftest import USE_POSTGRES
 
 
-def test_empty_database_upgrades_to_head_matching_the_models(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'cw.db'}")
+def test_empty_database_upgrades_to_head_matching_the_models(db_url):
+    engine = make_engine(db_url)
     try:
         upgrade_database(engine)
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0005"
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == []
@@ -20,18 +23,18 @@ def test_empty_database_upgrades_to_head_matching_the_models(tmp_path):
         engine.dispose()
 
 
-def test_upgrade_is_idempotent(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'cw.db'}")
+def test_upgrade_is_idempotent(db_url):
+    engine = make_engine(db_url)
     try:
         upgrade_database(engine)
         upgrade_database(engine)
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0005"
     finally:
         engine.dispose()
 
 
-def test_database_from_an_older_revision_keeps_its_rows(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'cw.db'}")
+def test_database_from_an_older_revision_keeps_its_rows(db_url):
+    engine = make_engine(db_url)
     try:
         upgrade_database(engine, "0001")
         assert current_revision(engine) == "0001"
@@ -42,7 +45,7 @@ def test_database_from_an_older_revision_keeps_its_rows(tmp_path):
                 " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
             conn.execute(text("INSERT INTO classes (name, position, created_at) VALUES ('만화', 0, '2026-01-01')"))
         upgrade_database(engine)
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0005"
         with engine.connect() as conn:
             assert conn.execute(text("SELECT source_path, state FROM files")).all() == [("a/b.jpg", "processed")]
             assert conn.execute(text("SELECT name FROM classes")).all() == [("만화",)]
@@ -51,6 +54,7 @@ def test_database_from_an_older_revision_keeps_its_rows(tmp_path):
         engine.dispose()
 
 
+@pytest.mark.skipif(USE_POSTGRES, reason="SQLite pragmas")
 def test_sqlite_pragmas_are_set_on_every_connection(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'cw.db'}")
     try:

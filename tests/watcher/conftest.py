@@ -82,8 +82,18 @@ def wait_for(pred, timeout: float = 20.0, interval: float = 0.05):
         time.sleep(interval)
 
 
+_URLS: dict[Path, str] = {}
+
+
+def home_engine(home: Path):
+    # Remembered: a test may break the config on purpose (reload tests) and still read the rows.
+    if home not in _URLS:
+        _URLS[home] = load_config(home / "coverwatch.yaml").database_url
+    return make_engine(_URLS[home])
+
+
 def rows(home: Path) -> list[File]:
-    engine = make_engine(f"sqlite:///{home / 'coverwatch.db'}")
+    engine = home_engine(home)
     try:
         with session_scope(engine) as s:
             return list(s.scalars(select(File).order_by(File.id)))
@@ -92,7 +102,7 @@ def rows(home: Path) -> list[File]:
 
 
 def predictions(home: Path) -> list[Prediction]:
-    engine = make_engine(f"sqlite:///{home / 'coverwatch.db'}")
+    engine = home_engine(home)
     try:
         with session_scope(engine) as s:
             return list(s.scalars(select(Prediction).order_by(Prediction.id)))

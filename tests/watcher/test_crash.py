@@ -47,10 +47,12 @@ def start(home, log):
 
 
 def alive(home, pid):
-    from storage.db import make_engine, session_scope
+    from storage.db import session_scope
     from storage.queries import live_workers
 
-    engine = make_engine(f"sqlite:///{home / 'coverwatch.db'}")
+    from tests.watcher.conftest import home_engine
+
+    engine = home_engine(home)
     try:
         with session_scope(engine) as s:
             return any(w.pid == pid for w in live_workers(s))

@@ -11,7 +11,7 @@ import unicodedata
 import pytest
 from PIL import Image
 
-from tests.conftest import coco_images, run_cli
+from tests.conftest import USE_POSTGRES, coco_images, run_cli
 from tests.watcher.conftest import CountingStep, configure, final_rows, predictions, rows, running, wait_for
 
 
@@ -171,6 +171,7 @@ def test_dead_observer_is_restarted(home):
     assert row.state == "processed"
 
 
+@pytest.mark.skipif(USE_POSTGRES, reason="SQLite's database-level lock; PostgreSQL locks rows")
 def test_database_locked_file_waits_and_is_retried(home):
     from storage.db import make_engine
     from watcher.config import load_config
@@ -252,18 +253,25 @@ def test_requeue_sends_quarantined_files_back(home, files_in):
     r = run_cli("-c", cfg, "process")
     assert r.returncode == 0, r.stderr
     old, new = rows(home)
-    assert (old.state, new.state, new.duplicate_of) == ("requeued", "processed", None)
-    assert files_in("archive", "inbox") == ["big.jpg"]
+    # Offline with no model trained yet, the real classifier leaves it waiting for one, in the inbox.
+    assert (old.state, new.state, new.duplicate_of) == ("requeued", "awaiting_model", None)
+    assert files_in("inbox") == ["big.jpg"]
 
 
 def test_process_command_does_one_pass_and_exits(home):
+    """Offline and before any training, images wait for a model; bad files are quarantined all the same."""
     for i in range(10):
         unique_png(home / "inbox" / f"{i}.png", i)
     (home / "inbox" / "bad.jpg").write_text("nope")
+    (home / "inbox" / "empty.jpg").write_bytes(b"")
     r = run_cli("-c", str(home / "coverwatch.yaml"), "process")
     assert r.returncode == 0, r.stderr
-    assert "processed 11 files" in r.stdout
-    assert sorted(x.state for x in rows(home)) == ["processed"] * 10 + ["quarantined"]
+    assert "processed 12 files" in r.stdout
+    states = {x.original_name: (x.state, x.reason) for x in rows(home)}
+    assert states.pop("empty.jpg") == ("quarantined", "zero_bytes")
+    # Content is only decoded with a model at hand: bad.jpg waits too, and is quarantined once one exists.
+    assert set(states.values()) == {("awaiting_model", None)} and len(states) == 11
+    assert "model.weights: yolo11n.pt" in r.stderr  # the one clear line about why
 
 
 def test_handler_never_raises(home):

@@ -64,6 +64,10 @@ def start(home, tmp_path, listener, **env):
     return proc
 
 
+def _size(path):
+    return path.stat().st_size if path.exists() else 0
+
+
 def stop(proc, timeout=20):
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
@@ -79,7 +83,7 @@ def test_ready_watchdog_while_busy_and_stopping(home, tmp_path, listener):
         wait_for(lambda: listener.seen("READY=1"), timeout=60)
         assert any(m.startswith("STATUS=") for _, m in listener.messages)
         write_jpegs(home / "inbox", 0, 40)
-        wait_for(lambda: (tmp_path / "calls").exists(), timeout=30)
+        wait_for(lambda: _size(tmp_path / "calls") > 0, timeout=30)
         busy_from = time.monotonic()
         time.sleep(2.0)  # the step is sleeping: the loop is busy, not hung
         pings = [t for t in listener.seen("WATCHDOG=1") if t >= busy_from]
@@ -96,7 +100,7 @@ def test_sigterm_during_a_batch_loses_nothing(home, tmp_path, listener):
     proc = start(home, tmp_path, listener, SLOW_STEP_SECONDS="3")
     write_jpegs(home / "inbox", 0, 300)
     try:
-        wait_for(lambda: (tmp_path / "calls").exists(), timeout=60)  # a batch is in flight
+        wait_for(lambda: _size(tmp_path / "calls") > 0, timeout=60)  # a batch is in flight
     finally:
         took = stop(proc)
     assert proc.returncode == 0 and took < 10

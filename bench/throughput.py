@@ -1,0 +1,203 @@
+"""Images per second on the same images: Ultralytics' own predict loop, coverwatch, and the bare ONNX forward pass.
+
+    .venv/bin/python bench/throughput.py                      # both tasks, coco128 repeated to 512 images
+    .venv/bin/python bench/throughput.py --task detect -n 256 --detect-weights models/v3/weights/best.pt
+
+(a) `YOLO(weights).predict(paths, batch=16)`, PyTorch on the CPU: what the user's notes did.
+(b) coverwatch from file to result: `run_coverwatch` (today ClassifyStep over every file, decode included;
+    to become `coverwatch process` on a pre-filled inbox once that command exists).
+(c) the exported ONNX model's forward pass on the same images made into tensors beforehand: the ceiling for (b).
+Each runs in a fresh process, so threads and peak RSS of one do not leak into another. Without weights given,
+tiny models are trained the way the tests train them (the speed of a model does not depend on its accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+COCO_IMAGES = ROOT.parent / "shared" / "datasets" / "coco128" / "images" / "train2017"
+SIZES = {"detect": 640, "classify": 224}
+BATCH = 16
+STEP_CALL = 256  # the daemon hands the step at most this many files at once (watcher.daemon.INGEST_BATCH)
+
+
+def _env(workdir: Path) -> None:
+    os.environ.setdefault("YOLO_VERBOSE", "false")  # Ultralytics' own progress lines would bury the figures
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(workdir / "yolo-config"))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ultralytics(weights: Path, paths: list[Path], imgsz: int) -> float:
+    """(a) seconds for Ultralytics' own predict loop, PyTorch on the CPU."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    list(model.predict([str(p) for p in paths[:BATCH]], batch=BATCH, imgsz=imgsz, device="cpu", verbose=False))
+    t0 = time.perf_counter()
+    for _ in model.predict([str(p) for p in paths], batch=BATCH, imgsz=imgsz, device="cpu", verbose=False,
+                           stream=True):
+        pass
+    return time.perf_counter() - t0
+
+
+def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> float:
+    """(b) seconds from files on disk to results, decode included. The one function to switch to `process`."""
+    from pipeline.classify import ClassifyStep
+    from pipeline.steps import Item, Result
+
+    step = ClassifyStep(task=task, weights=weights, imgsz=imgsz, batch=BATCH, conf=0.25, backend="auto",
+                        device="cpu", review_dir=None, review_below=0.0, max_pixels=89_478_485,
+                        allowed_roots=[weights.parent])
+    items = [Item(i, p, "") for i, p in enumerate(paths)]
+    step(items[:BATCH])  # load and export the model outside the timing, as a running daemon has
+    t0 = time.perf_counter()
+    out = []
+    for i in range(0, len(items), STEP_CALL):
+        out += step(items[i:i + STEP_CALL])
+    seconds = time.perf_counter() - t0
+    step.close()
+    assert all(isinstance(r, Result) for r in out), "some images were not classified"
+    return seconds
+
+
+def run_onnx(weights: Path, paths: list[Path], imgsz: int, task: str) -> float:
+    """(c) seconds for the bare ONNX forward pass over the same images, letterboxed beforehand, batched by shape."""
+    from pipeline import model_loader as ml
+
+    model = ml.load_model(weights, allowed_roots=[weights.parent])
+    forward = ml.onnx_forward(ml.export_onnx(model, imgsz), device="cpu")
+    batches = _ready_batches(paths[:128], imgsz, task, model.stride)
+    forward(batches[0])
+    t0, done = time.perf_counter(), 0
+    while done < len(paths):
+        for batch in batches:
+            forward(batch[: len(paths) - done])
+            done += min(len(batch), len(paths) - done)
+            if done >= len(paths):
+                break
+    return time.perf_counter() - t0
+
+
+def _ready_batches(paths: list[Path], imgsz: int, task: str, stride: int) -> list:
+    import numpy as np
+
+    from pipeline.decode import decode_image
+    from pipeline.preprocess import center_crop, letterbox, to_nchw
+
+    by_shape: dict[tuple, list] = {}
+    for p in paths:
+        rgb = decode_image(p.read_bytes(), max_pixels=89_478_485).rgb
+        x = letterbox(rgb, imgsz, stride)[0] if task == "detect" else center_crop(rgb, imgsz)
+        by_shape.setdefault(x.shape, []).append(x)
+    return [to_nchw(np.stack(xs[i:i + BATCH])) for xs in by_shape.values() for i in range(0, len(xs), BATCH)]
+
+
+def _child(queue, workdir: str, fn_name: str, args: tuple) -> None:
+    _env(Path(workdir))
+    seconds = globals()[fn_name](*args)
+    queue.put((seconds, _peak_rss_mb()))
+
+
+def measure(workdir: Path, fn_name: str, *args) -> tuple[float, float]:
+    """Run one of the run_* functions in a fresh process: (seconds, peak RSS in MB)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, str(workdir), fn_name, args))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def _prepare_models(workdir: str, detect: bool, classify: bool) -> None:
+    from tests.pipeline.conftest import train_tiny_classify, train_tiny_detect
+
+    _env(Path(workdir))
+    if detect:
+        train_tiny_detect(Path(workdir) / "detect", imgsz=64, wake_imgsz=SIZES["detect"])
+    if classify:
+        train_tiny_classify(Path(workdir) / "classify", imgsz=32)
+
+
+def prepare_models(workdir: Path, tasks: list[str], given: dict[str, Path | None]) -> dict[str, Path]:
+    """Trained in a child process: training's memory would otherwise count in nobody's peak RSS but ours."""
+    need = {t: given.get(t) is None for t in tasks}
+    if any(need.values()):
+        proc = mp.get_context("spawn").Process(target=_prepare_models,
+                                               args=(str(workdir), need.get("detect", False),
+                                                     need.get("classify", False)))
+        proc.start()
+        proc.join()
+    trained = {"detect": workdir / "detect/models/det-v1/weights/best.pt",
+               "classify": workdir / "classify/models/cls-v1/weights/best.pt"}
+    return {t: Path(given[t]) if given.get(t) else trained[t] for t in tasks}
+
+
+def inbox_of(workdir: Path, n: int) -> list[Path]:
+    """coco128 copied (not linked: the step refuses links) and repeated to n files."""
+    sources = sorted(COCO_IMAGES.glob("*.jpg"))
+    inbox = workdir / "inbox"
+    inbox.mkdir(exist_ok=True)
+    paths = []
+    for i in range(n):
+        dest = inbox / f"{i:05d}_{sources[i % len(sources)].name}"
+        shutil.copyfile(sources[i % len(sources)], dest)
+        paths.append(dest)
+    return paths
+
+
+def bench_task(workdir: Path, task: str, weights: Path, paths: list[Path], repeat: int) -> None:
+    """Rounds of (a), (b), (c) interleaved; the best round of each counts (the others met a busy machine)."""
+    imgsz, n = SIZES[task], len(paths)
+    runs = {"a": [], "b": [], "c": []}
+    for _ in range(repeat):
+        runs["a"].append(measure(workdir, "run_ultralytics", weights, paths, imgsz))
+        runs["b"].append(measure(workdir, "run_coverwatch", weights, paths, imgsz, task))
+        runs["c"].append(measure(workdir, "run_onnx", weights, paths, imgsz, task))
+    (a, rss_a), (b, rss_b), (c, rss_c) = (min(runs[k]) for k in "abc")
+    print(f"\n{task} at {imgsz}, {n} images, batch {BATCH}, {os.cpu_count()} CPUs, best of {repeat} "
+          f"({weights.name}, load average {os.getloadavg()[0]:.1f})")
+    for label, seconds, rss in (("(a) ultralytics predict, torch cpu", a, rss_a),
+                                ("(b) coverwatch ClassifyStep, decode included", b, rss_b),
+                                ("(c) bare onnx forward, ready tensors", c, rss_c)):
+        print(f"  {label:46s} {n / seconds:8.1f} images/s   peak RSS {rss:6.0f} MB")
+    print(f"  b/a = {a / b:.2f}   (target >= 1.8)")
+    print(f"  b/c = {c / b:.2f}   (target >= 0.8)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=["detect", "classify", "both"], default="both")
+    p.add_argument("-n", type=int, default=512, help="images per measurement (coco128 repeated)")
+    p.add_argument("--detect-weights", type=Path)
+    p.add_argument("--classify-weights", type=Path)
+    p.add_argument("--repeat", type=int, default=2, help="rounds; the best of each measurement is shown")
+    args = p.parse_args(argv)
+    tasks = ["detect", "classify"] if args.task == "both" else [args.task]
+    with tempfile.TemporaryDirectory(prefix="coverwatch-bench-") as tmp:
+        workdir = Path(tmp)
+        _env(workdir)
+        weights = prepare_models(workdir, tasks, {"detect": args.detect_weights,
+                                                  "classify": args.classify_weights})
+        paths = inbox_of(workdir, args.n)
+        for task in tasks:
+            bench_task(workdir, task, weights[task], paths, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

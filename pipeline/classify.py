@@ -1,0 +1,322 @@
+"""The classifier step: every inbox image through a YOLO model (detect or classify), in batches.
+
+    >>> step = ClassifyStep(task="detect", weights="yolo11n.pt", imgsz=640, batch=16, conf=0.25, backend="auto",
+    ...                     device="auto", review_dir=home / "review", review_below=0.4,
+    ...                     max_pixels=89_478_485, allowed_roots=[home / "models"], model_source=champion)
+    >>> step([Item(7, home / "inbox/cover.jpg", sha)])
+    [Result(width=1200, height=1800, predicted_class='comic', confidence=0.91, top5=[['comic', 0.91], ...], ...)]
+
+Per call: ask `model_source` once and switch models first if the champion changed (so every row names the model
+that produced it); then decode chunk k+1 in the thread pool while the model runs on chunk k. On CPU the default
+backend is ONNX Runtime on an export cached beside the weights; on CUDA it is PyTorch in half precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline import model_loader as ml
+from pipeline.errors import ModelUnavailable, Rejected
+from pipeline.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
+from pipeline.review import WHOLE_IMAGE, write_review
+from pipeline.steps import Item, Outcome, Result, read_file
+
+log = logging.getLogger(__name__)
+
+IOU = 0.7  # Ultralytics' predict defaults, so rows match what `yolo predict` shows
+MAX_DET = 300
+MAX_NMS = 30_000
+MAX_WH = 7680  # per-class box offset: one NMS call keeps classes apart
+RETRY_SECONDS = 60.0  # a model that failed to load is tried again after this, not on every batch
+# Decoding the next chunk runs beside inference. At equal priority it preempts the inference threads, and one
+# late thread stalls every parallel operator of the model; a little lower, it fills the gaps the model leaves.
+DECODE_NICENESS = 10
+
+ModelSource = Callable[[], "tuple[str, Path] | None"]
+
+
+@dataclass(frozen=True)
+class _Active:
+    want: tuple  # (registry version or None, weights) it was loaded for
+    version: str
+    model: ml.LoadedModel
+    backend: str  # onnx | torch
+    forward: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    x: np.ndarray  # HxWx3 uint8, model input size
+    image: ModelImage  # rgb dropped (None) once the input is made
+    geometry: tuple | None  # detect: gain_x, gain_y, pad_x, pad_y, decoded width, decoded height
+    decode_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    predicted_class: str | None
+    confidence: float | None
+    top5: list
+    detections: list
+    boxes: list  # for the review label: (class id, x1, y1, x2, y2) normalised
+
+
+class ClassifyStep:
+    """Classify inbox images; a `pipeline.steps.Step`. Call `close()` when done (the daemon does).
+
+    `weights`: a .pt path or a pretrained name (downloaded into the first folder of `allowed_roots` when online);
+    `model_source()` -> (version, weights path) or None: the registry's champion, preferred over `weights`;
+    `allowed_roots`: the only places weights load from; `review_dir=None` turns review copies off, and
+    `review_below=1.0` sends every image there; `workers`: decode threads.
+    """
+
+    def __init__(self, *, task: str, weights: str | Path, imgsz: int, batch: int, conf: float, backend: str = "auto",
+                 device: str = "auto", review_dir: Path | None, review_below: float, max_pixels: int,
+                 allowed_roots: list[Path], model_source: ModelSource | None = None, workers: int = 2,
+                 clock: Callable[[], float] = time.monotonic):
+        self.task, self.weights, self.imgsz, self.batch, self.conf = task, weights, imgsz, max(1, batch), conf
+        self.backend, self.device = backend, device
+        self.review_dir, self.review_below, self.max_pixels = review_dir, review_below, max_pixels
+        self.allowed_roots = [Path(r) for r in allowed_roots]
+        self.model_source, self.clock = model_source, clock
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="classify-decode",
+                                       initializer=_lower_priority, initargs=(DECODE_NICENESS,))
+        self._active: _Active | None = None
+        self._failed: dict[tuple, tuple[float, ModelUnavailable]] = {}
+
+    def __call__(self, items: list[Item]) -> list[Outcome]:
+        if not items:
+            return []
+        try:
+            active = self._model_for_call()
+        except ModelUnavailable as exc:
+            return [exc for _ in items]
+        return self._run(active, items)
+
+    def load(self) -> str:
+        """Load the model now, e.g. to fail early at start-up (raises ModelUnavailable); returns its version.
+
+        Optional: the first call loads it anyway.
+        """
+        return self._model_for_call().version
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    @property
+    def model_version(self) -> str | None:
+        return self._active.version if self._active is not None else None
+
+    def model_ready(self) -> bool:
+        """Is there a model to use (loaded, a champion in the registry, or weights on disk)? The daemon offers
+        `awaiting_model` files again when this turns true."""
+        if self._active is not None:
+            return True
+        version, weights = self._wanted()
+        return version is not None or Path(weights).is_file()
+
+    def reconfigure(self, *, conf: float, review_below: float) -> None:
+        """Thresholds from a reloaded config (SIGHUP); the model stays loaded."""
+        self.conf, self.review_below = conf, review_below
+
+    # -- which model -------------------------------------------------------------------------------------
+
+    def _model_for_call(self) -> _Active:
+        want = self._wanted()
+        if self._active is not None and self._active.want == want:
+            return self._active
+        failed = self._failed.get(want)
+        if failed is not None and self.clock() - failed[0] < RETRY_SECONDS:
+            return self._keep_or_raise(failed[1])
+        try:
+            active = self._load(want)
+        except ModelUnavailable as exc:
+            self._failed[want] = (self.clock(), exc)
+            log.warning("%s", exc)
+            return self._keep_or_raise(exc)
+        self._failed.pop(want, None)
+        self._active = active
+        log.info("classifying with model %s (%s, %d classes, %s)", active.version, active.model.task,
+                 len(active.model.names), active.backend)
+        return active
+
+    def _keep_or_raise(self, exc: ModelUnavailable) -> _Active:
+        if self._active is None:
+            raise exc
+        return self._active  # a new champion that cannot load must not stop the one that works
+
+    def _wanted(self) -> tuple:
+        if self.model_source is not None:
+            try:
+                got = self.model_source()
+            except Exception:  # noqa: BLE001 - the registry being unreachable is no reason to stop classifying
+                log.warning("asking for the champion model failed; keeping the current one", exc_info=True)
+                if self._active is not None:
+                    return self._active.want
+                got = None
+            if got is not None:
+                return str(got[0]), Path(got[1])
+        return None, self.weights
+
+    def _load(self, want: tuple) -> _Active:
+        version, weights = want
+        folders = [r for r in self.allowed_roots if r.is_dir()]
+        model = ml.load_model(weights, allowed_roots=self.allowed_roots, download_dir=folders[0] if folders else None)
+        if model.task != self.task:
+            log.warning("task is %s but %s is a %s model; using the model's task", self.task, model.path, model.task)
+        backend, forward = self._backend(model)
+        return _Active(want, version or f"{model.path.stem[:40]}@{model.sha12}", model, backend, forward)
+
+    def _backend(self, model: ml.LoadedModel) -> tuple[str, Callable]:
+        device = ml.resolve_device(self.device)
+        backend = self.backend if self.backend != "auto" else ("onnx" if device == "cpu" else "torch")
+        if backend == "onnx":
+            try:
+                return "onnx", ml.onnx_forward(ml.export_onnx(model, self.imgsz), device=device)
+            except Exception as exc:  # noqa: BLE001 - read-only models folder, exporter bug: PyTorch still works
+                log.warning("ONNX export of %s failed (%s); using PyTorch", model.path, exc)
+        return "torch", ml.torch_forward(model, device=device)
+
+    # -- the work ----------------------------------------------------------------------------------------
+
+    def _run(self, active: _Active, items: list[Item]) -> list[Outcome]:
+        chunks = [items[i:i + self.batch] for i in range(0, len(items), self.batch)]
+        outcomes: list[Outcome] = []
+        ahead = self._submit(active, chunks[0])
+        for k, chunk in enumerate(chunks):
+            current = ahead
+            if k + 1 < len(chunks):  # decode the next chunk while the model runs on this one
+                ahead = self._submit(active, chunks[k + 1])
+            outcomes.extend(self._infer(active, chunk, [f.result() for f in current]))
+        return outcomes
+
+    def _submit(self, active: _Active, chunk: list[Item]) -> list[Future]:
+        m = active.model
+        return [self.pool.submit(self._prepare, m.task, m.stride, item) for item in chunk]
+
+    def _prepare(self, task: str, stride: int, item: Item) -> _Prepared | Rejected | Exception:
+        t0 = time.perf_counter()
+        try:
+            image = decode_for_model(read_file(item.path), max_pixels=self.max_pixels, task=task, imgsz=self.imgsz)
+            h, w = image.rgb.shape[:2]
+            if task == "detect":
+                x, geometry = letterbox(image.rgb, self.imgsz, stride)
+                geometry = (*geometry, w, h)
+            else:
+                x, geometry = center_crop(image.rgb, self.imgsz), None
+        except Rejected as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - one odd file must not sink its batch; ingest retries it
+            log.exception("preparing %s failed", item.path)
+            return exc
+        image = ModelImage(None, image.width, image.height, image.orientation)  # free the full-size pixels now
+        return _Prepared(x, image, geometry, (time.perf_counter() - t0) * 1000)
+
+    def _infer(self, active: _Active, chunk: list[Item], prepared: list) -> list[Outcome]:
+        outcomes = list(prepared)
+        ok = [i for i, p in enumerate(prepared) if isinstance(p, _Prepared)]
+        if not ok:
+            return outcomes
+        t0 = time.perf_counter()
+        try:
+            y = self._forward(active, {i: prepared[i].x for i in ok})
+            answers = [self._answer(active.model, y[i], prepared[i]) for i in ok]
+        except Exception as exc:  # noqa: BLE001 - the chunk is retried by the ingest, the rest carries on
+            log.exception("inference failed on %d images", len(ok))
+            return [exc if isinstance(p, _Prepared) else p for p in prepared]
+        infer_ms = (time.perf_counter() - t0) * 1000 / len(ok)
+        for i, answer in zip(ok, answers):
+            outcomes[i] = self._result(active, chunk[i], prepared[i], answer, infer_ms)
+        return outcomes
+
+    @staticmethod
+    def _forward(active: _Active, inputs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """One model run per input shape (letterboxed photos of one aspect ratio share a shape)."""
+        groups: dict[tuple, list[int]] = {}
+        for i, x in inputs.items():
+            groups.setdefault(x.shape, []).append(i)
+        out = {}
+        for idx in groups.values():
+            out.update(zip(idx, active.forward(to_nchw(np.stack([inputs[i] for i in idx])))))
+        return out
+
+    def _answer(self, model: ml.LoadedModel, y: np.ndarray, p: _Prepared) -> _Answer:
+        if model.task == "classify":
+            return classify_answer(y, model.names)
+        rows = e2e_rows(y, self.conf) if model.end2end else nms_rows(y, self.conf, len(model.names))
+        return detect_answer(rows, p.geometry, model.names)
+
+    def _result(self, active: _Active, item: Item, p: _Prepared, a: _Answer, infer_ms: float) -> Result:
+        if self.review_dir is not None and (a.confidence is None or a.confidence < self.review_below
+                                            or self.review_below >= 1.0):  # 1.0: review everything
+            write_review(self.review_dir, item.path, names=active.model.names, boxes=a.boxes,
+                         orientation=p.image.orientation, version=active.version)
+        return Result(width=p.image.width, height=p.image.height, predicted_class=a.predicted_class,
+                      confidence=a.confidence, top5=a.top5, detections=a.detections, model_version=active.version,
+                      backend=active.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms)
+
+
+def _lower_priority(niceness: int) -> None:
+    """Lower the calling thread's priority (Linux schedules threads one by one); elsewhere, nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
+
+
+def classify_answer(probs: np.ndarray, names: list[str]) -> _Answer:
+    """Top-1 and top-5 from a softmax row (the exported head applies softmax)."""
+    top = np.argsort(-probs, kind="stable")[:5]
+    top5 = [[names[i], float(probs[i])] for i in top]
+    return _Answer(top5[0][0], top5[0][1], top5, [], [(int(top[0]), *WHOLE_IMAGE)])
+
+
+def nms_rows(pred: np.ndarray, conf: float, nc: int) -> np.ndarray:
+    """Ultralytics' non_max_suppression for one image: (4+nc, anchors) -> (n, 6) xyxy, score, class."""
+    import torch
+    import torchvision
+
+    scores = pred[4:4 + nc]
+    cls = scores.argmax(0)
+    best = scores[cls, np.arange(scores.shape[1])]
+    keep = np.flatnonzero(best > conf)
+    if keep.size > MAX_NMS:
+        keep = keep[np.argsort(-best[keep], kind="stable")[:MAX_NMS]]
+    xy, half_wh = pred[:2, keep].T, pred[2:4, keep].T / 2
+    rows = np.concatenate([xy - half_wh, xy + half_wh, best[keep, None], cls[keep, None].astype(np.float32)], 1)
+    offset = rows[:, :4] + rows[:, 5:6] * MAX_WH
+    kept = torchvision.ops.nms(torch.from_numpy(offset), torch.from_numpy(rows[:, 4].copy()), IOU)[:MAX_DET]
+    return rows[kept.numpy()]
+
+
+def e2e_rows(pred: np.ndarray, conf: float) -> np.ndarray:
+    """NMS-free heads (YOLO26) already give (max_det, 6) rows: keep those above `conf`."""
+    return pred[pred[:, 4] > conf][:MAX_DET]
+
+
+def detect_answer(rows: np.ndarray, geometry: tuple, names: list[str]) -> _Answer:
+    """Boxes back to the original image (normalised xyxy); the image's answer is its most confident box."""
+    gain_x, gain_y, pad_x, pad_y, w, h = geometry
+    xyxy = rows[:, :4].copy()
+    xyxy[:, [0, 2]] = ((xyxy[:, [0, 2]] - pad_x) / gain_x).clip(0, w) / w
+    xyxy[:, [1, 3]] = ((xyxy[:, [1, 3]] - pad_y) / gain_y).clip(0, h) / h
+    order = np.argsort(-rows[:, 4], kind="stable")
+    detections, boxes, top5 = [], [], {}
+    for i in order:
+        cls, score, box = int(rows[i, 5]), float(rows[i, 4]), [float(v) for v in xyxy[i]]
+        detections.append((names[cls], score, *box))
+        boxes.append((cls, *box))
+        top5.setdefault(names[cls], score)
+    if not detections:
+        return _Answer(None, None, [], [], [])
+    best = detections[0]
+    return _Answer(best[0], best[1], [[n, s] for n, s in list(top5.items())[:5]], detections, boxes)

@@ -1,0 +1,285 @@
+"""Labelled drops, exactly once: pairs of image and label become Samples, everything else waits or is quarantined.
+
+The same four phases as pipeline.ingest, per batch:
+    A  register   one transaction: a `files` row per file (folder 'labeled'), cheap rejections decided
+    B  decide     every live file of the touched folders is paired (pipeline.pairing), images decoded, labels
+                  parsed (pipeline.labels); nothing is written meanwhile
+    C  commit     one transaction: classes.txt names (`class_lists`), the registry, Samples and Labels (older
+                  drops of the same image content marked `replaced_at`), final states and destinations
+    D  move       files go to archive/labeled/<relpath> or quarantine/labeled/<relpath>
+Files that wait for a partner stay where they are as `awaiting_partner` (the daemon's rescan skips them);
+`expire_partners` decides for them once `pair_timeout` has passed. A classes.txt is processed on its own and
+its names are kept per folder, so labels that arrive after it was archived still map their ids correctly.
+
+Example:
+    >>> ingest_labelled(engine, layout, home / "labeled", [home / "labeled/drop/a.jpg"], max_bytes=50 << 20,
+    ...                 max_pixels=89_478_485, pair_timeout=30).waiting
+    1
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path, PurePosixPath
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from pipeline.classes import class_names
+from pipeline.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, check_entry, decode_image
+from pipeline.errors import Rejected
+from pipeline.ingest import BatchReport, Layout, sha256_file
+from pipeline.labels import ParsedLabel, normalise_name, parse_classes, parse_label
+from pipeline.pairing import CLASSES_FILE, ClassFolder, Member, Pair, Reject, Wait, folder_of, kind_of, plan_pairs
+from pipeline.samples import Decisions, NewSample, commit_decisions
+from pipeline.steps import read_file
+from storage.db import session_scope
+from storage.files import finish_moves
+from storage.tables import ClassList, File, FileState
+
+log = logging.getLogger(__name__)
+
+FOLDER = "labeled"
+DEFAULT_MAX_PIXELS = 89_478_485
+_LIVE = (FileState.pending.value, FileState.awaiting_partner.value)
+
+
+@dataclass
+class _Seen:
+    path: Path
+    rel: str
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str | None = None
+    rejected: Rejected | None = None
+
+
+def ingest_labelled(engine, layout: Layout, root: Path, paths: list[Path], *, max_bytes: int, max_pixels: int,
+                    pair_timeout: float, now: datetime | None = None) -> BatchReport:
+    """Take complete files under `root` (labeled/) to a processed, quarantined or awaiting_partner state."""
+    report = BatchReport()
+    seen = [x for x in (_look(p, root, max_bytes, report) for p in paths) if x is not None]
+    if not seen:
+        return report
+    try:
+        with session_scope(engine) as s:
+            _register(s, layout, seen)
+    except (OperationalError, IntegrityError, OSError) as exc:  # IntegrityError: another worker registered it
+        return _transient(report, [x.path for x in seen], "register", exc)
+    folders = {folder_of(x.rel) for x in seen}
+    cutoff = (now or _utcnow()) - timedelta(seconds=pair_timeout)
+    return _resolve(engine, layout, root, folders, report, max_pixels=max_pixels, cutoff=cutoff)
+
+
+def expire_partners(engine, layout: Layout, root: Path, *, pair_timeout: float, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    now: datetime | None = None) -> BatchReport:
+    """Decide for files that waited `pair_timeout` for a partner: class-folder image, or quarantine."""
+    cutoff = (now or _utcnow()) - timedelta(seconds=pair_timeout)
+    try:
+        with session_scope(engine) as s:
+            waiting = s.execute(select(File.source_path, File.created_at).where(
+                File.folder == FOLDER, File.state == FileState.awaiting_partner.value, File.final_path.is_(None)))
+            folders = {folder_of(p) for p, created in waiting if _aware(created) <= cutoff}
+    except OperationalError as exc:
+        log.warning("cannot look for expired partners (%s); trying again soon", exc.orig)
+        return BatchReport()
+    if not folders:
+        return BatchReport()
+    return _resolve(engine, layout, root, folders, BatchReport(), max_pixels=max_pixels, cutoff=cutoff)
+
+
+# -- phase A ------------------------------------------------------------------------------------------------
+
+
+def _look(path: Path, root: Path, max_bytes: int, report: BatchReport) -> _Seen | None:
+    x = _Seen(path, path.relative_to(root).as_posix())
+    try:
+        try:
+            st = check_entry(path, max_bytes=max_bytes, allowed=IMAGE_EXTENSIONS | LABEL_EXTENSIONS)
+        except Rejected as exc:
+            # An empty YOLO label is a background image; an empty classes.txt fails in its own parser.
+            if exc.code != "zero_bytes" or kind_of(x.rel) not in ("yolo", "classes"):
+                raise
+            st = os.lstat(path)
+        x.size, x.mtime_ns = st.st_size, st.st_mtime_ns
+        x.sha256 = sha256_file(path)
+    except FileNotFoundError:
+        return None
+    except Rejected as exc:
+        x.rejected = exc
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        x.size, x.mtime_ns = st.st_size, st.st_mtime_ns
+    except OSError as exc:
+        log.warning("%s: cannot read (%s); will retry", path, exc.strerror)
+        report.retry.append(path)
+        return None
+    return x
+
+
+def _register(s: Session, layout: Layout, seen: list[_Seen]) -> None:
+    by_loc = {layout.rel(x.path): x for x in seen}
+    left = {r.location: r for r in s.scalars(
+        select(File).where(File.location.in_(list(by_loc)), File.moved_at.is_(None)))}
+    for loc, x in by_loc.items():
+        old = left.get(loc)
+        if old is not None and old.final_path is not None:
+            continue  # only its move is pending: recovery finishes it
+        if old is not None and old.sha256 == x.sha256:
+            row = old  # a wait or a crash left this row (one live row per location): carry on with it
+            if x.rejected is None and row.state not in _LIVE:
+                row.state, row.reason, row.detail = FileState.pending.value, None, None
+        else:
+            if old is not None:  # replaced on disk before it was done: the old content is gone
+                old.state, old.reason, old.location = FileState.quarantined.value, "replaced", None
+                old.moved_at = old.processed_at = _utcnow()
+            row = File(folder=FOLDER, source_path=x.rel, original_name=PurePosixPath(x.rel).name, size=x.size,
+                       mtime_ns=x.mtime_ns, sha256=x.sha256, location=loc, state=FileState.pending.value)
+            s.add(row)
+        if x.rejected is not None:
+            row.state, row.reason, row.detail = FileState.quarantined.value, x.rejected.code, str(x.rejected)
+    s.flush()
+
+
+# -- phase B ------------------------------------------------------------------------------------------------
+
+
+def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff) -> BatchReport:
+    try:
+        with session_scope(engine) as s:
+            members, locations, names, registered, class_folders = _load(s, root, folders)
+    except OperationalError as exc:
+        return _transient(report, [], "loading the drop", exc)
+    home = layout.home
+    batch = Decisions()
+    for m in (m for m in members if m.kind == "classes"):
+        batch.classes.append((m, _read_classes(home / locations[m.row_id])))
+    for m, result in batch.classes:
+        if isinstance(result, Rejected):
+            names.pop(m.folder, None)  # a bad new classes.txt must not let labels fall back to an old one
+        else:
+            names[m.folder] = result
+    jobs = plan_pairs([m for m in members if m.kind != "classes"], names_by_folder=names, cutoff=cutoff,
+                      class_folder=class_folders.get, registered=registered)
+    for job in jobs:
+        _decide(job, batch, home, locations, names, max_pixels)
+    try:
+        with session_scope(engine) as s:
+            moving = commit_decisions(s, layout, batch, report)
+    except (OperationalError, OSError) as exc:
+        return _transient(report, [home / locations[m.row_id] for m in members], "commit", exc)
+    report.retry.extend(home / locations[m.row_id] for m in batch.retry)
+    try:
+        with session_scope(engine) as s:
+            finish_moves(s, home, s.scalars(select(File).where(File.id.in_(moving))).all())
+    except (OperationalError, OSError) as exc:
+        log.warning("recording moves failed (%s); they are finished on the next pass", exc)
+    return report
+
+
+def _load(s: Session, root: Path, folders: set[str]):
+    rows = [r for r in s.scalars(select(File).where(
+        File.folder == FOLDER, File.state.in_(_LIVE), File.final_path.is_(None), File.location.is_not(None)))
+        if folder_of(r.source_path) in folders]
+    members = [Member(r.id, r.source_path, _aware(r.created_at)) for r in rows]
+    names: dict[str, list[str]] = {}
+    for cl in s.scalars(select(ClassList).where(ClassList.folder.in_(list(folders))).order_by(ClassList.id)):
+        names[cl.folder] = list(cl.names)
+    live_classes = {m.folder for m in members if m.kind == "classes"}
+    for f in folders - live_classes:
+        if os.path.lexists(root / f / CLASSES_FILE):  # a newer classes.txt is on its way: wait for it
+            names.pop(f, None)
+    class_folders = {f: _class_folder_name(s, root, f, f in names or f in live_classes) for f in folders}
+    return members, {r.id: r.location for r in rows}, names, set(class_names(s)), class_folders
+
+
+def _class_folder_name(s: Session, root: Path, folder: str, has_classes: bool) -> str | None:
+    """The class a lone image in `folder` belongs to, when the folder has never held a label file."""
+    if not folder or has_classes:
+        return None
+    try:
+        with os.scandir(root / folder) as entries:
+            if any(PurePosixPath(e.name).suffix.lower() in LABEL_EXTENSIONS for e in entries):
+                return None
+    except OSError:
+        pass
+    lower = func.lower(File.source_path)
+    labelled = s.scalar(select(File.id).where(
+        File.folder == FOLDER, File.source_path.startswith(folder + "/", autoescape=True),
+        or_(lower.endswith(".txt"), lower.endswith(".xml"))).limit(1))
+    return None if labelled is not None else normalise_name(PurePosixPath(folder).name)
+
+
+def _read_classes(path: Path) -> list[str] | Rejected:
+    try:
+        return parse_classes(read_file(path))
+    except Rejected as exc:
+        return exc
+
+
+def _decide(job, batch: Decisions, home: Path, locations: dict, names: dict, max_pixels: int) -> None:
+    if isinstance(job, Wait):
+        batch.waiting.append((job.member, job.detail))
+    elif isinstance(job, Reject):
+        batch.final.append((job.member, job.code, job.detail))
+    else:
+        image = job.image
+        try:
+            size = _decode_size(home / locations[image.row_id], max_pixels)
+            if isinstance(job, ClassFolder):
+                batch.samples.append(NewSample(image, None, "folder", *size, ParsedLabel(), job.class_name))
+            else:
+                _decide_pair(job, size, batch, home, locations, names)
+        except FileNotFoundError as exc:
+            gone = image if exc.filename == str(home / locations[image.row_id]) else job.label
+            batch.vanished.append(gone)
+            batch.waiting.extend((m, "waiting for its partner") for m in (image, getattr(job, "label", None))
+                                 if m is not None and m is not gone)
+        except OSError as exc:
+            log.warning("%s: cannot read (%s); will retry", image.source_path, exc.strerror)
+            batch.retry.extend(m for m in (image, getattr(job, "label", None)) if m is not None)
+        except Rejected as exc:  # the image itself is bad
+            batch.final.append((image, exc.code, str(exc)))
+            if isinstance(job, Pair):
+                batch.final.append((job.label, "image_rejected", f"{image.source_path}: {exc.code}"))
+
+
+def _decide_pair(job: Pair, size, batch: Decisions, home: Path, locations: dict, names: dict) -> None:
+    kind = job.label.kind
+    try:
+        parsed = parse_label(read_file(home / locations[job.label.row_id]), kind,
+                             names=names.get(job.label.folder), image_size=size)
+    except Rejected as exc:
+        batch.final.append((job.label, exc.code, str(exc)))
+        batch.final.append((job.image, "label_rejected", f"{job.label.source_path}: {exc.code}: {exc}"))
+        return
+    batch.samples.append(NewSample(job.image, job.label, kind, *size, parsed))
+
+
+def _decode_size(path: Path, max_pixels: int) -> tuple[int, int]:
+    img = decode_image(read_file(path), max_pixels=max_pixels)
+    return img.width, img.height
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+
+def _transient(report: BatchReport, paths: list[Path], phase: str, exc: Exception) -> BatchReport:
+    log.warning("%s of a labelled drop failed (%s); the files stay in place and are retried", phase, exc)
+    report.retry.extend(paths)
+    return report
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(dt: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone=True columns; they were stored as UTC.
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt

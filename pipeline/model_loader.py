@@ -1,0 +1,223 @@
+"""YOLO weights in, a forward function out. The only module that imports Ultralytics (lazily: importing this is cheap).
+
+    >>> m = load_model("models/v3/weights/best.pt", allowed_roots=[home / "models"])
+    >>> m.task, m.names[:2]
+    ('detect', ['person', 'bicycle'])
+    >>> export_onnx(m, imgsz=640)      # once; later calls reuse the file
+    PosixPath('models/v3/weights/best.1a2b3c4d5e6f.640.onnx')
+    >>> forward = onnx_forward(export_onnx(m, imgsz=640), device="cpu")
+    >>> forward(batch_nchw_float32)    # -> numpy array, the model's first output
+
+Weights are pickles that can run code, so they are loaded only from the roots the caller allows (the models folder
+and the configured weights), never from a drop folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+TASKS = ("detect", "classify")
+# Deprecations raised inside torch's ONNX exporter, which Ultralytics picks for us: nothing we can fix here.
+_EXPORT_WARNINGS = ("You are using the legacy TorchScript-based ONNX export", "The feature will be removed")
+
+
+class WeightsRefused(ModelUnavailable):
+    """Raised when weights lie outside the allowed roots (a drop folder, say) or are not a .pt file."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    path: Path
+    sha12: str  # first 12 hex digits of the weights' sha256: names the ONNX cache and the default version
+    task: str  # detect | classify
+    names: list[str]  # class names by class id
+    end2end: bool  # NMS-free head (YOLO26): the output is already (max_det, 6) rows per image
+    stride: int  # the largest feature stride: input sides are padded to a multiple of it
+    yolo: Any  # the ultralytics.YOLO object
+
+
+def load_model(weights: str | os.PathLike, *, allowed_roots: list[Path], download_dir: Path | None = None
+               ) -> LoadedModel:
+    """Load a .pt from an allowed root, or hand a pretrained name (`yolo11n.pt`) to Ultralytics to download.
+
+    A name that is not on disk is downloaded into `download_dir` (when given) by Ultralytics; offline, or when
+    the download fails, this raises ModelUnavailable with one line, and the caller's images wait.
+    """
+    path = _local_target(weights, download_dir)
+    check_allowed(path, allowed_roots)
+    if not path.is_file():
+        if _offline():
+            raise ModelUnavailable(_not_on_disk(weights, "offline"))
+        _download(str(weights), path)
+    return _load_file(path)
+
+
+def _local_target(weights: str | os.PathLike, download_dir: Path | None) -> Path:
+    path = Path(weights).expanduser()
+    if download_dir is not None and not path.is_absolute() and len(path.parts) == 1:
+        return (download_dir / path).resolve()  # a bare pretrained name: it lives in (and downloads to) models/
+    return path.resolve()
+
+
+def check_allowed(path: Path, allowed_roots: list[Path]) -> None:
+    """Refuse weights that are not a .pt file inside (or equal to) one of `allowed_roots`, links resolved."""
+    real = Path(os.path.realpath(path))
+    if real.suffix.lower() != ".pt":
+        raise WeightsRefused(f"model.weights: {path} is not a .pt file; refusing to load it")
+    for root in allowed_roots:
+        root = Path(os.path.realpath(root))
+        if real == root or real.is_relative_to(root):
+            return
+    raise WeightsRefused(f"model.weights: {path} is outside the models folder and the configured weights; "
+                         "weights are never loaded from a drop folder")
+
+
+def _offline() -> bool:
+    return os.environ.get("YOLO_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _not_on_disk(name, why: str) -> str:
+    return (f"model.weights: {name} is not on disk and cannot be downloaded {why}; images wait as awaiting_model "
+            "until a model is trained and promoted")
+
+
+def _download(name: str, target: Path) -> None:
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        attempt_download_asset(target)
+    except Exception as exc:  # noqa: BLE001 - any network failure means the same thing: wait for a model
+        log.warning("downloading %s failed: %s", name, exc)
+    if not target.is_file():
+        raise ModelUnavailable(_not_on_disk(name, "(the download failed)"))
+
+
+def _load_file(path: Path) -> LoadedModel:
+    from ultralytics import YOLO
+
+    try:
+        yolo = YOLO(str(path))
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: say which, keep the daemon up
+        raise ModelUnavailable(f"model.weights: {path} cannot be loaded ({type(exc).__name__}: {exc})"[:300]) from exc
+    if yolo.task not in TASKS:
+        raise ModelUnavailable(f"model.weights: {path} is a {yolo.task} model; coverwatch runs detect or classify")
+    names = [str(yolo.names[i]) for i in range(len(yolo.names))]
+    end2end = bool(getattr(yolo.model, "end2end", False))
+    stride = int(max(getattr(yolo.model, "stride", [32])))
+    return LoadedModel(path, file_sha256(path)[:12], yolo.task, names, end2end, stride, yolo)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def onnx_path(model: LoadedModel, imgsz: int) -> Path:
+    """Where the export of `model` at `imgsz` lives: beside the weights, keyed by content and size."""
+    return model.path.with_name(f"{model.path.stem}.{model.sha12}.{imgsz}.onnx")
+
+
+def export_onnx(model: LoadedModel, imgsz: int) -> Path:
+    """Export once (dynamic batch), atomically: a crash leaves no half-written cache behind."""
+    final = onnx_path(model, imgsz)
+    if final.is_file():
+        return final
+    from ultralytics import YOLO
+
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=model.path.parent))
+    try:
+        # Ultralytics writes `<weights>.onnx` beside the weights it loaded: give it a private copy to write beside.
+        src = tmp / model.path.name
+        shutil.copyfile(model.path, src)
+        with warnings.catch_warnings():
+            for message in _EXPORT_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+            out = YOLO(str(src)).export(format="onnx", imgsz=imgsz, dynamic=True, simplify=True, device="cpu",
+                                        verbose=False)
+        os.replace(out, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s to %s", model.path, final)
+    return final
+
+
+def onnx_forward(path: Path, *, device: str, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX Runtime session as a function of an NCHW float32 batch."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one small conv net: parallelism is inside each op
+    so.intra_op_num_threads = threads or _physical_cores()
+    so.inter_op_num_threads = 1
+    # Spinning threads would steal the cores the decode threads need between runs; measured no slower without.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), so, providers=providers)
+    name = session.get_inputs()[0].name
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: batch})[0]
+
+    return forward
+
+
+def torch_forward(model: LoadedModel, *, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The PyTorch model (fused; half precision on CUDA) as a function of an NCHW float32 batch."""
+    import torch
+
+    net = model.yolo.model.fuse().eval().to(device)
+    half = device.startswith("cuda")
+    net = net.half() if half else net.float()
+
+    @torch.inference_mode()
+    def forward(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(device, non_blocking=True)
+        y = net(x.half() if half else x)
+        y = y[0] if isinstance(y, (list, tuple)) else y  # eval mode returns (output, features)
+        return y.float().cpu().numpy()
+
+    return forward
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda:0` when torch sees a GPU, else `cpu`; `0` -> `cuda:0`."""
+    device = str(device).strip().lower()
+    if device.isdigit():
+        return f"cuda:{device}"
+    if device == "cuda":
+        return "cuda:0"
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"

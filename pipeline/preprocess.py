@@ -1,0 +1,115 @@
+"""Images into model input, exactly as Ultralytics prepares them for inference, but from arrays and faster.
+
+    >>> img = decode_for_model(data, max_pixels=89_478_485, task="detect", imgsz=640)
+    >>> x, geometry = letterbox(img.rgb, 640)      # detect: 640x640 uint8, gray (114) borders
+    >>> x = center_crop(img.rgb, 224)              # classify: shortest side 224 (PIL bilinear), centre crop
+
+A JPEG much larger than the model input is decoded at 1/2, 1/4 or 1/8 scale inside libjpeg (`Image.draft`, a
+DCT-domain downscale): the expensive full-size decode is skipped and the resize that follows starts smaller.
+Widths, heights and normalised boxes always refer to the ORIGINAL image, EXIF orientation applied.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.decode import PIL_FORMATS, pillow_open, to_rgb  # the same opening and conversions as decode
+from pipeline.errors import Rejected
+
+PAD_VALUE = 114  # Ultralytics' LetterBox padding
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_DRAFT_FORMATS = ("JPEG", "MPO")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelImage:
+    rgb: np.ndarray | None  # HxWx3 uint8, oriented; may be smaller than the original (draft)
+    width: int  # original size, oriented
+    height: int
+    orientation: int  # the EXIF orientation that was applied (1: none)
+
+
+def decode_for_model(data: bytes, *, max_pixels: int, task: str, imgsz: int) -> ModelImage:
+    """Decode like pipeline.decode.decode_image (same checks, same reason codes), drafting big JPEGs down."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = pillow_open(io.BytesIO(data))  # never Ultralytics' patched Image.open (it pip-installs)
+            img.MAX_IMAGE_PIXELS = None  # our own cap, below, is the one in force
+            w, h = img.size
+            if w * h > max_pixels:
+                raise Rejected("decompression_bomb", f"{w}x{h} = {w * h} pixels > watch.max_pixels {max_pixels}")
+            if img.format not in PIL_FORMATS:
+                raise Rejected("unsupported_format", f"{img.format} images are not accepted")
+            if img.format in _DRAFT_FORMATS:
+                img.draft("RGB", draft_request(w, h, task, imgsz))
+            img.load()
+            orientation = img.getexif().get(0x0112, 1)
+    except Rejected:
+        raise
+    except UnidentifiedImageError:
+        raise Rejected("not_an_image") from None
+    except Image.DecompressionBombError as exc:
+        raise Rejected("decompression_bomb", str(exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise Rejected("truncated_image", str(exc)[:200]) from None
+    # The common case (an upright RGB photo) in one copy; anything else through decode's own conversions.
+    rgb = np.asarray(img) if img.mode == "RGB" and orientation == 1 else to_rgb(img).rgb
+    width, height = (h, w) if orientation in _TRANSPOSED else (w, h)
+    return ModelImage(rgb, width, height, orientation if orientation in range(1, 9) else 1)
+
+
+def draft_request(w: int, h: int, task: str, imgsz: int) -> tuple[int, int]:
+    """The smallest size (stored orientation) the resize needs; libjpeg picks a scale that stays at or above it.
+
+    Both resizes below are symmetric in width and height, so a 90-degree EXIF turn does not change the answer.
+
+    >>> draft_request(4000, 3000, "detect", 640)    # letterbox to 640x480: libjpeg decodes at 1/4, 1000x750
+    (640, 480)
+    """
+    side = max(w, h) if task == "detect" else min(w, h)
+    return max(1, -(-w * imgsz // side)), max(1, -(-h * imgsz // side))  # integer ceil: no float error
+
+
+def letterbox(rgb: np.ndarray, imgsz: int, stride: int | None = None) -> tuple[np.ndarray, tuple]:
+    """Ultralytics' LetterBox: resize to fit in imgsz x imgsz (cv2 bilinear), pad with 114.
+
+    With `stride`, pad only up to a multiple of it (LetterBox(auto=True), what `yolo predict` does for one image:
+    a 4:3 photo at 640 becomes 640x480, a quarter less work); without, pad to the full square.
+    Returns the image and (gain_x, gain_y, pad_x, pad_y) to map boxes back, as ultralytics.utils.ops.scale_boxes.
+    """
+    h, w = rgb.shape[:2]
+    r = min(imgsz / h, imgsz / w)
+    nw, nh = max(round(w * r), 1), max(round(h * r), 1)
+    if (nw, nh) != (w, h):
+        rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    dw, dh = imgsz - nw, imgsz - nh
+    if stride:
+        dw, dh = dw % stride, dh % stride
+    top, bottom, left, right = round(dh / 2 - 0.1), round(dh / 2 + 0.1), round(dw / 2 - 0.1), round(dw / 2 + 0.1)
+    out = cv2.copyMakeBorder(rgb, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return out, (nw / w, nh / h, left, top)
+
+
+def center_crop(rgb: np.ndarray, imgsz: int) -> np.ndarray:
+    """Ultralytics' classify_transforms(imgsz) up to ToTensor: torchvision Resize(imgsz) + CenterCrop(imgsz) on PIL."""
+    img = Image.fromarray(rgb)
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(imgsz * long / short)  # torchvision truncates
+    size = (imgsz, new_long) if w <= h else (new_long, imgsz)
+    if size != (w, h):
+        img = img.resize(size, Image.BILINEAR)
+    left, top = int(round((size[0] - imgsz) / 2.0)), int(round((size[1] - imgsz) / 2.0))
+    return np.asarray(img.crop((left, top, left + imgsz, top + imgsz)))
+
+
+def to_nchw(batch: np.ndarray) -> np.ndarray:
+    """NxHxWx3 uint8 RGB -> Nx3xHxW float32 in 0..1 (Ultralytics divides by 255 too, in float32)."""
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)

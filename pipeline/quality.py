@@ -1,0 +1,156 @@
+"""What is wrong with the labels as a whole: ambiguous classes and imbalance. Pure functions on plain data.
+
+The user's two labelling problems, measured instead of repeated:
+- ambiguity: boxes of different classes on the same object (IoU above a threshold) in one drop, and the same
+  image content labelled with different classes in different drops. Both feed a class co-occurrence matrix:
+  which classes people use for the same objects, i.e. which to merge or define more sharply.
+- imbalance: images and boxes per class, the largest-to-smallest ratio (by images), a warning above a limit;
+  `plan_oversampling` says how often to repeat each training image so rare classes approach the median.
+
+A whole-image class (a class-folder drop) is the box (0.5, 0.5, 1, 1).
+
+Example:
+    >>> q = assess_labels([LabelledImage("sha", 1, "a.jpg", (Box("만화", .5, .5, .8, .8), Box("동화", .5, .5, .8, .8)))],
+    ...                   names=["만화", "동화"], iou_threshold=0.7, warn_ratio=5.0)
+    >>> q.cooccurrence
+    {'동화': {'만화': 1}, '만화': {'동화': 1}}
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+
+from pipeline.labels import Box
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledImage:
+    key: str  # the image content's SHA-256: the same picture in two drops has one key
+    drop: int  # which drop labelled it (the Sample id)
+    name: str  # the image's file name, for people
+    boxes: tuple[Box, ...]
+    current: bool = True  # False: replaced by a later drop (still evidence of ambiguity)
+
+
+@dataclass
+class Quality:
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # class -> {"images": n, "boxes": m}
+    unused: list[str] = field(default_factory=list)  # registered classes with no label
+    largest: str | None = None
+    smallest: str | None = None
+    ratio: float | None = None  # images of the largest class / images of the smallest used class
+    warning: str | None = None
+    overlaps: list[dict] = field(default_factory=list)  # one drop, one object, two classes
+    conflicts: list[dict] = field(default_factory=list)  # one image content, several drops, different classes
+    cooccurrence: dict[str, dict[str, int]] = field(default_factory=dict)  # symmetric, non-zero entries only
+
+    def matrix(self, names: list[str]) -> list[list[int]]:
+        """The co-occurrence matrix over `names`, as rows (for a sheet)."""
+        return [[self.cooccurrence.get(a, {}).get(b, 0) for b in names] for a in names]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def iou(a: Box, b: Box) -> float:
+    ix = min(a.cx + a.w / 2, b.cx + b.w / 2) - max(a.cx - a.w / 2, b.cx - b.w / 2)
+    iy = min(a.cy + a.h / 2, b.cy + b.h / 2) - max(a.cy - a.h / 2, b.cy - b.h / 2)
+    inter = max(0.0, ix) * max(0.0, iy)
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union > 0 else 0.0
+
+
+def assess_labels(images: list[LabelledImage], *, names: list[str], iou_threshold: float,
+                  warn_ratio: float) -> Quality:
+    q = Quality()
+    current = [im for im in images if im.current]
+    _imbalance(q, current, names, warn_ratio)
+    pairs: dict[tuple[str, str], int] = defaultdict(int)
+    for im in current:
+        for a, b in combinations(im.boxes, 2):
+            if a.class_name != b.class_name and (v := iou(a, b)) > iou_threshold:
+                q.overlaps.append({"image": im.key, "name": im.name, "classes": sorted((a.class_name, b.class_name)),
+                                   "iou": round(v, 3)})
+                pairs[_pair(a, b)] += 1
+    by_key: dict[str, list[LabelledImage]] = defaultdict(list)
+    for im in images:
+        by_key[im.key].append(im)
+    for key, drops in sorted(by_key.items()):
+        if len(drops) > 1:
+            _across_drops(q, key, drops, iou_threshold, pairs)
+    for (a, b), n in sorted(pairs.items()):
+        q.cooccurrence.setdefault(a, {})[b] = n
+        q.cooccurrence.setdefault(b, {})[a] = n
+    return q
+
+
+def _pair(a: Box, b: Box) -> tuple[str, str]:
+    return tuple(sorted((a.class_name, b.class_name)))  # type: ignore[return-value]
+
+
+def _across_drops(q: Quality, key: str, drops: list[LabelledImage], threshold: float, pairs: dict) -> None:
+    drops = sorted(drops, key=lambda im: im.drop)
+    classes = {im.drop: sorted({b.class_name for b in im.boxes}) for im in drops}
+    if len({tuple(c) for c in classes.values()}) > 1:
+        q.conflicts.append({"image": key, "names": sorted({im.name for im in drops}),
+                            "classes_by_drop": {str(d): c for d, c in classes.items()}})
+    for x, y in combinations(drops, 2):
+        for a in x.boxes:
+            for b in y.boxes:
+                if a.class_name != b.class_name and iou(a, b) > threshold:
+                    pairs[_pair(a, b)] += 1
+
+
+def _imbalance(q: Quality, current: list[LabelledImage], names: list[str], warn_ratio: float) -> None:
+    counts: dict[str, dict[str, int]] = {}
+    for im in current:
+        for c in {b.class_name for b in im.boxes}:
+            counts.setdefault(c, {"images": 0, "boxes": 0})["images"] += 1
+        for b in im.boxes:
+            counts[b.class_name]["boxes"] += 1
+    order = {n: i for i, n in enumerate(names)}
+    q.counts = dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    q.unused = [n for n in names if n not in counts]
+    if not counts:
+        return
+    q.largest = max(counts, key=lambda c: (counts[c]["images"], c))
+    q.smallest = min(counts, key=lambda c: (counts[c]["images"], c))
+    q.ratio = counts[q.largest]["images"] / counts[q.smallest]["images"]
+    if q.ratio > warn_ratio:
+        q.warning = (f"class imbalance: {q.largest!r} has {counts[q.largest]['images']} images, {q.smallest!r} "
+                     f"{counts[q.smallest]['images']} (ratio {q.ratio:.1f} > training.imbalance_warn_ratio "
+                     f"{warn_ratio:g}); label more {q.smallest!r} images or set training.balance: oversample")
+
+
+@dataclass
+class Balance:
+    repeats: dict[str, int]  # image key -> how often it appears in the training list
+    target: float  # the median images per class
+    factors: dict[str, float]  # class -> target / its images (at least 1)
+    before: dict[str, int]  # images per class
+    after: dict[str, int]  # training-list entries per class
+
+
+def plan_oversampling(images: list[tuple[str, list[str]]]) -> Balance:
+    """Repeat images of rare classes so each class's share approaches the median class's.
+
+    An image repeats by the largest factor among its classes, rounded half up; background images once.
+    """
+    before: dict[str, int] = defaultdict(int)
+    for _key, classes in images:
+        for c in set(classes):
+            before[c] += 1
+    if not before:
+        return Balance({k: 1 for k, _ in images}, 0.0, {}, {}, {})
+    target = statistics.median(before.values())
+    factors = {c: max(1.0, target / n) for c, n in sorted(before.items())}
+    repeats = {k: max([1] + [math.floor(factors[c] + 0.5) for c in set(classes)]) for k, classes in images}
+    after: dict[str, int] = defaultdict(int)
+    for k, classes in images:
+        for c in set(classes):
+            after[c] += repeats[k]
+    return Balance(repeats, float(target), factors, dict(sorted(before.items())), dict(sorted(after.items())))

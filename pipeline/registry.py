@@ -1,0 +1,171 @@
+"""The model registry: one folder per trained version, its figures in the database, and which one is champion.
+
+    models/v0007/
+      weights/best.pt, weights/last.pt     what Ultralytics saved
+      args.yaml, results.csv, *.png        Ultralytics' own record of the run
+      train.log                            the training process's output
+      manifest.json                        dataset snapshot hash, classes, parameters, attempts, metrics, decision
+
+States of a ModelVersion: candidate (being decided) -> champion | rejected; a champion replaced by a promotion
+becomes retired, one replaced by a rollback becomes rolled_back (so a second rollback goes further back instead
+of returning to it). The classifier asks `champion_weights` before every batch, so a promotion hot-swaps.
+
+Example:
+    >>> promote_version(engine, "v0003").version
+    'v0003'
+    >>> champion_weights(engine, home)
+    ('v0003', PosixPath('/srv/cw/models/v0003/weights/best.pt'))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import select
+
+from pipeline.errors import TrainingError
+from storage.db import session_scope
+from storage.queries import champion
+from storage.tables import ModelMetric, ModelVersion
+
+log = logging.getLogger(__name__)
+
+SCORE = {"detect": "map50_95", "classify": "top1"}
+METRIC_FIELDS = ("images", "instances", "precision", "recall", "map50", "map50_95", "top1", "top5")
+
+
+@dataclass
+class Evaluation:
+    """Figures of one model on one validation split: `overall` and one dict per class (with `class_name`)."""
+
+    overall: dict
+    per_class: list[dict] = field(default_factory=list)
+
+    def score(self, task: str) -> float:
+        return float(self.overall.get(SCORE[task]) or 0.0)
+
+
+def version_name(run_id: int) -> str:
+    return f"v{run_id:04d}"
+
+
+def weights_of(home: Path, mv: ModelVersion) -> Path:
+    return Path(home) / mv.path / "weights" / "best.pt"
+
+
+def champion_weights(engine, home: Path) -> tuple[str, Path] | None:
+    """(version, best.pt) of the champion, or None: the `model_source` of `pipeline.classify.ClassifyStep`."""
+    with session_scope(engine) as s:
+        mv = champion(s)
+        return None if mv is None else (mv.version, weights_of(home, mv))
+
+
+def decide(task: str, candidate: Evaluation, current: Evaluation | None, *, min_delta: float) -> tuple[bool, str]:
+    """Promote when there is no comparable champion, or the candidate's score (mAP50-95 for detect, top-1 for
+    classify) beats the champion's on the same split by at least `min_delta` (and strictly, when it is 0)."""
+    key, new = SCORE[task], candidate.score(task)
+    if current is None:
+        return True, f"no comparable champion; {key} {new:.4f}"
+    old = current.score(task)
+    gain = new - old
+    better = gain > 0 and gain >= min_delta
+    verdict = "promoted" if better else "rejected"
+    return better, f"{verdict}: {key} {new:.4f} vs champion {old:.4f} ({gain:+.4f}, needs +{min_delta:g})"
+
+
+def record_version(s, *, version: str, task: str, folder: str, classes: list[str], fingerprint: str,
+                   evaluation: Evaluation, champion_eval: Evaluation | None, min_delta: float) -> ModelVersion:
+    """Add the version with its figures (and the champion's on the same split), then promote or reject it."""
+    promote, why = decide(task, evaluation, champion_eval, min_delta=min_delta)
+    mv = ModelVersion(version=version, task=task, path=folder, state="candidate", classes=classes,
+                      metrics=evaluation.overall, dataset_fingerprint=fingerprint, decision=why)
+    s.add(mv)
+    s.flush()
+    _add_metrics(s, mv.id, fingerprint, evaluation)
+    current = champion(s)
+    if current is not None and champion_eval is not None:
+        _add_metrics(s, current.id, fingerprint, champion_eval)
+    if promote:
+        _make_champion(s, mv, demoted_state="retired")
+    else:
+        mv.state = "rejected"
+    log.info("model %s: %s", version, why)
+    return mv
+
+
+def promote_version(engine, version: str) -> ModelVersion:
+    """Make `version` the champion by hand (whatever its figures); the current champion is retired."""
+    with session_scope(engine) as s:
+        mv = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
+        if mv is None:
+            raise TrainingError("unknown_version", f"no model version {version!r} (see `coverwatch models list`)")
+        if mv.state != "champion":
+            _make_champion(s, mv, demoted_state="retired")
+            mv.decision = f"{mv.decision or ''}; promoted by hand".lstrip("; ")
+        return mv
+
+
+def rollback(engine) -> tuple[str, str]:
+    """Give the champion role back to the previous champion; returns (from, to) versions."""
+    with session_scope(engine) as s:
+        current = champion(s)
+        if current is None:
+            raise TrainingError("no_previous", "there is no champion to roll back from")
+        previous = s.scalar(select(ModelVersion).where(ModelVersion.state == "retired",
+                                                       ModelVersion.promoted_at.is_not(None))
+                            .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc()).limit(1))
+        if previous is None:
+            raise TrainingError("no_previous", f"{current.version} is the only model that was ever champion")
+        current.state = "rolled_back"
+        s.flush()  # one champion at a time, also inside this transaction (a unique index says so)
+        previous.state = "champion"
+        log.info("rolled back from %s to %s", current.version, previous.version)
+        return current.version, previous.version
+
+
+def list_models(engine) -> list[dict]:
+    """Every version, newest first, with its state, score and decision (for `coverwatch models list`)."""
+    with session_scope(engine) as s:
+        rows = s.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())).all()
+        return [{"version": m.version, "state": m.state, "task": m.task, "score_name": SCORE.get(m.task),
+                 "score": (m.metrics or {}).get(SCORE.get(m.task, "")), "classes": len(m.classes or []),
+                 "created_at": m.created_at, "promoted_at": m.promoted_at, "decision": m.decision}
+                for m in rows]
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """models/vNNNN/manifest.json, replaced atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "manifest.json"
+    tmp = folder / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _make_champion(s, mv: ModelVersion, *, demoted_state: str) -> None:
+    current = champion(s)
+    if current is not None and current.id != mv.id:
+        current.state = demoted_state
+        s.flush()
+    mv.state = "champion"
+    mv.promoted_at = datetime.now(timezone.utc)
+    s.flush()
+
+
+def _add_metrics(s, model_version_id: int, fingerprint: str, ev: Evaluation) -> None:
+    for row in [{"class_name": None, **ev.overall}, *ev.per_class]:
+        s.add(ModelMetric(model_version_id=model_version_id, dataset_fingerprint=fingerprint,
+                          class_name=row.get("class_name"), **{k: row.get(k) for k in METRIC_FIELDS}))

@@ -1,0 +1,272 @@
+"""The Excel report: what was classified, how the classes are balanced, which labels look wrong, how training went.
+
+Example:
+    >>> write_report(engine, home / "reports" / "now.xlsx", home=home, low_confidence=0.4)
+    PosixPath('.../reports/now.xlsx')
+    >>> publish_report(engine, home / "reports", home=home, keep=48)   # dated file + latest.xlsx, pruned
+
+The workbook is streamed (XlsxWriter's constant_memory; the database read in chunks), so a history of a
+million predictions costs time, not memory. It is written to a temporary name and renamed, so a reader never
+sees half a report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from datetime import datetime, timezone, tzinfo
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+from xlsxwriter.exceptions import XlsxWriterException
+
+from pipeline.report_data import (
+    class_rows,
+    cooccurrence,
+    current_labels,
+    dataset_quality,
+    derived_label_issues,
+    label_events,
+    model_metrics,
+    primary_metric,
+    quality_issues,
+    quality_matrix,
+    scalar_metrics,
+    training_attempts,
+)
+from pipeline.report_sheets import (
+    classes_sheet,
+    detections_sheet,
+    label_issues_sheet,
+    predictions_sheet,
+    quarantine_sheet,
+    summary_sheet,
+    training_sheet,
+)
+from pipeline.report_style import EXCEL_MAX_ROWS, Book
+from storage.db import session_scope
+from storage.errors import CoverwatchError
+from storage.files import fsync_dir
+from storage.queries import (
+    champion,
+    class_counts,
+    quarantine_reasons,
+    report_counts,
+    status_summary,
+    training_runs_with_models,
+)
+from storage.tables import ClassName, Report
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest.xlsx"
+PREFIX = "coverwatch-"
+PLOTS = ("confusion_matrix.png", "results.png")  # what Ultralytics leaves in a model's folder
+STATE_WORDS = {"processed": "files processed", "quarantined": "files quarantined", "pending": "files pending",
+               "awaiting_model": "files awaiting a model", "awaiting_partner": "files awaiting a label partner",
+               "requeued": "files requeued (history)"}
+
+
+class ReportError(CoverwatchError):
+    """Raised when the workbook cannot be written (folder missing or read-only, disk full)."""
+
+    code = "report_failed"
+
+
+def write_report(engine: Engine, out_path: Path, *, home: Path, now: datetime | None = None,
+                 tz: tzinfo | None = None, low_confidence: float = 0.4, max_rows_per_sheet: int = EXCEL_MAX_ROWS,
+                 chunk_rows: int = 5000) -> Path:
+    """Write the workbook to `out_path` atomically, record it in the `reports` table, return the path.
+
+    `home` resolves the paths stored in the database (archive links, model folders); `tz` is the zone the
+    dates are shown in (default: this machine's); `low_confidence` colours confidences below it.
+    """
+    now = now or datetime.now(timezone.utc)
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    book = None
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        book = Book(tmp, home=home, tz=tz, low_confidence=low_confidence, max_rows=max_rows_per_sheet)
+        try:
+            rows = _fill(book, engine, home=home, now=now, chunk_rows=chunk_rows)
+        except BaseException:
+            book.discard()
+            raise
+        book.close()
+        _fsync(tmp)
+        os.replace(tmp, out_path)
+        fsync_dir(out_path.parent)
+    except (OSError, XlsxWriterException) as exc:
+        _discard(tmp)
+        raise ReportError(f"report: cannot write {out_path}: {exc}") from None
+    except BaseException:
+        _discard(tmp)
+        raise
+    with session_scope(engine) as s:
+        s.add(Report(path=_shown(out_path, home), rows=rows, created_at=now))
+    log.info("report written: %s (%d predictions)", out_path, rows)
+    return out_path
+
+
+def publish_report(engine: Engine, folder: Path, *, home: Path, keep: int, now: datetime | None = None,
+                   **options) -> Path:
+    """The scheduled report: folder/coverwatch-YYYYMMDD-HHMM.xlsx, a copy as folder/latest.xlsx, and only the
+    newest `keep` dated reports left. Returns the dated path."""
+    now = now or datetime.now(timezone.utc)
+    stamp = now.astimezone(options.get("tz")).strftime("%Y%m%d-%H%M")
+    path = write_report(engine, Path(folder) / f"{PREFIX}{stamp}.xlsx", home=home, now=now, **options)
+    tmp = path.with_name(f".{LATEST}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, path.with_name(LATEST))
+    except OSError as exc:
+        _discard(tmp)
+        raise ReportError(f"report: cannot update {path.with_name(LATEST)}: {exc}") from None
+    _prune(Path(folder), keep)
+    return path
+
+
+def _prune(folder: Path, keep: int) -> None:
+    dated = sorted(folder.glob(f"{PREFIX}*.xlsx"))  # the stamp sorts by time
+    for old in dated[: max(0, len(dated) - keep)]:
+        try:
+            old.unlink()
+        except OSError as exc:
+            log.warning("could not remove old report %s: %s", old, exc)
+
+
+def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: int) -> int:
+    """Every sheet, in the order a reader meets them; the Summary (first) is filled last."""
+    with engine.connect() as conn, Session(conn) as s:
+        counts = report_counts(s)
+        status = status_summary(s, now)
+        champ = champion(s)
+        registered = list(s.scalars(select(ClassName.name).order_by(ClassName.position)))
+        per_class = class_counts(s, book.low_confidence)
+        runs = training_runs_with_models(s)
+        reasons = quarantine_reasons(s)
+        labels = current_labels(conn)
+        events = label_events(conn)
+
+        summary_ws = book.sheet("Summary")
+        preds = predictions_sheet(book, conn, chunk_rows)
+        dets = detections_sheet(book, conn, chunk_rows)
+        order = _class_order(registered, per_class)
+        classes = class_rows(order, set(registered), per_class)
+        classes_sheet(book, classes)
+        issues, matrix, meaning = _label_issues(conn, labels, events, order)
+        label_issues_sheet(book, issues, matrix, meaning)
+        figures = model_metrics(conn)
+        metric = primary_metric([scalar_metrics(r.metrics) for r, _mv in runs]
+                                + [f.get(None, {}) for f in figures.values()])
+        training_sheet(book, runs, champ, metric, attempts=training_attempts(conn), figures=figures)
+        quarantine = quarantine_sheet(book, conn, chunk_rows)
+
+        items = _summary_items(book, now, counts, status, champ, metric)
+        items += [("warning", w) for w in _warnings(status, counts, classes, issues, reasons, runs, book)]
+        items += [("note", n) for n in _paging_notes(preds, dets, quarantine)]
+        summary_sheet(book, summary_ws, items, _plots(home, champ))
+    return preds.rows
+
+
+def _label_issues(conn, labels, events: list[dict], order: list[str]):
+    """The dataset build's findings when a dataset was built; until then, what the labels themselves show."""
+    quality = dataset_quality(conn)
+    if quality is not None:
+        return events + quality_issues(quality), quality_matrix(quality, order), "same object"
+    derived = derived_label_issues(labels, skip_kinds={e["kind"] for e in events})
+    return events + derived, cooccurrence(labels, order), "same image"
+
+
+def _class_order(registered: list[str], counts: dict) -> list[str]:
+    """The user's classes in dataset order, then any other class seen (labels, then predictions), by name."""
+    others = sorted(set(counts) - set(registered), key=lambda c: (not counts[c].get("labels"), c))
+    return registered + others
+
+
+def _summary_items(book: Book, now, counts: dict, status: dict, champ, metric: str | None) -> list[tuple]:
+    tzname = now.astimezone(book.tz).tzname()
+    items: list[tuple] = [("report written", now), ("period from", counts["first_prediction"]),
+                          ("period to", counts["last_prediction"]), ("times shown in", tzname)]
+    items += [(words, status.get(state, 0)) for state, words in STATE_WORDS.items() if state in status]
+    items += [("duplicates", status["duplicates"]), ("queue depth", status["queue_depth"]),
+              ("images in this report", counts["predictions"]), ("boxes in this report", counts["detections"]),
+              ("champion model", champ.version if champ else "none yet")]
+    if champ is not None:
+        items.append(("champion promoted", champ.promoted_at))
+        metrics = scalar_metrics(champ.metrics)
+        if metric in metrics:
+            items.append((f"champion {metric}", metrics.pop(metric)))
+        items += [(f"champion {k}", v) for k, v in metrics.items()]
+    return items
+
+
+def _warnings(status, counts, classes, issues, reasons, runs, book: Book) -> list[str]:
+    """What a person should act on, in plain words."""
+    out = []
+    if status["champion"] is None:
+        out.append("No trained model is in use yet"
+                   + (f"; {status['awaiting_model']} images wait for one." if status["awaiting_model"] else "."))
+    if status["quarantined"]:
+        top = ", ".join(f"{r} ({n})" for r, n in list(reasons.items())[:3])
+        out.append(f"{status['quarantined']} files were quarantined, most for: {top}. See the Quarantine sheet.")
+    low = sum(c["low_confidence"] for c in classes)
+    if counts["predictions"] and low:
+        out.append(f"{low} of {counts['predictions']} images ({low / counts['predictions']:.0%}) were classified "
+                   f"with less than {book.low_confidence:.0%} confidence; check them in review/.")
+    for c in classes:
+        if c["warning"] and not c["warning"].startswith("not one of"):
+            out.append(f"Class {c['class']}: {c['warning']}. Add labelled covers of it, or set "
+                       f"training.balance: oversample.")
+    kinds = {}
+    for i in issues:
+        kinds[i["kind"]] = kinds.get(i["kind"], 0) + 1
+    for kind in ("ambiguous_box", "conflicting_labels"):
+        if kinds.get(kind):
+            out.append(f"{kinds[kind]} label issues of kind {kind}: one cover given several classes. "
+                       f"See the Label issues sheet.")
+    failed = [r for r, _mv in runs if r.state == "failed"]
+    if failed:
+        out.append(f"{len(failed)} training runs failed; the last said: {failed[-1].error or 'no message'}.")
+    if status["oldest_waiting_seconds"] and status["oldest_waiting_seconds"] > 3600:
+        out.append(f"A file has been waiting {status['oldest_waiting_seconds'] / 3600:.1f} hours.")
+    return out
+
+
+def _paging_notes(*tables) -> list[str]:
+    return [f"{t.name} has {t.rows:,} rows, more than one Excel sheet holds: continued on "
+            + ", ".join(t.sheets[1:]) + "." for t in tables if len(t.sheets) > 1]
+
+
+def _plots(home: Path, champ) -> list[Path]:
+    """The champion's confusion matrix and results plot, from its folder (models/<version>/weights/best.pt)."""
+    if champ is None or not champ.path:
+        return []
+    weights = Path(champ.path)
+    weights = weights if weights.is_absolute() else home / weights
+    folder = weights.parent.parent if weights.parent.name == "weights" else weights.parent
+    if weights.is_dir():
+        folder = weights
+    return [folder / name for name in PLOTS if (folder / name).is_file()]
+
+
+def _shown(path: Path, home: Path) -> str:
+    try:
+        return path.resolve().relative_to(home.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())

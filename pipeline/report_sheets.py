@@ -1,0 +1,165 @@
+"""The report's sheets, one function each. Big sheets stream from the database; small ones are lists."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from sqlalchemy import Connection
+
+from pipeline.errors import REASONS
+from pipeline.report_data import per_class_metrics, run_attempts, scalar_metrics
+from pipeline.report_style import Book, Column, Table, write_blocks
+from storage.queries import latest_detections_stmt, latest_predictions_stmt, quarantined_stmt
+
+PREDICTIONS = [Column("id", "int"), Column("original_name"), Column("predicted_class"), Column("confidence", "pct"),
+               Column("model_version"), Column("time", "date"), Column("archive_path", "link")]
+DETECTIONS = [Column("prediction_id", "int"), Column("original_name"), Column("class_name"),
+              Column("confidence", "pct"), *(Column(n, "float") for n in ("x1", "y1", "x2", "y2"))]
+CLASSES = [Column("class"), Column("labels", "int"), Column("labelled_images", "int"), Column("predictions", "int"),
+           Column("low_confidence", "int"), Column("detections", "int"), Column("share_of_labels", "pct"),
+           Column("imbalance_ratio", "float"), Column("warning")]
+ISSUES = [Column("kind"), Column("original_name"), Column("image_sha256"), Column("detail"), Column("time", "date")]
+RUNS = [Column("run", "int"), Column("attempt", "int"), Column("state"), Column("trigger"), Column("model_version"),
+        Column("promoted"), Column("requested", "date"), Column("started", "date"), Column("finished", "date"),
+        Column("minutes", "float"), Column("epoch", "int"), Column("epochs", "int"), Column("batch", "any"),
+        Column("imgsz", "any"), Column("base", "any"), Column("device", "any"), Column("error")]
+QUARANTINE = [Column("original_name"), Column("reason"), Column("explanation"), Column("detail"),
+              Column("time", "date"), Column("path", "link")]
+IMAGE_WIDTH_PX = 640
+ROW_PX = 20
+
+
+def _stream(book: Book, conn: Connection, name: str, columns, stmt, shape, chunk_rows: int) -> Table:
+    table = book.table(name, columns)
+    result = conn.execution_options(yield_per=chunk_rows).execute(stmt)
+    for part in result.partitions():
+        table.extend(map(shape, part))
+    table.close()
+    return table
+
+
+def predictions_sheet(book: Book, conn: Connection, chunk_rows: int) -> Table:
+    def shape(r):
+        return (r[0], r[1], r[2], r[3], r[4], r[5], r[6] if r[7] == "processed" else None)
+
+    return _stream(book, conn, "Predictions", PREDICTIONS, latest_predictions_stmt(), shape, chunk_rows)
+
+
+def detections_sheet(book: Book, conn: Connection, chunk_rows: int) -> Table:
+    return _stream(book, conn, "Detections", DETECTIONS, latest_detections_stmt(), tuple, chunk_rows)
+
+
+def quarantine_sheet(book: Book, conn: Connection, chunk_rows: int) -> Table:
+    def shape(r):
+        _id, name, reason, detail, processed_at, updated_at, path = r
+        return (name, reason, REASONS.get(reason), detail, processed_at or updated_at, path)
+
+    return _stream(book, conn, "Quarantine", QUARANTINE, quarantined_stmt(), shape, chunk_rows)
+
+
+def classes_sheet(book: Book, rows: list[dict]) -> Table:
+    """Per class counts, imbalance and warnings, with a bar chart of labels and predictions per class."""
+    keys = ("class", "labels", "labelled_images", "predictions", "low_confidence", "detections", "share",
+            "imbalance", "warning")
+    (table,) = write_blocks(book, "Classes", [(CLASSES, [[r[k] for k in keys] for r in rows])])
+    n = len(rows)
+    if n:
+        chart = book.wb.add_chart({"type": "bar"})
+        name = table.worksheet.get_name()
+        for col in (1, 3):  # labels, predictions
+            chart.add_series({"name": [name, 0, col], "categories": [name, 1, 0, n, 0],
+                              "values": [name, 1, col, n, col], "gap": 60})
+        chart.set_title({"name": "Class distribution"})
+        chart.set_y_axis({"reverse": True})  # first class on top, as in the table
+        chart.set_legend({"position": "bottom"})
+        chart.set_size({"width": 640, "height": max(300, 60 + 28 * n)})
+        table.worksheet.insert_chart(1, len(CLASSES) + 1, chart)
+    return table
+
+
+def label_issues_sheet(book: Book, issues: list[dict], matrix: pd.DataFrame, meaning: str) -> list[Table]:
+    """Ambiguous boxes and conflicting labels; beside them, the class co-occurrence matrix (`meaning`: what
+    counts as together, "same object" or "same image")."""
+    keys = ("kind", "original_name", "image_sha256", "detail", "time")
+    matrix_cols = [Column(f"co-occurrence ({meaning})"), *(Column(str(c), "int") for c in matrix.columns)]
+    matrix_rows = [[str(cls), *(int(v) for v in row)] for cls, row in zip(matrix.index, matrix.to_numpy())]
+    return write_blocks(book, "Label issues", [(ISSUES, [[i[k] for k in keys] for i in issues]),
+                                               (matrix_cols, matrix_rows)])
+
+
+def training_sheet(book: Book, runs: Sequence, champion, metric: str | None, *, attempts: dict[int, list[dict]],
+                   figures: dict[int, dict]) -> list[Table]:
+    """One row per run and per attempt inside it (out-of-memory retries), the champion's per-class metrics
+    beside them, and a line chart of `metric` across runs.
+
+    `attempts` (run id -> tries) and `figures` (model version id -> class -> metrics) come from their own
+    tables where they exist; the runs' JSON fills in where they do not.
+    """
+    overall = {run.id: scalar_metrics(run.metrics) or figures.get(run.model_version_id, {}).get(None, {})
+               for run, _mv in runs}
+    names = list(dict.fromkeys(k for m in overall.values() for k in m))
+    columns = [*RUNS, *(Column(n, "float") for n in names)]
+    rows = []
+    for run, mv in runs:
+        rows.append(_run_row(run, mv, names, overall[run.id]))
+        for i, a in enumerate(attempts.get(run.id) or run_attempts(run.params, run.metrics), 1):
+            rows.append([run.id, a.get("n") or i, a.get("outcome") or a.get("state"), None, None, None, None,
+                         a.get("started"), a.get("finished"), None, a.get("epoch"), a.get("epochs"),
+                         a.get("batch"), a.get("imgsz"), a.get("base") or a.get("model"), a.get("device"),
+                         a.get("error")])
+    per_names, per_rows = per_class_metrics(champion.metrics if champion else None,
+                                            figures.get(champion.id) if champion else None)
+    per_cols = [Column("class (champion)"), *(Column(n, "float") for n in per_names)]
+    tables = write_blocks(book, "Training runs", [(columns, rows), (per_cols, per_rows)])
+    if metric in names and any(r[len(RUNS) + names.index(metric)] is not None for r in rows):
+        _metric_chart(book, tables[0], len(rows), len(RUNS) + names.index(metric), metric, len(columns) + 1,
+                      len(per_cols))
+    return tables
+
+
+def _run_row(run, mv, names: list[str], metrics: dict[str, float]) -> list:
+    params = run.params or {}
+    minutes = None
+    if run.started_at and run.finished_at:
+        minutes = round((run.finished_at - run.started_at).total_seconds() / 60, 2)
+    promoted = None
+    if mv is not None:
+        promoted = "yes (champion)" if mv.state == "champion" else "yes" if mv.promoted_at else "no"
+    return [run.id, 0, run.state, run.trigger, mv.version if mv else None, promoted, run.requested_at,
+            run.started_at, run.finished_at, minutes, run.epoch, run.epochs, params.get("batch"),
+            params.get("imgsz"), params.get("base") or params.get("model"), params.get("device"), run.error,
+            *(metrics.get(n) for n in names)]
+
+
+def _metric_chart(book: Book, table: Table, n: int, col: int, metric: str, at_col: int, skip_cols: int) -> None:
+    name = table.worksheet.get_name()
+    chart = book.wb.add_chart({"type": "line"})
+    chart.add_series({"name": metric, "categories": [name, 1, 0, n, 0], "values": [name, 1, col, n, col],
+                      "marker": {"type": "circle"}})
+    chart.show_blanks_as("span")  # attempt rows have no metric
+    chart.set_title({"name": f"{metric} across training runs"})
+    chart.set_x_axis({"name": "run"})
+    chart.set_legend({"none": True})
+    table.worksheet.insert_chart(1, at_col + skip_cols + 1, chart)
+
+
+def summary_sheet(book: Book, ws, items: list[tuple[str, object]], images: list[Path]) -> Table:
+    """Item / value pairs, and the champion's plots beside them."""
+    table = Table(book, "Summary", [Column("item"), Column("value", "any")], ws=ws, filter=False)
+    for r, item in enumerate(items, 1):  # never paged: it is short, and it says where the rest went
+        table.write_row(r, item)
+    table.rows, table._row = len(items), len(items) + 1
+    table.close()
+    row = 1
+    for path in images:
+        with Image.open(path) as im:
+            width, height = im.size
+        scale = min(1.0, IMAGE_WIDTH_PX / width)
+        ws.insert_image(row, 3, str(path), {"x_scale": scale, "y_scale": scale, "object_position": 1,
+                                            "description": path.name})
+        row += math.ceil(height * scale / ROW_PX) + 2
+    return table

@@ -1,0 +1,166 @@
+"""Phase C of a labelled drop: write what pipeline.labelled decided, in the caller's one transaction.
+
+classes.txt names go to `class_lists` and the registry; each accepted image becomes a Sample with its Label rows;
+files get their final state and a destination (archive/labeled/... or quarantine/labeled/...) before any move.
+
+A re-drop of the same image content (by SHA-256) replaces the older Sample and Labels (`replaced_at`); the change
+is a `relabelled` LabelEvent with the classes before and after, so the report can show who changed what.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from pipeline.classes import register_classes
+from pipeline.errors import Rejected
+from pipeline.ingest import BatchReport, Layout
+from pipeline.labels import ParsedLabel
+from pipeline.pairing import Member
+from storage.files import planned_destinations, unique_destination
+from storage.tables import ClassList, File, FileState, Label, LabelEvent, Sample
+
+log = logging.getLogger(__name__)
+
+FOLDER = "labeled"
+_LIVE = (FileState.pending.value, FileState.awaiting_partner.value)
+
+
+@dataclass
+class NewSample:
+    """An image with its validated label, ready to record."""
+
+    image: Member
+    label: Member | None
+    fmt: str  # yolo | voc | folder
+    width: int
+    height: int
+    parsed: ParsedLabel
+    whole_image_class: str | None = None
+
+
+@dataclass
+class Decisions:
+    """What pipeline.labelled decided for one batch; `commit_decisions` writes it."""
+
+    classes: list[tuple[Member, list[str] | Rejected]] = field(default_factory=list)
+    samples: list[NewSample] = field(default_factory=list)
+    final: list[tuple[Member, str | None, str]] = field(default_factory=list)  # code None: processed
+    waiting: list[tuple[Member, str]] = field(default_factory=list)
+    retry: list[Member] = field(default_factory=list)
+    vanished: list[Member] = field(default_factory=list)
+
+
+def commit_decisions(s: Session, layout: Layout, batch: Decisions, report: BatchReport) -> list[int]:
+    """Write what was decided; return the ids of rows whose files now move to their committed destination."""
+    members = [m for m, _ in batch.classes] + [m for m, *_ in batch.final + batch.waiting] + batch.vanished
+    members += [m for x in batch.samples for m in (x.image, x.label) if m is not None]
+    ids = [m.row_id for m in members]
+    # Also rows rejected at registration: they need their destination.
+    rows = {r.id: r for r in s.scalars(select(File).where(
+        File.folder == FOLDER, File.final_path.is_(None), File.moved_at.is_(None), File.location.is_not(None),
+        File.id.in_(ids) | (File.state == FileState.quarantined.value)))}
+    now = datetime.now(timezone.utc)
+    finals: list[File] = [r for r in rows.values() if r.state == FileState.quarantined.value]
+    for m, result in batch.classes:
+        if (row := rows.get(m.row_id)) is None:
+            continue
+        if isinstance(result, Rejected):
+            _set_final(row, result.code, str(result))
+        else:
+            s.add(ClassList(file_id=row.id, folder=m.folder, names=result))
+            register_classes(s, result, file_id=row.id)
+            _set_final(row, None, f"{len(result)} class names")
+        finals.append(row)
+    for sample in batch.samples:
+        image, label = rows.get(sample.image.row_id), sample.label and rows.get(sample.label.row_id)
+        if image is None or (sample.label is not None and label is None):
+            continue  # another worker decided these meanwhile
+        _record_sample(s, sample, image, label, now)
+        finals += [r for r in (image, label) if r is not None]
+    for m, code, detail in batch.final:
+        if (row := rows.get(m.row_id)) is not None:
+            _set_final(row, code, detail)
+            finals.append(row)
+    for m, detail in batch.waiting:
+        if (row := rows.get(m.row_id)) is not None and row.state in _LIVE:
+            row.state, row.detail = FileState.awaiting_partner.value, detail
+            report.waiting += 1
+    for m in batch.vanished:
+        if (row := rows.get(m.row_id)) is not None:
+            row.state, row.reason, row.location, row.moved_at = FileState.quarantined.value, "vanished", None, now
+    return [r.id for r in _destinations(s, layout, finals, report, now)]
+
+
+def _destinations(s: Session, layout: Layout, finals: list[File], report: BatchReport, now) -> list[File]:
+    taken: set[str] = set()
+    for row in finals:
+        base = layout.archive if row.state == FileState.processed.value else layout.quarantine
+        row.final_path = unique_destination(layout.home, f"{layout.rel(base)}/{FOLDER}/{row.source_path}", taken)
+        row.processed_at = now
+        if row.state == FileState.processed.value:
+            report.processed += 1
+            log.info("labelled: %s", row.source_path)
+        else:
+            report.quarantined += 1
+            log.warning("quarantined %s: %s (%s)", row.source_path, row.reason, row.detail)
+    clash = planned_destinations(s, finals)
+    for r in finals:
+        if r.final_path in clash:
+            r.final_path = unique_destination(layout.home, r.final_path, taken | clash)
+    return finals
+
+
+def _record_sample(s: Session, x: NewSample, image: File, label: File | None, now: datetime) -> None:
+    used = [b.class_name for b in x.parsed.boxes] or ([x.whole_image_class] if x.whole_image_class else [])
+    register_classes(s, list(dict.fromkeys(used)), file_id=image.id)
+    _replace_older(s, image, used, now)
+    s.add(Sample(image_file_id=image.id, label_file_id=label.id if label else None, image_sha256=image.sha256,
+                 source_format=x.fmt, width=x.width, height=x.height,
+                 boxes=len(x.parsed.boxes) or int(x.whole_image_class is not None)))
+    if x.whole_image_class:
+        s.add(Label(file_id=image.id, image_sha256=image.sha256, class_name=x.whole_image_class,
+                    source_format=x.fmt))
+    s.add_all(Label(file_id=image.id, image_sha256=image.sha256, class_name=b.class_name, cx=b.cx, cy=b.cy,
+                    w=b.w, h=b.h, source_format=x.fmt) for b in x.parsed.boxes)
+    notes = [f"{len(x.parsed.boxes)} boxes" if x.fmt != "folder" else f"class {x.whole_image_class}"]
+    if x.parsed.duplicates:
+        notes.append(f"{x.parsed.duplicates} duplicate lines dropped")
+        log.warning("%s: %d exact duplicate label lines dropped", label.source_path, x.parsed.duplicates)
+        s.add(LabelEvent(kind="duplicate_lines", file_id=label.id, image_sha256=image.sha256,
+                         detail=f"{x.parsed.duplicates} exact duplicate lines dropped",
+                         data={"dropped": x.parsed.duplicates}))
+    if x.parsed.clipped:
+        notes.append(f"{x.parsed.clipped} boxes clipped to the image edge")
+    _set_final(image, None, "; ".join(notes))
+    if label is not None:
+        _set_final(label, None, "; ".join(notes))
+    s.flush()
+
+
+def _replace_older(s: Session, image: File, used: list[str], now: datetime) -> None:
+    """The same image content dropped again: its new labels replace the old ones, and the change is recorded."""
+    older = list(s.scalars(select(Sample).where(Sample.image_sha256 == image.sha256, Sample.replaced_at.is_(None))))
+    if not older:
+        return
+    before = sorted(s.scalars(select(Label.class_name).where(
+        Label.file_id.in_([o.image_file_id for o in older]), Label.replaced_at.is_(None))))
+    for o in older:
+        o.replaced_at = now
+    s.execute(update(Label).where(Label.file_id.in_([o.image_file_id for o in older]),
+                                  Label.replaced_at.is_(None)).values(replaced_at=now))
+    after = sorted(used)
+    detail = f"{image.source_path} re-labelled: {before} -> {after}"
+    log.info("%s", detail)
+    s.add(LabelEvent(kind="relabelled", file_id=image.id, image_sha256=image.sha256, detail=detail,
+                     data={"before": before, "after": after, "replaced_files": [o.image_file_id for o in older],
+                           "changed": before != after}))
+
+
+def _set_final(row: File, code: str | None, detail: str) -> None:
+    row.state = FileState.processed.value if code is None else FileState.quarantined.value
+    row.reason, row.detail = code, detail or None

@@ -1,0 +1,146 @@
+"""The one place that trains and evaluates with Ultralytics (imported lazily: only the training process loads it).
+
+    >>> t = UltralyticsTrainer()
+    >>> t.train(AttemptSpec("yolo11n.yaml", "yolo11n.yaml", imgsz=640, batch=-1), task="detect",
+    ...         data=Path("dataset/v000003/data.yaml"), out_dir=Path("models/v0004"), epochs=100, patience=20,
+    ...         device="auto", workers=8, on_epoch=print, should_stop=lambda: False)
+    >>> t.evaluate(Path("models/v0004/weights/best.pt"), task="detect", data=..., device="auto").overall
+    {'precision': 0.61, 'recall': 0.55, 'map50': 0.58, 'map50_95': 0.41, 'images': 25, 'instances': 84}
+
+Out-of-memory errors are not handled here: they propagate to pipeline.train_job, which steps down the ladder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.backoff import AttemptSpec, TrainingInterrupted
+from pipeline.registry import Evaluation
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device) -> str | list:
+    """training.device: auto -> "0" with CUDA, else "cpu"; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+class UltralyticsTrainer:
+    def __init__(self, *, nice: int = 10):
+        self.nice = nice
+        self._niced = False
+
+    def train(self, spec: AttemptSpec, *, task: str, data: Path, out_dir: Path, epochs: int, patience: int,
+              device, workers: int, on_epoch, should_stop) -> None:
+        """One attempt; weights, args.yaml, results.csv and plots land in `out_dir`."""
+        from ultralytics import YOLO
+
+        device = resolve_device(device)
+        self._lower_priority_on_cpu(device)
+        model = YOLO(spec.model, task=task)
+        self._callbacks(model, on_epoch, should_stop)
+        batch = spec.batch
+        if batch == -1 and isinstance(device, (list, tuple)):
+            batch = 16 * len(device)  # Ultralytics' auto-batch is single-GPU only
+        args = dict(imgsz=spec.imgsz, batch=batch, device=device, workers=workers)
+        if spec.resume:
+            model.train(resume=spec.model, **args)
+            return
+        model.train(data=str(_data_for(task, data, out_dir)), epochs=epochs, patience=patience,
+                    project=str(out_dir.parent), name=out_dir.name, exist_ok=True, plots=True, verbose=False,
+                    **args)
+
+    def evaluate(self, weights: Path, *, task: str, data: Path, device) -> Evaluation:
+        """Figures of `weights` on the val split of `data`, at the image size it was trained with."""
+        from ultralytics import YOLO
+
+        with tempfile.TemporaryDirectory(prefix="coverwatch-val-") as tmp:
+            model = YOLO(str(weights), task=task)
+            r = model.val(data=str(_data_for(task, data, Path(tmp))), split="val", device=resolve_device(device),
+                          batch=16, plots=False, verbose=False, project=tmp, name="val", workers=0)
+        if task == "classify":
+            return Evaluation({"top1": float(r.top1), "top5": float(r.top5)})
+        return _detect_evaluation(r)
+
+    @staticmethod
+    def _callbacks(model, on_epoch, should_stop) -> None:
+        started: dict = {}
+
+        def batch_end(trainer) -> None:
+            if should_stop():
+                raise TrainingInterrupted()
+
+        def epoch_start(trainer) -> None:
+            started.setdefault("t", time.monotonic())
+            started.setdefault("epoch", trainer.epoch)
+
+        def fit_epoch_end(trainer) -> None:  # after last.pt was saved for this epoch
+            if trainer.epoch >= trainer.epochs:
+                return  # final_eval calls it once more, at epochs + 1, for best.pt's figures
+            done = trainer.epoch + 1
+            per_epoch = (time.monotonic() - started["t"]) / max(1, done - started["epoch"])
+            losses = trainer.label_loss_items(trainer.tloss) if trainer.tloss is not None else None
+            on_epoch({"epoch": done, "epochs": trainer.epochs, "losses": losses, "batch": trainer.batch_size,
+                      "eta_seconds": round(per_epoch * max(0, trainer.epochs - done), 1)})
+            if should_stop():
+                raise TrainingInterrupted()
+
+        model.add_callback("on_train_epoch_start", epoch_start)
+        model.add_callback("on_train_batch_end", batch_end)
+        model.add_callback("on_fit_epoch_end", fit_epoch_end)
+
+    def _lower_priority_on_cpu(self, device) -> None:
+        if device != "cpu" or self._niced:
+            return
+        self._niced = True
+        log.warning("no CUDA GPU: training on the CPU, slowly, at lower priority so inference keeps going")
+        if self.nice:
+            os.nice(self.nice)
+
+
+def _detect_evaluation(r) -> Evaluation:
+    box = r.box
+    per_image = getattr(r, "nt_per_image", None)
+    per_class_n = getattr(r, "nt_per_class", None)
+    overall = {"precision": float(box.mp), "recall": float(box.mr), "map50": float(box.map50),
+               "map50_95": float(box.map)}
+    if per_class_n is not None:
+        overall["instances"] = int(sum(per_class_n))
+    rows = []
+    for i, c in enumerate(box.ap_class_index):
+        p, rec, ap50, ap = (float(x) for x in box.class_result(i))
+        rows.append({"class_name": r.names[int(c)], "precision": p, "recall": rec, "map50": ap50, "map50_95": ap,
+                     "images": int(per_image[c]) if per_image is not None else None,
+                     "instances": int(per_class_n[c]) if per_class_n is not None else None})
+    return Evaluation(overall, rows)
+
+
+def _data_for(task: str, data: Path, scratch: Path) -> Path:
+    """Detect trains on the snapshot's data.yaml; classify needs class folders, linked from the snapshot."""
+    if task != "classify":
+        return data
+    import yaml
+
+    snapshot = data.parent
+    names = yaml.safe_load(data.read_text(encoding="utf-8"))["names"]
+    names = names if isinstance(names, dict) else dict(enumerate(names))
+    view = scratch / ".classify-data"
+    for split in ("train", "val"):
+        for label in sorted((snapshot / "labels" / split).glob("*.txt")):
+            first = label.read_text(encoding="utf-8").split()
+            images = list((snapshot / "images" / split).glob(f"{label.stem}.*"))
+            if not first or not images:
+                continue
+            dest = view / split / str(names[int(first[0])]) / images[0].name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists():
+                os.symlink(images[0].resolve(), dest)
+    return view

@@ -1,0 +1,108 @@
+"""Ambiguity and imbalance on constructed label sets whose answers are known by hand."""
+
+import pytest
+
+from pipeline.labels import Box
+from pipeline.quality import LabelledImage, assess_labels, iou, plan_oversampling
+
+NAMES = ["만화", "동화", "상상화", "역사"]
+WHOLE = (0.5, 0.5, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ((0.5, 0.5, 0.4, 0.4), (0.5, 0.5, 0.4, 0.4), 1.0),
+    ((0.25, 0.5, 0.5, 1.0), (0.5, 0.5, 0.5, 1.0), 1 / 3),  # half of each overlaps: 0.25 / 0.75
+    ((0.2, 0.2, 0.2, 0.2), (0.8, 0.8, 0.2, 0.2), 0.0),
+    ((0.5, 0.5, 1.0, 1.0), (0.5, 0.5, 0.5, 0.5), 0.25),  # a box inside another: its area share
+])
+def test_iou(a, b, expected):
+    assert iou(Box("x", *a), Box("y", *b)) == pytest.approx(expected)
+
+
+def img(key, drop, *boxes, current=True):
+    return LabelledImage(key, drop, f"{key}.jpg", tuple(Box(c, *xywh) for c, xywh in boxes), current)
+
+
+def user_case():
+    """The notes' case: one children's comic cover fits 만화, 동화 and 상상화.
+
+    - k1, one drop: 만화 and 동화 boxes on the same cover (IoU 0.9), plus a separate 역사 sticker.
+    - k2, two drops: first 동화 (replaced), then 만화 (current), both the whole image.
+    - k3, three drops: 상상화, then 만화, then 만화 again (current): two different class sets.
+    - k4, two drops, both 역사: a re-drop, not a conflict.
+    - k5: 만화 and 상상화 boxes that barely touch (IoU ~0.14): not one object.
+    """
+    return [
+        img("k1", 1, ("만화", (0.5, 0.5, 0.8, 0.9)), ("동화", (0.5, 0.5, 0.8, 0.81)), ("역사", (0.9, 0.1, 0.1, 0.1))),
+        img("k2", 2, ("동화", WHOLE), current=False),
+        img("k2", 3, ("만화", WHOLE)),
+        img("k3", 4, ("상상화", WHOLE), current=False),
+        img("k3", 5, ("만화", WHOLE), current=False),
+        img("k3", 6, ("만화", WHOLE)),
+        img("k4", 7, ("역사", WHOLE), current=False),
+        img("k4", 8, ("역사", WHOLE)),
+        img("k5", 9, ("만화", (0.3, 0.5, 0.4, 0.4)), ("상상화", (0.6, 0.5, 0.4, 0.4))),
+    ]
+
+
+def test_ambiguity_flags_and_cooccurrence_matrix():
+    q = assess_labels(user_case(), names=NAMES, iou_threshold=0.7, warn_ratio=5.0)
+    assert q.overlaps == [{"image": "k1", "name": "k1.jpg", "classes": ["동화", "만화"], "iou": 0.9}]
+    assert q.conflicts == [
+        {"image": "k2", "names": ["k2.jpg"], "classes_by_drop": {"2": ["동화"], "3": ["만화"]}},
+        {"image": "k3", "names": ["k3.jpg"], "classes_by_drop": {"4": ["상상화"], "5": ["만화"], "6": ["만화"]}},
+    ]
+    # 만화~동화: the k1 overlap and the k2 re-label; 만화~상상화: k3's first drop against each later one.
+    assert q.cooccurrence == {"만화": {"동화": 2, "상상화": 2}, "동화": {"만화": 2}, "상상화": {"만화": 2}}
+    assert q.matrix(NAMES) == [[0, 2, 2, 0], [2, 0, 0, 0], [2, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_a_lower_threshold_counts_touching_boxes_as_one_object():
+    q = assess_labels(user_case(), names=NAMES, iou_threshold=0.1, warn_ratio=5.0)
+    assert q.cooccurrence["만화"]["상상화"] == 3 and len(q.overlaps) == 2
+
+
+def test_imbalance_counts_current_labels_only():
+    q = assess_labels(user_case(), names=NAMES, iou_threshold=0.7, warn_ratio=5.0)
+    assert q.counts == {"만화": {"images": 4, "boxes": 4}, "동화": {"images": 1, "boxes": 1},
+                        "상상화": {"images": 1, "boxes": 1}, "역사": {"images": 2, "boxes": 2}}
+    assert (q.largest, q.smallest, q.ratio, q.warning, q.unused) == ("만화", "동화", 4.0, None, [])
+
+
+@pytest.mark.parametrize("per_class, warn_ratio, ratio, warned", [
+    ({"만화": 10, "동화": 2, "상상화": 5}, 5.0, 5.0, False),  # at the limit: no warning
+    ({"만화": 10, "동화": 2, "상상화": 5}, 4.9, 5.0, True),
+    ({"만화": 30, "동화": 3}, 5.0, 10.0, True),
+    ({"만화": 3}, 5.0, 1.0, False),
+])
+def test_imbalance_ratio_and_warning(per_class, warn_ratio, ratio, warned):
+    images = [img(f"{c}{i}", 0, (c, WHOLE)) for c, n in per_class.items() for i in range(n)]
+    q = assess_labels(images, names=NAMES, iou_threshold=0.7, warn_ratio=warn_ratio)
+    assert q.ratio == ratio and (q.warning is not None) == warned
+    assert q.unused == [n for n in NAMES if n not in per_class]
+    if warned:
+        assert "training.balance: oversample" in q.warning
+
+
+def test_no_labels_no_figures():
+    q = assess_labels([img("bg", 1)], names=NAMES, iou_threshold=0.7, warn_ratio=5.0)
+    assert (q.counts, q.ratio, q.warning, q.unused) == ({}, None, None, NAMES)
+
+
+def test_oversampling_brings_rare_classes_toward_the_median():
+    images = ([(f"a{i}", ["만화"]) for i in range(10)] + [(f"b{i}", ["동화"]) for i in range(2)]
+              + [(f"c{i}", ["상상화"]) for i in range(5)] + [("bg", [])])
+    plan = plan_oversampling(images)
+    assert plan.target == 5.0
+    assert plan.factors == {"동화": 2.5, "만화": 1.0, "상상화": 1.0}
+    assert plan.repeats["b0"] == plan.repeats["b1"] == 3  # 2.5 rounds half up
+    assert {k for k, r in plan.repeats.items() if r != 1} == {"b0", "b1"}
+    assert plan.before == {"동화": 2, "만화": 10, "상상화": 5}
+    assert plan.after == {"동화": 6, "만화": 10, "상상화": 5}
+
+
+def test_an_image_with_a_rare_and_a_common_class_repeats_for_the_rare_one():
+    images = [(f"a{i}", ["만화"]) for i in range(8)] + [("mix", ["만화", "동화"]), ("b", ["동화"]), ("c", ["역사"])]
+    plan = plan_oversampling(images)  # 만화 9, 동화 2, 역사 1 -> median 2
+    assert plan.target == 2.0 and plan.repeats == {**{f"a{i}": 1 for i in range(8)}, "mix": 1, "b": 1, "c": 2}
+    assert plan.after == {"동화": 2, "만화": 9, "역사": 2}

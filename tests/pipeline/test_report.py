@@ -1,0 +1,363 @@
+"""The Excel report: every sheet read back with pandas, the workbook's looks checked with openpyxl, and a real
+spreadsheet program (LibreOffice) opening it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import openpyxl
+import pandas as pd
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from pipeline.report import ReportError, publish_report, write_report
+from storage.db import session_scope
+from storage.tables import ClassName, Detection, File, Label, ModelVersion, Prediction, Report, TrainingRun
+
+T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
+SHEETS = ["Summary", "Predictions", "Detections", "Classes", "Label issues", "Training runs", "Quarantine"]
+CLASSES = ["만화", "동화", "상상화"]
+
+
+def _file(s, name: str, state: str = "processed", **kw) -> File:
+    folder = kw.pop("folder", "inbox")
+    f = File(folder=folder, source_path=name, original_name=name, size=1000, state=state,
+             final_path=kw.pop("final_path", f"archive/{folder}/{name}" if state == "processed" else None),
+             created_at=T0, **kw)
+    s.add(f)
+    s.flush()
+    return f
+
+
+def _predict(s, f: File, cls: str, conf: float, version: str, at: datetime, boxes=()) -> Prediction:
+    p = Prediction(file_id=f.id, model_version=version, predicted_class=cls, confidence=conf, created_at=at)
+    s.add(p)
+    s.flush()
+    s.add_all(Detection(prediction_id=p.id, class_name=c, confidence=k, x1=0.1, y1=0.2, x2=0.6, y2=0.9)
+              for c, k in boxes)
+    return p
+
+
+def _label(s, f: File, cls: str, box=None, sha: str | None = None) -> None:
+    cx, cy, w, h = box or (None, None, None, None)
+    s.add(Label(file_id=f.id, image_sha256=sha or f.sha256, class_name=cls, cx=cx, cy=cy, w=w, h=h,
+                source_format="yolo" if box else "folder", created_at=T0))
+
+
+@pytest.fixture
+def seeded(engine, home: Path) -> Path:
+    """A realistic history: Korean classes, a pretrained coco model then a trained champion, labels that are
+    imbalanced, ambiguous and conflicting, two training runs (one with an out-of-memory retry), quarantine."""
+    with session_scope(engine) as s:
+        s.add_all(ClassName(name=n, position=i) for i, n in enumerate(CLASSES))
+        a = _file(s, "표지 1.jpg")
+        _predict(s, a, "book", 0.35, "yolo11n", T0, [("book", 0.35)])  # history: replaced by the champion's
+        _predict(s, a, "만화", 0.93, "v1", T0 + timedelta(hours=1), [("만화", 0.93), ("동화", 0.41)])
+        b = _file(s, 'cover "2".jpg')
+        _predict(s, b, "person", 0.31, "yolo11n", T0 + timedelta(minutes=5), [("person", 0.31)])
+        c = _file(s, "=1+1.jpg")
+        _predict(s, c, "동화", 0.88, "v1", T0 + timedelta(hours=2), [])
+        _file(s, "broken.jpg", "quarantined", reason="truncated_image", detail="image file is truncated",
+              final_path="quarantine/inbox/broken.jpg", processed_at=T0 + timedelta(minutes=1))
+        _file(s, "waiting.jpg", "awaiting_model")
+        for i in range(30):
+            _label(s, _file(s, f"m{i}.jpg", folder="labeled", sha256=f"{i:064x}"), "만화", (0.5, 0.5, 0.4, 0.4))
+        amb = _file(s, "amb.jpg", folder="labeled", sha256="a" * 64)
+        _label(s, amb, "동화", (0.5, 0.5, 0.4, 0.4))
+        _label(s, amb, "상상화", (0.5, 0.5, 0.4, 0.38))
+        _label(s, amb, "만화", (0.5, 0.5, 0.4, 0.4))
+        conflict = _file(s, "conflict.jpg", folder="labeled", sha256="c" * 64)
+        _label(s, conflict, "만화")
+        _label(s, conflict, "동화")
+        v1 = ModelVersion(version="v1", task="detect", path="models/v1/weights/best.pt", state="champion",
+                          classes=CLASSES, created_at=T0, promoted_at=T0 + timedelta(minutes=50),
+                          metrics={"metrics/mAP50-95(B)": 0.61, "metrics/mAP50(B)": 0.8,
+                                   "per_class": {"만화": {"precision": 0.9, "recall": 0.8},
+                                                 "동화": {"precision": 0.5, "recall": 0.4}}})
+        v0 = ModelVersion(version="v0", task="detect", path="models/v0/weights/best.pt", state="retired",
+                          created_at=T0, promoted_at=T0)
+        s.add_all([v0, v1])
+        s.flush()
+        s.add(TrainingRun(state="done", trigger="new_labels", model_version_id=v0.id, epoch=50, epochs=50,
+                          params={"batch": 16, "imgsz": 640}, metrics={"metrics/mAP50-95(B)": 0.42},
+                          requested_at=T0, started_at=T0, finished_at=T0 + timedelta(minutes=12)))
+        s.add(TrainingRun(state="done", trigger="manual", model_version_id=v1.id, epoch=100, epochs=100,
+                          params={"batch": 8, "imgsz": 640, "attempts": [
+                              {"batch": 16, "imgsz": 640, "outcome": "oom",
+                               "error": "torch.cuda.OutOfMemoryError: CUDA out of memory"},
+                              {"batch": 8, "imgsz": 640, "outcome": "ok"}]},
+                          metrics={"metrics/mAP50-95(B)": 0.61, "metrics/mAP50(B)": 0.8},
+                          requested_at=T0 + timedelta(minutes=20), started_at=T0 + timedelta(minutes=20),
+                          finished_at=T0 + timedelta(minutes=50)))
+        s.add(TrainingRun(state="failed", trigger="schedule", epochs=100, error="NotImplementedError: nms",
+                          requested_at=T0 + timedelta(hours=3)))
+    plots = home / "models" / "v1"
+    plots.mkdir(parents=True)
+    Image.new("RGB", (800, 600), "white").save(plots / "confusion_matrix.png")
+    Image.new("RGB", (1200, 600), "white").save(plots / "results.png")
+    return home
+
+
+def _write(engine, home: Path, name: str = "report.xlsx", **kw) -> Path:
+    kw.setdefault("tz", timezone.utc)
+    return write_report(engine, home / "reports" / name, home=home, now=T0 + timedelta(hours=4), **kw)
+
+
+def _values(df: pd.DataFrame) -> list[list]:
+    """Rows as lists, blank cells as None."""
+    return df.astype(object).where(df.notna(), None).values.tolist()
+
+
+def _naive(dt: datetime) -> pd.Timestamp:
+    return pd.Timestamp(dt.replace(tzinfo=None))
+
+
+def test_every_sheet_reads_back_with_its_values(engine, seeded):
+    path = _write(engine, seeded)
+    book = pd.read_excel(path, sheet_name=None)
+    assert list(book) == SHEETS
+
+    preds = book["Predictions"]
+    assert preds.drop(columns="id").to_dict("records") == [
+        {"original_name": "표지 1.jpg", "predicted_class": "만화", "confidence": 0.93, "model_version": "v1",
+         "time": _naive(T0 + timedelta(hours=1)), "archive_path": "archive/inbox/표지 1.jpg"},
+        {"original_name": 'cover "2".jpg', "predicted_class": "person", "confidence": 0.31,
+         "model_version": "yolo11n", "time": _naive(T0 + timedelta(minutes=5)),
+         "archive_path": 'archive/inbox/cover "2".jpg'},
+        {"original_name": "=1+1.jpg", "predicted_class": "동화", "confidence": 0.88, "model_version": "v1",
+         "time": _naive(T0 + timedelta(hours=2)), "archive_path": "archive/inbox/=1+1.jpg"},
+    ]
+
+    dets = book["Detections"]
+    assert dets[["original_name", "class_name", "confidence"]].values.tolist() == [
+        ["표지 1.jpg", "만화", 0.93], ["표지 1.jpg", "동화", 0.41], ['cover "2".jpg', "person", 0.31]]
+    assert dets[["x1", "y1", "x2", "y2"]].iloc[0].tolist() == [0.1, 0.2, 0.6, 0.9]
+    assert set(dets["prediction_id"]) <= set(preds["id"])
+
+    classes = book["Classes"].set_index("class")
+    assert list(classes.index) == ["만화", "동화", "상상화", "person"]
+    assert classes.loc["만화", ["labels", "labelled_images", "predictions", "detections"]].tolist() == [32, 32, 1, 1]
+    assert classes.loc["동화", ["labels", "predictions", "detections"]].tolist() == [2, 1, 1]
+    assert classes.loc["만화", "share_of_labels"] == pytest.approx(32 / 35)
+    assert classes.loc["동화", "imbalance_ratio"] == 16
+    assert "fewer labels than 만화" in classes.loc["동화", "warning"]
+    assert "fewer labels than 만화" in classes.loc["상상화", "warning"]
+    assert "pretrained" in classes.loc["person", "warning"]
+    assert classes.loc["person", "low_confidence"] == 1
+
+    issues = pd.read_excel(path, sheet_name="Label issues", usecols="A:E")
+    assert sorted(issues[["kind", "original_name"]].values.tolist()) == [
+        ["ambiguous_box", "amb.jpg"], ["ambiguous_box", "amb.jpg"], ["ambiguous_box", "amb.jpg"],
+        ["conflicting_labels", "conflict.jpg"]]
+    assert "labelled as 동화, 만화" in issues.set_index("kind").loc["conflicting_labels", "detail"]
+    matrix = pd.read_excel(path, sheet_name="Label issues", usecols="G:J", index_col=0)
+    assert matrix.index.name == "co-occurrence (same image)"
+    assert matrix.loc["만화"].tolist() == [32, 2, 1]
+    assert matrix.loc["상상화"].tolist() == [1, 1, 1]
+
+    runs = pd.read_excel(path, sheet_name="Training runs", usecols="A:S")
+    assert _values(runs[["run", "attempt", "state", "model_version", "promoted", "batch"]]) == [
+        [1, 0, "done", "v0", "yes", 16], [2, 0, "done", "v1", "yes (champion)", 8],
+        [2, 1, "oom", None, None, 16], [2, 2, "ok", None, None, 8], [3, 0, "failed", None, None, None]]
+    assert runs["metrics/mAP50-95(B)"].tolist()[:2] == [0.42, 0.61]
+    assert runs.loc[0, "minutes"] == 12
+    assert runs.loc[2, "error"].startswith("torch.cuda.OutOfMemoryError")
+    per_class = pd.read_excel(path, sheet_name="Training runs", usecols="U:W").dropna(how="all")
+    assert per_class.values.tolist() == [["만화", 0.9, 0.8], ["동화", 0.5, 0.4]]
+
+    quarantine = book["Quarantine"]
+    assert quarantine.to_dict("records") == [
+        {"original_name": "broken.jpg", "reason": "truncated_image",
+         "explanation": "the image data ends early or is corrupt", "detail": "image file is truncated",
+         "time": _naive(T0 + timedelta(minutes=1)), "path": "quarantine/inbox/broken.jpg"}]
+
+    summary = book["Summary"][["item", "value"]]
+    items = dict(summary[summary["item"] != "warning"].values.tolist())
+    assert items["files processed"] == 35 and items["files quarantined"] == 1
+    assert items["files awaiting a model"] == 1 and items["queue depth"] == 0
+    assert items["champion model"] == "v1" and items["champion metrics/mAP50-95(B)"] == 0.61
+    assert items["images in this report"] == 3 and items["boxes in this report"] == 3
+    assert items["period from"] == _naive(T0) and items["period to"] == _naive(T0 + timedelta(hours=2))
+    warnings = summary[summary["item"] == "warning"]["value"].tolist()
+    assert any("1 files were quarantined, most for: truncated_image (1)" in w for w in warnings)
+    assert any(w.startswith("Class 상상화: 32x fewer labels") for w in warnings)
+    assert any("ambiguous_box" in w for w in warnings) and any("conflicting_labels" in w for w in warnings)
+    assert any("NotImplementedError" in w for w in warnings)
+
+
+def test_label_issues_come_from_the_last_dataset_build_once_there_is_one(engine, seeded):
+    from sqlalchemy import MetaData, Table, inspect, insert
+
+    if not inspect(engine).has_table("dataset_versions"):
+        pytest.skip("no dataset_versions table in this schema yet")
+    quality = {"overlaps": [{"image": "a" * 64, "name": "amb.jpg", "classes": ["동화", "상상화"], "iou": 0.95}],
+               "conflicts": [{"image": "c" * 64, "names": ["c1.jpg", "c2.jpg"],
+                              "classes_by_drop": {"3": ["만화"], "7": ["동화"]}}],
+               "cooccurrence": {"동화": {"상상화": 1}, "상상화": {"동화": 1}}}
+    versions = Table("dataset_versions", MetaData(), autoload_with=engine)
+    with engine.begin() as conn:
+        conn.execute(insert(versions), [{"path": "dataset/v000001", "fingerprint": "f", "classes": CLASSES,
+                                         "train_images": 1, "val_images": 0, "train_entries": 1, "boxes": 2,
+                                         "stats": {"quality": quality}, "created_at": T0}])
+    path = _write(engine, seeded)
+    issues = pd.read_excel(path, sheet_name="Label issues", usecols="A:D").dropna(how="all")
+    assert issues.values.tolist() == [
+        ["ambiguous_box", "amb.jpg", "a" * 64, "동화 / 상상화 on the same object (IoU 0.95)"],
+        ["conflicting_labels", "c1.jpg, c2.jpg", "c" * 64, "labelled differently: drop 3: 만화; drop 7: 동화"]]
+    matrix = pd.read_excel(path, sheet_name="Label issues", usecols="G:J", index_col=0)
+    assert matrix.index.name == "co-occurrence (same object)"
+    assert matrix.loc["동화"].tolist() == [0, 0, 1]
+
+
+def test_attempts_and_per_class_figures_come_from_their_tables_once_they_exist(engine, seeded):
+    from sqlalchemy import MetaData, Table, inspect, insert
+
+    if not {"training_attempts", "model_metrics"} <= set(inspect(engine).get_table_names()):
+        pytest.skip("no training_attempts / model_metrics tables in this schema yet")
+    meta = MetaData()
+    attempts = Table("training_attempts", meta, autoload_with=engine)
+    figures = Table("model_metrics", meta, autoload_with=engine)
+    with engine.begin() as conn:
+        conn.execute(insert(attempts), [
+            {"run_id": 1, "n": 1, "model": "yolo11s.pt", "imgsz": 640, "batch": 32, "resume": False,
+             "outcome": "oom", "reason": "CUDA out of memory", "started_at": T0},
+            {"run_id": 1, "n": 2, "model": "yolo11s.pt", "imgsz": 640, "batch": 16, "resume": False,
+             "outcome": "ok", "reason": None, "started_at": T0}])
+        conn.execute(insert(figures), [
+            {"model_version_id": 2, "class_name": "상상화", "precision": 0.7, "recall": 0.6, "created_at": T0},
+            {"model_version_id": 2, "class_name": None, "precision": 0.8, "recall": 0.7, "created_at": T0}])
+    path = _write(engine, seeded)
+    runs = pd.read_excel(path, sheet_name="Training runs", usecols="A:Q")
+    assert _values(runs[["run", "attempt", "state", "batch", "base", "error"]].head(3)) == [
+        [1, 0, "done", 16, None, None], [1, 1, "oom", 32, "yolo11s.pt", "CUDA out of memory"],
+        [1, 2, "ok", 16, "yolo11s.pt", None]]
+    per_class = pd.read_excel(path, sheet_name="Training runs", usecols="U:W").dropna(how="all")
+    assert per_class.values.tolist() == [["상상화", 0.7, 0.6]]  # the table wins over the JSON
+
+
+def test_workbook_has_charts_pictures_frozen_headers_and_filters(engine, seeded):
+    wb = openpyxl.load_workbook(_write(engine, seeded))
+    for name in SHEETS:
+        ws = wb[name]
+        assert ws.freeze_panes == "A2", name
+        assert ws["A1"].font.b, name
+        if name != "Summary":
+            assert ws.auto_filter.ref and ws.auto_filter.ref.startswith("A1:"), name
+    preds = wb["Predictions"]
+    assert preds.auto_filter.ref == "A1:G4"
+    assert preds["D2"].number_format == "0.0%" and preds["F2"].is_date
+    assert preds["G2"].value == '=HYPERLINK("../archive/inbox/표지 1.jpg","archive/inbox/표지 1.jpg")'
+    assert preds["G3"].value == '=HYPERLINK("../archive/inbox/cover ""2"".jpg","archive/inbox/cover ""2"".jpg")'
+    low = [str(r.sqref) for r in preds.conditional_formatting]
+    assert low == ["D2:D4"]
+    assert preds.column_dimensions["B"].width >= len("표지 1.jpg") + 2  # wide characters count twice
+    assert [c.tagname for c in wb["Classes"]._charts] == ["barChart"]
+    assert [c.tagname for c in wb["Training runs"]._charts] == ["lineChart"]
+    assert len(wb["Summary"]._images) == 2
+
+
+def test_dates_are_shown_in_the_given_time_zone(engine, seeded):
+    path = _write(engine, seeded, tz=ZoneInfo("Asia/Seoul"))
+    preds = pd.read_excel(path, sheet_name="Predictions")
+    assert preds["time"].iloc[0] == _naive(T0 + timedelta(hours=10))
+    summary = pd.read_excel(path, sheet_name="Summary")
+    assert dict(summary[["item", "value"]].values.tolist())["times shown in"] == "KST"
+
+
+def test_rows_past_the_sheet_limit_continue_on_numbered_sheets(engine, seeded):
+    path = _write(engine, seeded, max_rows_per_sheet=3, chunk_rows=1)  # header + 2 rows per sheet
+    book = pd.read_excel(path, sheet_name=None)
+    assert list(book)[:5] == ["Summary", "Predictions", "Predictions (2)", "Detections", "Detections (2)"]
+    names = pd.concat([book["Predictions"], book["Predictions (2)"]])["original_name"].tolist()
+    assert names == ["표지 1.jpg", 'cover "2".jpg', "=1+1.jpg"]
+    notes = book["Summary"].query("item == 'note'")["value"].tolist()
+    assert notes == ["Predictions has 3 rows, more than one Excel sheet holds: continued on Predictions (2).",
+                     "Detections has 3 rows, more than one Excel sheet holds: continued on Detections (2)."]
+
+
+def test_an_empty_database_gives_every_sheet_with_its_columns(engine, home):
+    book = pd.read_excel(_write(engine, home), sheet_name=None)
+    assert list(book) == SHEETS
+    assert list(book["Predictions"].columns) == ["id", "original_name", "predicted_class", "confidence",
+                                                 "model_version", "time", "archive_path"]
+    assert list(book["Quarantine"].columns) == ["original_name", "reason", "explanation", "detail", "time", "path"]
+    assert list(book["Training runs"].columns)[:3] == ["run", "attempt", "state"]
+    assert all(book[name].empty for name in SHEETS[1:])
+    items = dict(book["Summary"][["item", "value"]].values.tolist())
+    assert items["champion model"] == "none yet"
+
+
+def test_the_report_is_recorded_and_no_temporary_file_is_left(engine, seeded):
+    path = _write(engine, seeded)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["report.xlsx"]
+    with session_scope(engine) as s:
+        assert [(r.path, r.rows) for r in s.scalars(select(Report))] == [("reports/report.xlsx", 3)]
+
+
+def test_the_report_module_loads_no_machine_learning_framework():
+    code = "import sys, pipeline.report; print(sorted({'torch', 'ultralytics'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unwritable_destination_is_one_clear_error(engine, seeded):
+    (seeded / "blocked").write_text("a file, not a folder")
+    with pytest.raises(ReportError, match="cannot write"):
+        write_report(engine, seeded / "blocked" / "r.xlsx", home=seeded)
+
+
+def test_a_failure_half_way_leaves_no_file_behind(engine, seeded, monkeypatch):
+    import pipeline.report
+
+    def broken(*_a, **_k):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(pipeline.report, "detections_sheet", broken)
+    with pytest.raises(RuntimeError, match="went away"):
+        _write(engine, seeded)
+    assert list((seeded / "reports").iterdir()) == []
+    with session_scope(engine) as s:
+        assert s.scalars(select(Report)).all() == []
+
+
+def test_published_reports_are_dated_copied_to_latest_and_pruned(engine, seeded):
+    folder = seeded / "reports"
+    for minutes in (0, 60, 120):
+        publish_report(engine, folder, home=seeded, keep=2, now=T0 + timedelta(minutes=minutes), tz=timezone.utc)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "coverwatch-20261120-1030.xlsx", "coverwatch-20261120-1130.xlsx", "latest.xlsx"]
+    assert (folder / "latest.xlsx").read_bytes() == (folder / "coverwatch-20261120-1130.xlsx").read_bytes()
+
+
+def test_libreoffice_opens_the_workbook(engine, seeded, tmp_path):
+    soffice = shutil.which("soffice") or shutil.which("libreoffice")
+    if soffice is None:
+        pytest.skip("LibreOffice (soffice) not found: `make test` installs libreoffice-calc where apt works")
+    path = _write(engine, seeded)
+    profile = tmp_path / "lo-profile"  # its own profile: no clash with another LibreOffice running
+    pdf = _soffice(soffice, profile, path, "pdf", tmp_path / "pdf")  # what "open and print" takes
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 5000
+    # Every sheet as UTF-8 text: LibreOffice read the cells themselves, Korean and link formulas included.
+    _soffice(soffice, profile, path, "csv:Text - txt - csv (StarCalc):44,34,76,1,,0,false,true,false,false,false,-1",
+             tmp_path / "csv", f"{path.stem}-Summary.csv")
+    summary = (tmp_path / "csv" / "report-Summary.csv").read_text(encoding="utf-8")
+    assert "champion model,v1" in summary and "Class 상상화: 32x fewer labels" in summary
+    preds = (tmp_path / "csv" / "report-Predictions.csv").read_text(encoding="utf-8").splitlines()
+    assert preds[1].split(",")[1:3] == ["표지 1.jpg", "만화"] and preds[1].endswith(",archive/inbox/표지 1.jpg")
+
+
+def _soffice(soffice: str, profile: Path, path: Path, to: str, outdir: Path, name: str | None = None) -> Path:
+    proc = subprocess.run([soffice, f"-env:UserInstallation={profile.as_uri()}", "--headless", "--norestore",
+                           "--convert-to", to, "--outdir", str(outdir), str(path)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(outdir)})
+    out = outdir / (name or f"{path.stem}.{to.split(':')[0]}")
+    assert proc.returncode == 0 and out.is_file(), proc.stdout + proc.stderr
+    return out

@@ -1,0 +1,230 @@
+"""The training queue: triggers, merging, one run at a time, crashes, interruption and resume."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from pipeline.train_job import run_job
+from pipeline.train_queue import due_trigger, request_training
+from pipeline.training import EXIT_INTERRUPTED, TrainingSupervisor
+from storage.db import make_engine, session_scope
+from storage.queries import status_summary
+from storage.tables import ModelVersion, TrainingRun
+from tests.pipeline.training_fakes import (
+    FakeTrainer,
+    InlineJob,
+    add_samples,
+    fake_prepare,
+    inline_spawn,
+    runs,
+    settings_for,
+)
+
+
+def supervisor(engine, home, trainer=None, **settings) -> TrainingSupervisor:
+    return TrainingSupervisor(engine, settings_for(home, **settings), prepare=fake_prepare(),
+                              spawn=inline_spawn(engine, trainer or FakeTrainer()), poll_seconds=0)
+
+
+def test_requests_merge_into_the_queued_run(engine):
+    assert request_training(engine, "labels") == (1, False)
+    assert request_training(engine, "manual") == (1, True)
+    assert request_training(engine, "manual") == (1, True)
+    assert [(r.id, r.state, r.trigger) for r in runs(engine)] == [(1, "queued", "labels+manual")]
+
+
+def test_the_queue_survives_a_restart_and_the_database_refuses_a_second_queued_run(engine, cfg):
+    request_training(engine, "manual")
+    again = make_engine(cfg.database_url)  # a restarted daemon
+    try:
+        assert request_training(again, "labels") == (1, True)
+        with pytest.raises(IntegrityError):
+            with session_scope(again) as s:
+                s.add(TrainingRun(state="queued", trigger="manual"))
+    finally:
+        again.dispose()
+    assert len(runs(engine)) == 1
+
+
+def test_new_labels_trigger_a_run_once_there_are_enough(engine, cfg):
+    settings = settings_for(cfg.home, min_new_labels=5)
+    now = datetime.now().astimezone()
+    add_samples(engine, 4)
+    with session_scope(engine) as s:
+        assert due_trigger(s, settings, now) is None
+    add_samples(engine, 1, tag="more")
+    with session_scope(engine) as s:
+        assert due_trigger(s, settings, now) == "labels"
+
+
+def test_labels_count_from_the_last_run(engine, cfg):
+    add_samples(engine, 6)
+    sup = supervisor(engine, cfg.home, min_new_labels=5)
+    sup.tick(0.0)
+    assert [(r.trigger, r.state) for r in runs(engine)] == [("labels", "done")]
+    sup.tick(1.0)
+    assert len(runs(engine)) == 1  # the same labels do not trigger twice
+    add_samples(engine, 5, tag="new")
+    sup.tick(2.0)
+    assert [(r.trigger, r.state) for r in runs(engine)] == [("labels", "done"), ("labels", "done")]
+
+
+def test_the_daily_time_triggers_once_a_day_when_labels_changed(engine, cfg):
+    settings = settings_for(cfg.home, min_new_labels=100, at="02:00")
+    today = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    with session_scope(engine) as s:
+        assert due_trigger(s, settings, today + timedelta(hours=3)) is None  # nothing changed
+    add_samples(engine, 1)
+    with session_scope(engine) as s:
+        assert due_trigger(s, settings, today + timedelta(hours=1)) is None  # not yet 02:00
+        assert due_trigger(s, settings, today + timedelta(hours=3)) == "schedule"
+    request_training(engine, "schedule")
+    with session_scope(engine) as s:
+        s.get(TrainingRun, 1).state = "done"
+    add_samples(engine, 1, tag="later")
+    with session_scope(engine) as s:
+        assert due_trigger(s, settings, today + timedelta(hours=5)) is None  # once a day
+        assert due_trigger(s, settings, today + timedelta(days=1, hours=3)) == "schedule"
+
+
+def test_a_run_is_recorded_with_progress_metrics_and_a_version_folder(engine, cfg):
+    request_training(engine, "manual")
+    supervisor(engine, cfg.home).tick(0.0)
+
+    [run] = runs(engine)
+    assert (run.state, run.version, run.epoch, run.epochs, run.losses) == (
+        "done", "v0001", 2, 2, {"train/box_loss": 0.5})
+    assert run.metrics["map50_95"] == 0.5
+    folder = cfg.home / "models" / "v0001"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["dataset"]["fingerprint"] == "f" * 64
+    assert manifest["classes"] == ["comic", "fairy_tale", "painting"]
+    assert manifest["state"] == "champion" and manifest["start"] == "training.base"
+    assert [a["outcome"] for a in manifest["attempts"]] == ["ok"]
+    assert manifest["metrics"]["overall"]["map50_95"] == 0.5
+    with session_scope(engine) as s:
+        assert status_summary(s)["champion"] == "v0001"
+
+
+def test_one_run_at_a_time(engine, cfg):
+    class Running(InlineJob):
+        def __init__(self):
+            super().__init__(None)
+
+    started = []
+    sup = TrainingSupervisor(engine, settings_for(cfg.home), prepare=fake_prepare(), poll_seconds=0,
+                             spawn=lambda rid, log: started.append(rid) or Running())
+    request_training(engine, "manual")
+    sup.tick(0.0)
+    request_training(engine, "manual")  # queued behind the running one
+    sup.tick(1.0)
+    assert started == [1]
+    assert [(r.id, r.state) for r in runs(engine)] == [(1, "running"), (2, "queued")]
+    with session_scope(engine) as s:
+        t = status_summary(s)["training"]
+    assert (t["state"], t["version"]) == ("running", "v0001")
+
+
+def test_a_crashed_training_process_fails_the_run_and_the_next_one_starts(engine, cfg):
+    calls = []
+
+    def spawn(run_id, log):
+        calls.append(run_id)
+        return InlineJob(-9) if run_id == 1 else InlineJob(run_job(engine, run_id, trainer=FakeTrainer()))
+
+    sup = TrainingSupervisor(engine, settings_for(cfg.home), prepare=fake_prepare(), spawn=spawn, poll_seconds=0)
+    request_training(engine, "manual")
+    sup.tick(0.0)
+    request_training(engine, "manual")
+    sup.tick(1.0)  # sees run 1 dead, records it, starts run 2
+    sup.tick(2.0)
+    r1, r2 = runs(engine)
+    assert (r1.state, r1.error) == ("failed", "the training process ended with signal 9 without recording a result")
+    assert r2.state == "done"
+
+
+def test_no_dataset_fails_the_run_with_its_reason(engine, cfg):
+    sup = TrainingSupervisor(engine, settings_for(cfg.home), spawn=inline_spawn(engine, FakeTrainer()),
+                             poll_seconds=0)
+    request_training(engine, "manual")
+    sup.tick(0.0)
+    [run] = runs(engine)
+    assert run.state == "failed"
+    assert "no dataset yet" in run.error
+
+
+def test_an_interrupted_run_resumes_from_last_pt_after_a_restart(engine, cfg):
+    stop = threading.Event()
+    seen = []
+
+    class StopsAfterOneEpoch(FakeTrainer):
+        def train(self, spec, **kw):
+            on_epoch = kw.pop("on_epoch")
+
+            def epoch(p):
+                seen.append(p["epoch"])
+                on_epoch(p)
+                stop.set()  # SIGTERM arrives during the first epoch
+
+            return super().train(spec, on_epoch=epoch, **kw)
+
+    trainer = StopsAfterOneEpoch()
+    first = supervisor(engine, cfg.home, epochs=3)
+    first.spawn = lambda rid, log: InlineJob(run_job(engine, rid, trainer=trainer, stop=stop))
+    request_training(engine, "manual")
+    first.tick(0.0)
+    first.shutdown()
+    [run] = runs(engine)
+    assert (run.state, run.epoch, [a.outcome for a in run.attempts]) == ("running", 1, ["interrupted"])
+    assert (cfg.home / "models" / "v0001" / "weights" / "last.pt").read_text() == "1"
+
+    resumed = FakeTrainer()
+    supervisor(engine, cfg.home, resumed, epochs=3).tick(10.0)  # the next start
+    [run] = runs(engine)
+    assert run.state == "done" and run.epoch == 3
+    assert [(a.n, a.resume, a.outcome) for a in run.attempts] == [(1, False, "interrupted"), (2, True, "ok")]
+    assert resumed.calls[0].resume and resumed.calls[0].model.endswith("v0001/weights/last.pt")
+    assert run.resume_path.endswith("last.pt")
+
+
+def test_run_job_reports_an_interruption_with_its_exit_code(engine, cfg):
+    stop = threading.Event()
+    stop.set()
+    sup = supervisor(engine, cfg.home)
+    sup.spawn = lambda rid, log: InlineJob(run_job(engine, rid, trainer=FakeTrainer(), stop=stop))
+    request_training(engine, "manual")
+    sup.tick(0.0)
+    assert sup.proc.poll() == EXIT_INTERRUPTED
+    with session_scope(engine) as s:
+        assert s.scalar(select(ModelVersion)) is None
+
+
+def test_a_run_whose_process_is_still_alive_is_not_started_twice(engine, cfg):
+    import subprocess
+    import sys
+
+    # A training job left running by a daemon that was killed: its command line names pipeline.train_job.
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.train_job"])
+    try:
+        request_training(engine, "manual")
+        with session_scope(engine) as s:
+            run = s.get(TrainingRun, 1)
+            run.state, run.version, run.pid, run.params = "running", "v0001", job.pid, None
+        started = []
+        sup = supervisor(engine, cfg.home)
+        inner = sup.spawn
+        sup.spawn = lambda rid, log: started.append(rid) or inner(rid, log)
+        sup.tick(0.0)
+        assert started == []
+    finally:
+        job.kill()
+        job.wait()
+    sup.tick(1.0)
+    assert started == [1]
+    assert [(r.state, r.version) for r in runs(engine)] == [("done", "v0001")]

@@ -1,0 +1,123 @@
+"""`coverwatch report`, and the daemon's periodic report."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import select
+
+from storage.db import make_engine, session_scope, upgrade_database
+from storage.tables import File, Prediction, Report
+from tests.conftest import run_cli
+from tests.watcher.conftest import CountingNoop, configure
+from watcher.config import load_config
+from watcher.daemon import Daemon
+
+
+def _seed(home: Path) -> None:
+    engine = make_engine(f"sqlite:///{home / 'coverwatch.db'}")
+    upgrade_database(engine)
+    with session_scope(engine) as s:
+        f = File(folder="inbox", source_path="동화.jpg", original_name="동화.jpg", size=10, state="processed",
+                 final_path="archive/inbox/동화.jpg")
+        s.add(f)
+        s.flush()
+        s.add(Prediction(file_id=f.id, model_version="v1", predicted_class="동화", confidence=0.77))
+    engine.dispose()
+
+
+def _reports(home: Path) -> list[tuple[str, int]]:
+    engine = make_engine(f"sqlite:///{home / 'coverwatch.db'}")
+    try:
+        with session_scope(engine) as s:
+            return [(r.path, r.rows) for r in s.scalars(select(Report).order_by(Report.id))]
+    finally:
+        engine.dispose()
+
+
+def test_report_writes_a_dated_workbook_and_latest(home):
+    _seed(home)
+    proc = run_cli("-c", str(home / "coverwatch.yaml"), "report")
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.strip())
+    assert path.parent == (home / "reports").resolve() and path.name.startswith("coverwatch-")
+    assert sorted(p.name for p in (home / "reports").iterdir()) == sorted([path.name, "latest.xlsx"])
+    preds = pd.read_excel(home / "reports" / "latest.xlsx", sheet_name="Predictions")
+    assert preds[["original_name", "predicted_class", "confidence"]].values.tolist() == [["동화.jpg", "동화", 0.77]]
+    assert _reports(home) == [(f"reports/{path.name}", 1)]
+
+
+def test_report_output_option_writes_only_that_file(home, tmp_path):
+    _seed(home)
+    out = tmp_path / "elsewhere" / "mine.xlsx"
+    proc = run_cli("report", "-o", str(out), env={"COVERWATCH_CONFIG": str(home / "coverwatch.yaml")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    assert list((home / "reports").iterdir()) == []
+    links = pd.read_excel(out, sheet_name="Predictions")["archive_path"].tolist()
+    assert links == ["archive/inbox/동화.jpg"]
+
+
+def test_old_reports_are_pruned_to_reports_keep(home):
+    configure(home, reports={"every_minutes": 60, "keep": 2})
+    for stamp in ("20200101-0000", "20200101-0100", "20200101-0200"):
+        (home / "reports" / f"coverwatch-{stamp}.xlsx").write_bytes(b"old")
+    (home / "reports" / "notes.txt").write_text("not ours")
+    proc = run_cli("-c", str(home / "coverwatch.yaml"), "report")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (home / "reports").iterdir()) == sorted(
+        ["coverwatch-20200101-0200.xlsx", Path(proc.stdout.strip()).name, "latest.xlsx", "notes.txt"])
+
+
+def test_an_unwritable_output_is_one_line_and_exit_2(home, tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = run_cli("-c", str(home / "coverwatch.yaml"), "report", "-o", str(tmp_path / "file" / "r.xlsx"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("coverwatch: error: report: cannot write") and "Traceback" not in proc.stderr
+
+
+def _daemon(home: Path) -> Daemon:
+    d = Daemon(load_config(home / "coverwatch.yaml"), step=CountingNoop())
+    d.initialize(observe=False)
+    return d
+
+
+def test_the_daemon_writes_a_report_when_one_is_due_and_not_before(home):
+    _seed(home)
+    d = _daemon(home)
+    try:
+        d.loop_once()
+        first = sorted(p.name for p in (home / "reports").iterdir())
+        assert "latest.xlsx" in first and len(first) == 2
+        d.loop_once()  # not due again for an hour
+        assert len(_reports(home)) == 1
+    finally:
+        d.shutdown()
+    d = _daemon(home)  # a restart continues the schedule instead of writing at once
+    try:
+        d.loop_once()
+        assert len(_reports(home)) == 1
+        assert d._next_report is not None and d._next_report > datetime.now(timezone.utc) + timedelta(minutes=50)
+    finally:
+        d.shutdown()
+
+
+def test_a_failing_report_is_logged_and_the_loop_goes_on(home, monkeypatch, caplog):
+    import pipeline.report
+
+    def broken(*_a, **_k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(pipeline.report, "publish_report", broken)
+    d = _daemon(home)
+    try:
+        with caplog.at_level(logging.ERROR, logger="watcher.daemon"):
+            assert d.loop_once() == 0
+            d.loop_once()
+        failures = [r for r in caplog.records if "report could not be written" in r.getMessage()]
+        assert len(failures) == 1 and failures[0].exc_info[1].args == ("disk on fire",)
+    finally:
+        d.shutdown()

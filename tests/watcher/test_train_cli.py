@@ -1,0 +1,78 @@
+"""`coverwatch train` and `coverwatch models list|promote|rollback` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+
+from storage.db import session_scope
+from storage.tables import ModelVersion
+from tests.conftest import run_cli
+
+
+def cli(home, *args):
+    return run_cli("-c", str(home / "coverwatch.yaml"), *args)
+
+
+def test_train_queues_a_run_and_merges_a_second_request(home):
+    first = cli(home, "train")
+    assert (first.returncode, first.stdout.strip()) == (0, "training run 1 queued")
+    again = cli(home, "train")
+    assert again.stdout.strip() == "training run 1 was already queued; request merged"
+    status = json.loads(cli(home, "status", "--json").stdout)
+    assert status["training"] == {"state": "queued", "epoch": None, "epochs": None, "trigger": "manual",
+                                  "version": None, "losses": None, "eta_seconds": None}
+
+
+def test_train_wait_without_a_dataset_says_why_in_one_line(home):
+    r = cli(home, "train", "--wait")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "coverwatch: error: training run 1 failed: cannot prepare the dataset: no dataset yet: drop labelled "
+        "images into labeled/")
+
+
+def seed_models(engine) -> None:
+    t0 = datetime.now(timezone.utc) - timedelta(hours=3)
+    with session_scope(engine) as s:
+        s.add_all([
+            ModelVersion(version="v0001", task="detect", path="models/v0001", state="retired", classes=["a"],
+                         metrics={"map50_95": 0.31}, promoted_at=t0, decision="no comparable champion"),
+            ModelVersion(version="v0002", task="detect", path="models/v0002", state="champion", classes=["a"],
+                         metrics={"map50_95": 0.42}, promoted_at=t0 + timedelta(hours=1)),
+            ModelVersion(version="v0003", task="detect", path="models/v0003", state="rejected", classes=["a"],
+                         metrics={"map50_95": 0.40}, decision="rejected: map50_95 0.4000 vs champion 0.4200"),
+        ])
+
+
+def champion_of(engine) -> str:
+    with session_scope(engine) as s:
+        return s.scalar(select(ModelVersion.version).where(ModelVersion.state == "champion"))
+
+
+def test_models_list_promote_and_rollback(home, engine):
+    seed_models(engine)
+    listed = cli(home, "models", "list").stdout.splitlines()
+    assert [line.split()[:4] for line in listed] == [
+        ["v0003", "rejected", "map50_95", "0.4000"], ["v0002", "champion", "map50_95", "0.4200"],
+        ["v0001", "retired", "map50_95", "0.3100"]]
+
+    assert cli(home, "models", "promote", "v0003").stdout.strip() == "v0003 is the champion"
+    assert champion_of(engine) == "v0003"
+    assert cli(home, "models", "rollback").stdout.strip() == "rolled back from v0003 to v0002; v0002 is the champion"
+    assert champion_of(engine) == "v0002"
+    rows = json.loads(cli(home, "models", "list", "--json").stdout)
+    assert {r["version"]: r["state"] for r in rows} == {"v0003": "rolled_back", "v0002": "champion",
+                                                        "v0001": "retired"}
+
+
+def test_models_errors_are_one_line(home, engine):
+    r = cli(home, "models", "rollback")
+    assert (r.returncode, r.stderr.strip()) == (2, "coverwatch: error: there is no champion to roll back from")
+    r = cli(home, "models", "promote", "v0042")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "coverwatch: error: no model version 'v0042' (see `coverwatch models list`)"
+    assert cli(home, "models", "list").stdout.strip() == "no trained models yet"

@@ -1,0 +1,47 @@
+"""Several daemons on one inbox and one database: every file processed exactly once, even when one dies."""
+
+import signal
+from collections import Counter
+
+from tests.watcher.conftest import configure, predictions, rows, wait_for
+from tests.watcher.test_crash import alive, start, write_jpegs
+
+
+def test_three_workers_one_killed_every_file_once(home, tmp_path):
+    configure(home, watch={"settle_seconds": 0.2, "rescan_seconds": 2, "claim_seconds": 4})
+    n = 2000
+    logs = [tmp_path / f"calls-{i}.log" for i in range(3)]
+    procs = [start(home, log) for log in logs]
+    try:
+        for p in procs:
+            wait_for(lambda p=p: alive(home, p.pid), timeout=90, interval=0.2)
+        write_jpegs(home / "inbox" / "a", 0, n // 2)
+        write_jpegs(home / "inbox" / "b", n // 2, n // 2)
+        wait_for(lambda: len(rows(home)) > n // 4, timeout=120, interval=0.2)
+        procs[0].send_signal(signal.SIGKILL)  # midway, claims in hand
+        procs[0].wait(10)
+
+        def settled():
+            rs = rows(home)
+            return len([r for r in rs if r.moved_at is not None]) == n and not any((home / "inbox").rglob("*.jpg"))
+
+        wait_for(settled, timeout=240, interval=0.5)
+    finally:
+        for p in procs[1:]:
+            p.send_signal(signal.SIGTERM)
+        for p in procs[1:]:
+            p.wait(30)
+    assert all(p.returncode == 0 for p in procs[1:])
+    rs = rows(home)
+    assert len(rs) == n and {r.state for r in rs} == {"processed"}
+    assert Counter(r.source_path for r in rs).most_common(1)[0][1] == 1
+    preds = predictions(home)
+    assert len(preds) == n and len({p.file_id for p in preds}) == n
+    calls = Counter()
+    for log in logs:
+        if log.exists():
+            calls.update(log.read_text().split())
+    assert set(calls) == {r.sha256 for r in rs}
+    per_worker = [len(log.read_text().split()) if log.exists() else 0 for log in logs]
+    assert sum(1 for c in per_worker[1:] if c > 0) == 2, f"both survivors took work: {per_worker}"
+    print(f"calls per worker {per_worker}; repeated {sum(calls.values()) - n}")
