@@ -77,6 +77,12 @@ def decode_image(data: bytes | Path, *, max_pixels: int) -> DecodedImage:
     import io
 
     src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    return to_rgb(open_checked(src, max_pixels=max_pixels))
+
+
+def open_checked(src, *, max_pixels: int, before_load=None) -> Image.Image:
+    """Open and fully load an image, with every check and reason code; `before_load(img)` may ask for a
+    smaller decode (JPEG draft) once the header is known. The one place images from drop folders are opened."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -87,6 +93,8 @@ def decode_image(data: bytes | Path, *, max_pixels: int) -> DecodedImage:
                 raise Rejected("decompression_bomb", f"{w}x{h} = {w * h} pixels > watch.max_pixels {max_pixels}")
             if img.format not in PIL_FORMATS:
                 raise Rejected("unsupported_format", f"{img.format} images are not accepted")
+            if before_load is not None:
+                before_load(img)
             img.load()
     except Rejected:
         raise
@@ -96,7 +104,7 @@ def decode_image(data: bytes | Path, *, max_pixels: int) -> DecodedImage:
         raise Rejected("decompression_bomb", str(exc)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise Rejected("truncated_image", str(exc)[:200]) from None
-    return to_rgb(img)
+    return img
 
 
 def pillow_open(src, **kwargs):

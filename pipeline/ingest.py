@@ -267,6 +267,7 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> li
     now = datetime.now(timezone.utc)
     to_move: list[File] = []
     taken = set()
+    said: set[int] = set()  # rows whose result line is logged already: one line per file
     for f in found:
         row = rows[ids[id(f)]]
         if row.claimed_by != claim.worker or row.final_path is not None:
@@ -282,6 +283,7 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> li
         elif isinstance(outcome, Result):
             _store_result(s, row, outcome)
             row.state = FileState.processed.value
+            said.add(row.id)
         elif isinstance(outcome, Rejected):
             _quarantine(row, outcome)
         elif isinstance(outcome, ModelUnavailable):
@@ -299,7 +301,7 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> li
             base = layout.archive if row.state == FileState.processed.value else layout.quarantine
             row.final_path = unique_destination(layout.home, f"{layout.rel(base)}/{folder}/{row.source_path}", taken)
             to_move.append(row)
-            _count(report, row)
+            _count(report, row, quiet=row.id in said)
         else:
             report.waiting += 1
     clash = planned_destinations(s, to_move)
@@ -309,12 +311,14 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> li
     return to_move
 
 
-def _count(report: BatchReport, row: File) -> None:
+def _count(report: BatchReport, row: File, *, quiet: bool = False) -> None:
     if row.duplicate_of is not None:
         report.duplicates += 1
     if row.state == FileState.processed.value:
         report.processed += 1
-        log.info("processed %s", row.source_path)
+        dup = f" (same content as file {row.duplicate_of})" if row.duplicate_of is not None else ""
+        if not quiet:
+            log.info("processed %s%s", row.source_path, dup)
     else:
         report.quarantined += 1
         log.warning("quarantined %s: %s", row.source_path, row.reason)
@@ -343,7 +347,10 @@ def _store_result(s: Session, row: File, r: Result) -> None:
         s.add_all(Detection(prediction_id=pred.id, class_name=c, confidence=p, x1=a, y1=b, x2=x, y2=y)
                   for c, p, a, b, x, y in r.detections)
     if r.predicted_class is not None:
-        log.info("%s: %s (%.0f%%)", row.original_name, r.predicted_class, 100 * (r.confidence or 0))
+        log.info("processed %s: %s (%.0f%%, model %s)", row.source_path, r.predicted_class,
+                 100 * (r.confidence or 0), r.model_version)
+    else:
+        log.info("processed %s", row.source_path)
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -12,15 +12,13 @@ Widths, heights and normalised boxes always refer to the ORIGINAL image, EXIF or
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from pipeline.decode import PIL_FORMATS, pillow_open, to_rgb  # the same opening and conversions as decode
-from pipeline.errors import Rejected
+from pipeline.decode import open_checked, to_rgb  # the same opening, checks and conversions as decode
 
 PAD_VALUE = 114  # Ultralytics' LetterBox padding
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -37,28 +35,15 @@ class ModelImage:
 
 def decode_for_model(data: bytes, *, max_pixels: int, task: str, imgsz: int) -> ModelImage:
     """Decode like pipeline.decode.decode_image (same checks, same reason codes), drafting big JPEGs down."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = pillow_open(io.BytesIO(data))  # never Ultralytics' patched Image.open (it pip-installs)
-            img.MAX_IMAGE_PIXELS = None  # our own cap, below, is the one in force
-            w, h = img.size
-            if w * h > max_pixels:
-                raise Rejected("decompression_bomb", f"{w}x{h} = {w * h} pixels > watch.max_pixels {max_pixels}")
-            if img.format not in PIL_FORMATS:
-                raise Rejected("unsupported_format", f"{img.format} images are not accepted")
-            if img.format in _DRAFT_FORMATS:
-                img.draft("RGB", draft_request(w, h, task, imgsz))
-            img.load()
-            orientation = img.getexif().get(0x0112, 1)
-    except Rejected:
-        raise
-    except UnidentifiedImageError:
-        raise Rejected("not_an_image") from None
-    except Image.DecompressionBombError as exc:
-        raise Rejected("decompression_bomb", str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise Rejected("truncated_image", str(exc)[:200]) from None
+    stored: list[tuple[int, int]] = []  # the size as stored, before any draft shrinks the decode
+
+    def draft(img: Image.Image) -> None:
+        stored.append(img.size)
+        if img.format in _DRAFT_FORMATS:
+            img.draft("RGB", draft_request(*img.size, task, imgsz))
+
+    img = open_checked(io.BytesIO(data), max_pixels=max_pixels, before_load=draft)
+    (w, h), orientation = stored[0], img.getexif().get(0x0112, 1)
     # The common case (an upright RGB photo) in one copy; anything else through decode's own conversions.
     rgb = np.asarray(img) if img.mode == "RGB" and orientation == 1 else to_rgb(img).rgb
     width, height = (h, w) if orientation in _TRANSPOSED else (w, h)

@@ -11,12 +11,12 @@ from sqlalchemy import select
 
 import watcher.daemon as daemon
 from pipeline.dataset import _current
-from storage.db import make_engine, session_scope
+from storage.db import session_scope
 from storage.tables import ClassName, LabelEvent, Sample
 from tests.conftest import run_cli
 from tests.labelimg import (coco_drop, coco_names, coco_boxes, expected_boxes, labelled_images, same_boxes, voc_xml,
                             write_classes, yolo_text)
-from tests.watcher.conftest import configure, final_rows, rows, running, wait_for
+from tests.watcher.conftest import configure, final_rows, home_engine, rows, running, wait_for
 
 KOREAN = ["만화", "동화", "상상화"]
 
@@ -39,7 +39,7 @@ def dataset_with(home, n: int, timeout: float = 30.0):
 
 
 def db_table(home, table):
-    engine = make_engine(f"sqlite:///{home / 'coverwatch.db'}")
+    engine = home_engine(home)
     try:
         with session_scope(engine) as s:
             return list(s.scalars(select(table).order_by(table.id)))

@@ -9,16 +9,16 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import select
 
-from storage.db import make_engine, session_scope, upgrade_database
+from storage.db import session_scope, upgrade_database
 from storage.tables import File, Prediction, Report
 from tests.conftest import run_cli
-from tests.watcher.conftest import CountingNoop, configure
+from tests.watcher.conftest import CountingNoop, configure, home_engine
 from watcher.config import load_config
 from watcher.daemon import Daemon
 
 
 def _seed(home: Path) -> None:
-    engine = make_engine(f"sqlite:///{home / 'coverwatch.db'}")
+    engine = home_engine(home)
     upgrade_database(engine)
     with session_scope(engine) as s:
         f = File(folder="inbox", source_path="동화.jpg", original_name="동화.jpg", size=10, state="processed",
@@ -30,7 +30,7 @@ def _seed(home: Path) -> None:
 
 
 def _reports(home: Path) -> list[tuple[str, int]]:
-    engine = make_engine(f"sqlite:///{home / 'coverwatch.db'}")
+    engine = home_engine(home)
     try:
         with session_scope(engine) as s:
             return [(r.path, r.rows) for r in s.scalars(select(Report).order_by(Report.id))]
