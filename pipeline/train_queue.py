@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def request_training(engine, trigger: str) -> tuple[int, bool]:
-    """Queue a run, or merge into the queued one; returns (run id, merged)."""
+def request_training(engine, trigger: str, *, now: datetime | None = None) -> tuple[int, bool]:
+    """Queue a run, or merge into the queued one; returns (run id, merged).
+
+    `now` (aware) stamps a new run's request time: the clock `due_trigger` decided with, so a scheduled run
+    counts for the slot it was asked for."""
     for _ in range(3):
         try:
             with session_scope(engine) as s:
@@ -46,6 +49,8 @@ def request_training(engine, trigger: str) -> tuple[int, bool]:
                         queued.trigger = "+".join([*parts, trigger])[:32]
                     return queued.id, True
                 run = TrainingRun(state="queued", trigger=trigger)
+                if now is not None:
+                    run.requested_at = now.astimezone(timezone.utc)
                 s.add(run)
                 s.flush()
                 log.info("training run %d queued (%s)", run.id, trigger)

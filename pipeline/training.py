@@ -135,10 +135,11 @@ class TrainingSupervisor:
             if rc is None:
                 return
             self._finished(rc)
+        wall = wall or datetime.now(timezone.utc)
         with session_scope(self.engine) as s:
-            trigger = due_trigger(s, self.settings, wall or datetime.now(timezone.utc))
+            trigger = due_trigger(s, self.settings, wall)
         if trigger:
-            request_training(self.engine, trigger)
+            request_training(self.engine, trigger, now=wall)
         self._start_next()
 
     def busy(self) -> bool:

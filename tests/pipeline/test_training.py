@@ -77,14 +77,16 @@ def test_labels_count_from_the_last_run(engine, cfg):
 
 def test_the_daily_time_triggers_once_a_day_when_labels_changed(engine, cfg):
     settings = settings_for(cfg.home, min_new_labels=100, at="02:00")
-    today = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    # Yesterday's clock: the samples below are stamped with the real time, which must come after every time
+    # the test asks about (a test run between 00:00 and 05:00 once failed with "today").
+    today = (datetime.now().astimezone() - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     with session_scope(engine) as s:
         assert due_trigger(s, settings, today + timedelta(hours=3)) is None  # nothing changed
     add_samples(engine, 1)
     with session_scope(engine) as s:
         assert due_trigger(s, settings, today + timedelta(hours=1)) is None  # not yet 02:00
         assert due_trigger(s, settings, today + timedelta(hours=3)) == "schedule"
-    request_training(engine, "schedule")
+    request_training(engine, "schedule", now=today + timedelta(hours=3))
     with session_scope(engine) as s:
         s.get(TrainingRun, 1).state = "done"
     add_samples(engine, 1, tag="later")
