@@ -6,13 +6,14 @@ PostgreSQL: a conditional UPDATE, else an INSERT that the primary key makes fail
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.tables import Lease
+from storage.tables import File, Lease, Worker
 
 
 def acquire_lease(session: Session, name: str, holder: int, seconds: float, now: datetime | None = None) -> bool:
@@ -38,3 +39,20 @@ def acquire_lease(session: Session, name: str, holder: int, seconds: float, now:
 def release_lease(session: Session, name: str, holder: int) -> None:
     session.execute(update(Lease).where(Lease.name == name, Lease.holder == holder)
                     .values(expires_at=datetime(1970, 1, 1, tzinfo=timezone.utc)))
+
+
+def release_dead_workers(session: Session, host: str, *, me: int, alive: Callable[[Worker], bool]) -> int:
+    """Mark this host's workers whose process is gone as stopped and free the files they held; how many.
+
+    A daemon killed with -9 and restarted by systemd would otherwise leave its files claimed until
+    `watch.claim_seconds` pass. Only this host's processes can be checked; other hosts' claims still expire.
+    """
+    dead = [w.id for w in session.scalars(select(Worker).where(Worker.host == host, Worker.stopped_at.is_(None),
+                                                                Worker.id != me))
+            if not alive(w)]
+    if not dead:
+        return 0
+    session.execute(update(Worker).where(Worker.id.in_(dead)).values(stopped_at=datetime.now(timezone.utc)))
+    session.execute(update(File).where(File.claimed_by.in_(dead), File.moved_at.is_(None))
+                    .values(claimed_by=None, claim_expires_at=None))
+    return len(dead)

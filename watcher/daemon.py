@@ -26,7 +26,7 @@ from pipeline.labelled import expire_partners, ingest_labelled
 from pipeline.steps import Step
 from storage.db import make_engine, session_scope, upgrade_database
 from storage.files import finish_moves, unfinished_moves
-from storage.leases import acquire_lease
+from storage.leases import acquire_lease, release_dead_workers
 from storage.tables import File, FileState, Worker
 from storage.errors import CoverwatchError
 from watcher.config import Config, load_config
@@ -223,6 +223,7 @@ class Daemon:
         try:
             with session_scope(self.engine) as s:
                 finish_moves(s, self.cfg.home, unfinished_moves(s))
+                self._free_dead_workers(s)
                 waiting = self._accounted_locations(s)
         except OperationalError as exc:
             log.warning("rescan could not read the database (%s); trying again soon", exc.orig)
@@ -479,6 +480,11 @@ class Daemon:
             s.add(w)
             s.flush()
             self.worker_id = w.id
+            self._free_dead_workers(s)
+
+    def _free_dead_workers(self, s) -> None:
+        if n := release_dead_workers(s, socket.gethostname(), me=self.worker_id, alive=_process_alive):
+            log.info("freed the files held by %d stopped worker(s) on this host", n)
 
     def _heartbeat(self) -> None:
         try:
@@ -516,6 +522,23 @@ def build_step(cfg: Config, engine) -> Step:
                         review_dir=cfg.path("review"), review_below=cfg.model.review_below,
                         max_pixels=cfg.watch.max_pixels, allowed_roots=roots,
                         model_source=lambda: champion_weights(engine, cfg.home))
+
+
+def _process_alive(worker: Worker) -> bool:
+    """Is this host's worker still running? Its pid may have been reused since: by us, or by a process that
+    started after the worker registered."""
+    import psutil
+
+    if worker.pid == os.getpid():
+        return False
+    try:
+        started = psutil.Process(worker.pid).create_time()
+    except psutil.Error:
+        return False
+    registered = worker.started_at
+    if registered.tzinfo is None:
+        registered = registered.replace(tzinfo=timezone.utc)
+    return started <= registered.timestamp() + 1.0
 
 
 def _utcnow() -> datetime:
