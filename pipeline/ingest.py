@@ -173,6 +173,7 @@ def _register(s: Session, layout: Layout, folder: str, found: list[_Found], clai
                            .with_for_update(skip_locked=True))
     }
     first_by_sha = _first_rows(s, {f.sha256 for f in found if f.sha256})
+    new: list[tuple[str, _Found]] = []
     for loc, f in locations.items():
         old = left_behind.get(loc)
         if old is not None and (old.final_path is not None or not _claimable(old, claim)):
@@ -185,18 +186,59 @@ def _register(s: Session, layout: Layout, folder: str, found: list[_Found], clai
             # The file at this path was replaced before it was processed; the old content is gone.
             old.state, old.reason, old.location = FileState.quarantined.value, "replaced", None
             old.moved_at = old.processed_at = datetime.now(timezone.utc)
-        row = File(folder=folder, source_path=f.rel, original_name=Path(f.rel).name, size=f.size,
-                   mtime_ns=f.mtime_ns, sha256=f.sha256, location=loc, state=FileState.pending.value,
-                   claimed_by=claim.worker, claim_expires_at=claim.expires())
-        if f.rejected is not None:
-            _quarantine(row, f.rejected)
-        elif f.sha256 in first_by_sha:
-            row.duplicate_of = first_by_sha[f.sha256].id
-        if _insert(s, row, f.path):
-            f.row = row
-            if f.sha256 and f.rejected is None and f.sha256 not in first_by_sha:
-                first_by_sha[f.sha256] = row
+        new.append((loc, f))
+    if not _insert_all(s, folder, new, first_by_sha, claim):
+        for loc, f in new:  # another worker registered some of these first: one at a time
+            row = _new_row(folder, loc, f, first_by_sha, claim)
+            if _insert(s, row, f.path):
+                f.row = row
+                _note_first(f, row, first_by_sha)
     s.flush()
+
+
+def _new_row(folder: str, loc: str, f: _Found, first_by_sha: dict[str, File], claim: Claim) -> File:
+    row = File(folder=folder, source_path=f.rel, original_name=Path(f.rel).name, size=f.size,
+               mtime_ns=f.mtime_ns, sha256=f.sha256, location=loc, state=FileState.pending.value,
+               claimed_by=claim.worker, claim_expires_at=claim.expires())
+    if f.rejected is not None:
+        _quarantine(row, f.rejected)
+    elif f.sha256 in first_by_sha:
+        row.duplicate_of = first_by_sha[f.sha256].id
+    return row
+
+
+def _note_first(f: _Found, row: File, first_by_sha: dict[str, File]) -> None:
+    if f.sha256 and f.rejected is None and f.sha256 not in first_by_sha:
+        first_by_sha[f.sha256] = row
+
+
+def _insert_all(s: Session, folder: str, new: list[tuple[str, _Found]], first_by_sha: dict[str, File],
+                claim: Claim) -> bool:
+    """The usual case, in one statement: no other worker registered any of these files. False (and nothing
+    inserted) otherwise. The same content twice in one batch: the later copies point at the first."""
+    rows = [_new_row(folder, loc, f, first_by_sha, claim) for loc, f in new]
+    if not rows:
+        return True
+    try:
+        with s.begin_nested():
+            s.add_all(rows)
+            s.flush()
+            if not all(os.path.lexists(f.path) for _, f in new):
+                raise _Gone
+    except (IntegrityError, _Gone):
+        for row in rows:
+            if row in s:
+                s.expunge(row)
+        return False
+    later = []
+    for (_, f), row in zip(new, rows):
+        f.row = row
+        if f.sha256 and f.rejected is None and row.duplicate_of is None and f.sha256 in first_by_sha:
+            later.append(row)  # a copy of a file earlier in this batch
+        _note_first(f, row, first_by_sha)
+    for row in later:
+        row.duplicate_of = first_by_sha[row.sha256].id
+    return True
 
 
 class _Gone(Exception):

@@ -195,16 +195,16 @@ def test_database_locked_file_waits_and_is_retried(home):
 def test_disk_full_during_the_move_leaves_the_file_and_retries(home, monkeypatch, files_in):
     import storage.files as files
 
-    real = files.move_file
+    real = files._place
     failures = {"n": 0}
 
-    def full(home_, src, dst):
+    def full(src, dst):
         if failures["n"] < 3:
             failures["n"] += 1
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(home_, src, dst)
+        return real(src, dst)
 
-    monkeypatch.setattr(files, "move_file", full)
+    monkeypatch.setattr(files, "_place", full)
     configure(home, watch={"rescan_seconds": 0.3})
     with running(home):
         shutil.copy(coco_images(1)[0], home / "inbox" / "a.jpg")
