@@ -82,6 +82,12 @@ def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> f
     done = Daemon(load_config(cfg_path)).process_pending()
     seconds = time.perf_counter() - t0
     classified = done == len(paths) and not any((home / "inbox").iterdir())
+    if task == "detect":  # a 1-epoch model's box count sets the cost of NMS, in (a) as in (b): say it
+        import sqlite3
+
+        with sqlite3.connect(home / "coverwatch.db") as db:
+            boxes = db.execute("SELECT count(*) FROM detections").fetchone()[0]
+        print(f"  (b) stored {boxes / len(paths):.1f} boxes per image at conf 0.25", flush=True)
     shutil.rmtree(home)
     assert classified, "some images were not classified"
     return seconds
@@ -106,17 +112,24 @@ def run_onnx(weights: Path, paths: list[Path], imgsz: int, task: str) -> float:
 
 
 def _ready_batches(paths: list[Path], imgsz: int, task: str, stride: int) -> list:
+    """The model calls coverwatch makes for these images, made beforehand: chunks of BATCH files in order,
+    each split by input shape (ClassifyStep._forward), so (c) times the same calls (b) makes and nothing else.
+    Grouping all same-shape images first would make fewer, larger calls, which on this CPU run slower per
+    image (cache), and (c) would stop being the ceiling."""
     import numpy as np
 
     from pipeline.decode import decode_image
     from pipeline.preprocess import center_crop, letterbox, to_nchw
 
-    by_shape: dict[tuple, list] = {}
-    for p in paths:
-        rgb = decode_image(p.read_bytes(), max_pixels=89_478_485).rgb
-        x = letterbox(rgb, imgsz, stride)[0] if task == "detect" else center_crop(rgb, imgsz)
-        by_shape.setdefault(x.shape, []).append(x)
-    return [to_nchw(np.stack(xs[i:i + BATCH])) for xs in by_shape.values() for i in range(0, len(xs), BATCH)]
+    calls = []
+    for i in range(0, len(paths), BATCH):
+        by_shape: dict[tuple, list] = {}
+        for p in paths[i:i + BATCH]:
+            rgb = decode_image(p.read_bytes(), max_pixels=89_478_485).rgb
+            x = letterbox(rgb, imgsz, stride)[0] if task == "detect" else center_crop(rgb, imgsz)
+            by_shape.setdefault(x.shape, []).append(x)
+        calls.extend(to_nchw(np.stack(xs)) for xs in by_shape.values())
+    return calls
 
 
 def _child(queue, workdir: str, fn_name: str, args: tuple) -> None:
