@@ -6,6 +6,7 @@ the stop event; `loop_once(now)` takes the clock so a test can drive a single it
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import queue
@@ -505,6 +506,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
+        # `kill -USR1 PID`: every thread's stack to stderr (the journal), for a daemon that seems stuck.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def build_step(cfg: Config, engine) -> Step:

@@ -139,8 +139,21 @@ def test_run_starts_watching_and_status_answers(tmp_path):
         assert run_cli("-c", cfg, "status").returncode == 0
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
+        err = _stopped_or_stacks(proc, 20)
     assert proc.returncode == 0, err
     records = [json.loads(x) for x in err.splitlines() if x.strip()]
     assert any(r["message"].startswith("watching") for r in records)
     assert json.loads(run_cli("-c", cfg, "status", "--json").stdout)["daemon"]["running"] is False
+
+
+def _stopped_or_stacks(proc, timeout: float) -> str:
+    """The daemon's stderr once it exits; if it does not within `timeout`, fail with its threads' stacks
+    (the daemon dumps them on SIGUSR1), so a hang says where it hung."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"the daemon did not stop within {timeout}s of SIGTERM; its stacks:\n{err}") from None
