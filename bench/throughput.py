@@ -18,9 +18,11 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,15 +84,12 @@ def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> f
     done = Daemon(load_config(cfg_path)).process_pending()
     seconds = time.perf_counter() - t0
     classified = done == len(paths) and not any((home / "inbox").iterdir())
+    with closing(sqlite3.connect(home / "coverwatch.db")) as db:
+        dups = db.execute("SELECT count(*) FROM files WHERE duplicate_of IS NOT NULL").fetchone()[0]
+        boxes = db.execute("SELECT count(*) FROM detections").fetchone()[0]
+    assert dups == 0, f"{dups} of the images were duplicates: (b) would not have run the model on them"
     if task == "detect":  # a 1-epoch model's box count sets the cost of NMS, in (a) as in (b): say it
-        import sqlite3
-
-        with sqlite3.connect(home / "coverwatch.db") as db:
-            boxes = db.execute("SELECT count(*) FROM detections").fetchone()[0]
         print(f"  (b) stored {boxes / len(paths):.1f} boxes per image at conf 0.25", flush=True)
-        with sqlite3.connect(home / "coverwatch.db") as db:
-            dups = db.execute("SELECT count(*) FROM files WHERE duplicate_of IS NOT NULL").fetchone()[0]
-        assert dups == 0, f"{dups} of the images were duplicates: (b) would not have run the model on them"
     shutil.rmtree(home)
     assert classified, "some images were not classified"
     return seconds

@@ -230,14 +230,12 @@ def _insert_all(s: Session, folder: str, new: list[tuple[str, _Found]], first_by
             if row in s:
                 s.expunge(row)
         return False
-    later = []
     for (_, f), row in zip(new, rows):
         f.row = row
-        if f.sha256 and f.rejected is None and row.duplicate_of is None and f.sha256 in first_by_sha:
-            later.append(row)  # a copy of a file earlier in this batch
-        _note_first(f, row, first_by_sha)
-    for row in later:
-        row.duplicate_of = first_by_sha[row.sha256].id
+        if f.sha256 and f.rejected is None and row.duplicate_of is None:
+            first = first_by_sha.setdefault(f.sha256, row)
+            if first is not row:
+                row.duplicate_of = first.id  # a copy of a file earlier in this batch (flushed: it has an id)
     return True
 
 

@@ -22,7 +22,7 @@ from storage.tables import (
 HEARTBEAT_STALE = timedelta(seconds=30)
 
 
-def _aware(dt: datetime | None) -> datetime | None:
+def as_utc(dt: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes even for timezone=True columns; they were stored as UTC.
     if dt is not None and dt.tzinfo is None:
         return dt.replace(tzinfo=timezone.utc)
@@ -57,12 +57,12 @@ def active_training(session: Session) -> TrainingRun | None:
 def live_workers(session: Session, now: datetime | None = None) -> list[Worker]:
     now = now or datetime.now(timezone.utc)
     rows = session.scalars(select(Worker).where(Worker.stopped_at.is_(None))).all()
-    return [w for w in rows if now - _aware(w.heartbeat_at) <= HEARTBEAT_STALE]
+    return [w for w in rows if now - as_utc(w.heartbeat_at) <= HEARTBEAT_STALE]
 
 
 def oldest_waiting(session: Session) -> datetime | None:
     waiting = (FileState.pending.value, FileState.awaiting_model.value, FileState.awaiting_partner.value)
-    return _aware(session.scalar(select(func.min(File.created_at)).where(File.state.in_(waiting))))
+    return as_utc(session.scalar(select(func.min(File.created_at)).where(File.state.in_(waiting))))
 
 
 def status_summary(session: Session, now: datetime | None = None) -> dict:
@@ -85,7 +85,7 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
         "oldest_waiting_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
         "last_report": None
         if last_report is None
-        else {"path": last_report.path, "time": _aware(last_report.created_at).isoformat()},
+        else {"path": last_report.path, "time": as_utc(last_report.created_at).isoformat()},
         "champion": champ.version if champ else None,
         "champion_metrics": champ.metrics if champ else None,
         "training": None
@@ -99,8 +99,8 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
                     "host": w.host,
                     "pid": w.pid,
                     "role": w.role,
-                    "uptime_seconds": round((now - _aware(w.started_at)).total_seconds(), 1),
-                    "last_rescan": _aware(w.last_rescan_at).isoformat() if w.last_rescan_at else None,
+                    "uptime_seconds": round((now - as_utc(w.started_at)).total_seconds(), 1),
+                    "last_rescan": as_utc(w.last_rescan_at).isoformat() if w.last_rescan_at else None,
                 }
                 for w in workers
             ],
@@ -160,8 +160,8 @@ def report_counts(session: Session) -> dict:
         "prediction_history": session.scalar(select(func.count(Prediction.id))) or 0,
         "detections": session.scalar(
             select(func.count(Detection.id)).where(Detection.prediction_id.in_(_latest_prediction_ids()))) or 0,
-        "first_prediction": _aware(first),
-        "last_prediction": _aware(last),
+        "first_prediction": as_utc(first),
+        "last_prediction": as_utc(last),
     }
 
 
@@ -206,4 +206,4 @@ def training_runs_with_models(session: Session) -> list[tuple[TrainingRun, Model
 
 
 def last_report_time(session: Session) -> datetime | None:
-    return _aware(session.scalar(select(func.max(Report.created_at))))
+    return as_utc(session.scalar(select(func.max(Report.created_at))))

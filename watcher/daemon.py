@@ -28,6 +28,7 @@ from pipeline.steps import Step
 from storage.db import make_engine, session_scope, upgrade_database
 from storage.files import finish_moves, unfinished_moves
 from storage.leases import acquire_lease, release_dead_workers
+from storage.queries import as_utc
 from storage.tables import File, FileState, Worker
 from storage.errors import CoverwatchError
 from watcher.config import Config, load_config
@@ -481,7 +482,6 @@ class Daemon:
             s.add(w)
             s.flush()
             self.worker_id = w.id
-            self._free_dead_workers(s)
 
     def _free_dead_workers(self, s) -> None:
         if n := release_dead_workers(s, socket.gethostname(), me=self.worker_id, alive=_process_alive):
@@ -538,10 +538,7 @@ def _process_alive(worker: Worker) -> bool:
         started = psutil.Process(worker.pid).create_time()
     except psutil.Error:
         return False
-    registered = worker.started_at
-    if registered.tzinfo is None:
-        registered = registered.replace(tzinfo=timezone.utc)
-    return started <= registered.timestamp() + 1.0
+    return started <= as_utc(worker.started_at).timestamp() + 1.0
 
 
 def _utcnow() -> datetime:
