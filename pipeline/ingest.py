@@ -26,10 +26,10 @@ from sqlalchemy.orm import Session
 
 from pipeline.decode import check_entry, open_for_reading
 from pipeline.errors import ModelUnavailable, Rejected
-from pipeline.steps import Item, Result, Step
+from pipeline.steps import Item, Result, Step, store_results
 from storage.db import session_scope
 from storage.files import finish_moves, planned_destinations, unique_destination
-from storage.tables import Detection, File, FileState, Prediction
+from storage.tables import File, FileState
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +308,7 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> li
     to_move: list[File] = []
     taken = set()
     said: set[int] = set()  # rows whose result line is logged already: one line per file
+    results: list[tuple[int, Result]] = []
     for f in found:
         row = rows[ids[id(f)]]
         if row.claimed_by != claim.worker or row.final_path is not None:
@@ -321,7 +322,8 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> li
                 report.retry.append(f.path)
                 continue
         elif isinstance(outcome, Result):
-            _store_result(s, row, outcome)
+            results.append((row.id, outcome))
+            _log_result(row, outcome)
             row.state = FileState.processed.value
             said.add(row.id)
         elif isinstance(outcome, Rejected):
@@ -348,6 +350,7 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> li
     for r in to_move:
         if r.final_path in clash:  # promised to another row earlier (its file not moved yet): pick again
             r.final_path = unique_destination(layout.home, r.final_path, taken | clash)
+    store_results(s, results)
     return to_move
 
 
@@ -377,15 +380,7 @@ def _settle_duplicate(s: Session, row: File) -> bool:
     return False
 
 
-def _store_result(s: Session, row: File, r: Result) -> None:
-    pred = Prediction(file_id=row.id, model_version=r.model_version, backend=r.backend, imgsz=r.imgsz,
-                      predicted_class=r.predicted_class, confidence=r.confidence, top5=r.top5, width=r.width,
-                      height=r.height, decode_ms=r.decode_ms, infer_ms=r.infer_ms)
-    s.add(pred)
-    if r.detections:
-        s.flush()
-        s.add_all(Detection(prediction_id=pred.id, class_name=c, confidence=p, x1=a, y1=b, x2=x, y2=y)
-                  for c, p, a, b, x, y in r.detections)
+def _log_result(row: File, r: Result) -> None:
     if r.predicted_class is not None:
         log.info("processed %s: %s (%.0f%%, model %s)", row.source_path, r.predicted_class,
                  100 * (r.confidence or 0), r.model_version)

@@ -13,15 +13,15 @@ Example:
 from __future__ import annotations
 
 import logging
-from datetime import timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import exists, select
 
-from pipeline.steps import Item, Result
+from pipeline.steps import Item, Result, store_results
 from storage.db import session_scope
-from storage.queries import champion
-from storage.tables import Detection, File, FileState, Prediction
+from storage.queries import as_utc, champion
+from storage.tables import File, FileState, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def reclassify_recent(engine, home: Path, step, *, days: int, limit: int = 64, s
         champ = champion(s)
         if champ is None or champ.promoted_at is None:
             return 0
-        version, promoted = champ.version, _aware(champ.promoted_at)
+        version, promoted = champ.version, as_utc(champ.promoted_at)
         seen = exists().where(Prediction.file_id == File.id, Prediction.model_version == version)
         rows = s.execute(select(File.id, File.final_path, File.sha256).where(
             File.folder == "inbox", File.state == FileState.processed.value, File.final_path.is_not(None),
@@ -43,28 +43,15 @@ def reclassify_recent(engine, home: Path, step, *, days: int, limit: int = 64, s
     if not items:
         return 0
     results = step(items)
-    done = 0
+    fresh = []
+    for item, r in zip(items, results):
+        if not isinstance(r, Result) or r.model_version != version:
+            skip.add(item.file_id)  # unreadable now, or the step is not on the new model yet: not again
+            continue
+        fresh.append((item.file_id, r))
     with session_scope(engine) as s:
-        for item, r in zip(items, results):
-            if not isinstance(r, Result) or r.model_version != version:
-                skip.add(item.file_id)  # unreadable now, or the step is not on the new model yet: not again
-                continue
-            _add_prediction(s, item.file_id, r)
-            done += 1
+        store_results(s, fresh)
+    done = len(fresh)
     if done:
         log.info("re-classified %d archived images with %s", done, version)
     return done
-
-
-def _add_prediction(s, file_id: int, r: Result) -> None:
-    pred = Prediction(file_id=file_id, model_version=r.model_version, backend=r.backend, imgsz=r.imgsz,
-                      predicted_class=r.predicted_class, confidence=r.confidence, top5=r.top5, width=r.width,
-                      height=r.height, decode_ms=r.decode_ms, infer_ms=r.infer_ms)
-    s.add(pred)
-    s.flush()
-    s.add_all(Detection(prediction_id=pred.id, class_name=c, confidence=p, x1=a, y1=b, x2=x, y2=y)
-              for c, p, a, b, x, y in r.detections)
-
-
-def _aware(dt):
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt

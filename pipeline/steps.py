@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from sqlalchemy import insert
+
 from pipeline.decode import DecodedImage, decode_image, open_for_reading
 from pipeline.errors import ModelUnavailable, Rejected
+from storage.tables import Detection, Prediction
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,23 @@ Outcome = Result | Rejected | ModelUnavailable
 
 class Step(Protocol):
     def __call__(self, items: list[Item]) -> list[Outcome]: ...
+
+
+def store_results(s, results: list[tuple[int, Result]]) -> None:
+    """A Prediction row per (file id, result), and its boxes: one INSERT for the predictions (their ids come
+    back with it) and one multi-row INSERT for every box, rather than a flush per image and an object per box
+    (a detector keeps up to 300 boxes per image)."""
+    if not results:
+        return
+    preds = [Prediction(file_id=file_id, model_version=r.model_version, backend=r.backend, imgsz=r.imgsz,
+                        predicted_class=r.predicted_class, confidence=r.confidence, top5=r.top5, width=r.width,
+                        height=r.height, decode_ms=r.decode_ms, infer_ms=r.infer_ms) for file_id, r in results]
+    s.add_all(preds)
+    s.flush()
+    boxes = [{"prediction_id": pred.id, "class_name": c, "confidence": p, "x1": a, "y1": b, "x2": x, "y2": y}
+             for pred, (_, r) in zip(preds, results) for c, p, a, b, x, y in r.detections]
+    if boxes:
+        s.execute(insert(Detection), boxes)
 
 
 def read_file(path: Path) -> bytes:

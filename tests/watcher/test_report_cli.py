@@ -121,3 +121,17 @@ def test_a_failing_report_is_logged_and_the_loop_goes_on(home, monkeypatch, capl
         assert len(failures) == 1 and failures[0].exc_info[1].args == ("disk on fire",)
     finally:
         d.shutdown()
+
+
+def test_process_writes_one_report_at_the_end_of_its_pass(home, monkeypatch):
+    """`coverwatch process` in cron: its report covers the whole pass, not only the first batch of it."""
+    import watcher.daemon
+    from PIL import Image
+
+    monkeypatch.setattr(watcher.daemon, "INGEST_BATCH", 4)
+    configure(home, watch={"settle_seconds": 0})
+    for i in range(10):
+        Image.new("RGB", (40, 30), (i * 20, 7, 9)).save(home / "inbox" / f"{i}.png")
+    d = Daemon(load_config(home / "coverwatch.yaml"), step=CountingNoop())
+    assert d.process_pending() == 10
+    assert [rows for _, rows in _reports(home)] == [10]
