@@ -29,6 +29,7 @@ from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
 from pipeline.review import WHOLE_IMAGE, write_review
 from pipeline.steps import Item, Outcome, Result, read_file
+from pipeline.threads import ThreadChooser
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class _Active:
     version: str
     model: ml.LoadedModel
     backend: str  # onnx | torch
-    forward: Callable[[np.ndarray], np.ndarray]
+    forwards: dict[int, Callable[[np.ndarray], np.ndarray]]  # by thread count (ONNX on CPU: all cores, and fewer)
+    threads: ThreadChooser  # which of them runs the next chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ class ClassifyStep:
         self.review_dir, self.review_below, self.max_pixels = review_dir, review_below, max_pixels
         self.allowed_roots = [Path(r) for r in allowed_roots]
         self.model_source, self.clock = model_source, clock
+        self.workers = workers
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="classify-decode",
                                        initializer=_lower_priority, initargs=(DECODE_NICENESS,))
         self._active: _Active | None = None
@@ -173,18 +176,25 @@ class ClassifyStep:
         model = ml.load_model(weights, allowed_roots=self.allowed_roots, download_dir=folders[0] if folders else None)
         if model.task != self.task:
             log.warning("task is %s but %s is a %s model; using the model's task", self.task, model.path, model.task)
-        backend, forward = self._backend(model)
-        return _Active(want, version or f"{model.path.stem[:40]}@{model.sha12}", model, backend, forward)
+        backend, forwards = self._backend(model)
+        return _Active(want, version or f"{model.path.stem[:40]}@{model.sha12}", model, backend, forwards,
+                       ThreadChooser(list(forwards)))
 
-    def _backend(self, model: ml.LoadedModel) -> tuple[str, Callable]:
+    def _backend(self, model: ml.LoadedModel) -> tuple[str, dict[int, Callable]]:
         device = ml.resolve_device(self.device)
         backend = self.backend if self.backend != "auto" else ("onnx" if device == "cpu" else "torch")
         if backend == "onnx":
             try:
-                return "onnx", ml.onnx_forward(ml.export_onnx(model, self.imgsz), device=device)
+                path = ml.export_onnx(model, self.imgsz)
+                if device != "cpu":
+                    return "onnx", {0: ml.onnx_forward(path, device=device)}
+                # All cores, and all but the decode pool's: pipeline.threads measures which moves more images.
+                cores = ml.physical_cores()
+                return "onnx", {t: ml.onnx_forward(path, device=device, threads=t)
+                                for t in {cores, max(1, cores - self.workers)}}
             except Exception as exc:  # noqa: BLE001 - read-only models folder, exporter bug: PyTorch still works
                 log.warning("ONNX export of %s failed (%s); using PyTorch", model.path, exc)
-        return "torch", ml.torch_forward(model, device=device)
+        return "torch", {0: ml.torch_forward(model, device=device)}  # 0: the backend's own thread count
 
     # -- the work ----------------------------------------------------------------------------------------
 
@@ -192,11 +202,17 @@ class ClassifyStep:
         chunks = [items[i:i + self.batch] for i in range(0, len(items), self.batch)]
         outcomes: list[Outcome] = []
         ahead = self._submit(active, chunks[0])
+        ended = 0.0
         for k, chunk in enumerate(chunks):
             current = ahead
             if k + 1 < len(chunks):  # decode the next chunk while the model runs on this one
                 ahead = self._submit(active, chunks[k + 1])
-            outcomes.extend(self._infer(active, chunk, [f.result() for f in current]))
+            # The first chunk of a call waits for its whole decode: only the chunks after it show the pace.
+            threads = active.threads.pick() if k else active.threads.best
+            outcomes.extend(self._infer(active, chunk, [f.result() for f in current], threads))
+            ended, started = time.perf_counter(), ended
+            if k:
+                active.threads.record(threads, ended - started, len(chunk))
         return outcomes
 
     def _submit(self, active: _Active, chunk: list[Item]) -> list[Future]:
@@ -221,14 +237,14 @@ class ClassifyStep:
         image = ModelImage(None, image.width, image.height, image.orientation)  # free the full-size pixels now
         return _Prepared(x, image, geometry, (time.perf_counter() - t0) * 1000)
 
-    def _infer(self, active: _Active, chunk: list[Item], prepared: list) -> list[Outcome]:
+    def _infer(self, active: _Active, chunk: list[Item], prepared: list, threads: int) -> list[Outcome]:
         outcomes = list(prepared)
         ok = [i for i, p in enumerate(prepared) if isinstance(p, _Prepared)]
         if not ok:
             return outcomes
         t0 = time.perf_counter()
         try:
-            y = self._forward(active, {i: prepared[i].x for i in ok})
+            y = self._forward(active.forwards[threads], {i: prepared[i].x for i in ok})
             answers = [self._answer(active.model, y[i], prepared[i]) for i in ok]
         except Exception as exc:  # noqa: BLE001 - the chunk is retried by the ingest, the rest carries on
             log.exception("inference failed on %d images", len(ok))
@@ -239,14 +255,14 @@ class ClassifyStep:
         return outcomes
 
     @staticmethod
-    def _forward(active: _Active, inputs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    def _forward(forward: Callable, inputs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """One model run per input shape (letterboxed photos of one aspect ratio share a shape)."""
         groups: dict[tuple, list[int]] = {}
         for i, x in inputs.items():
             groups.setdefault(x.shape, []).append(i)
         out = {}
         for idx in groups.values():
-            out.update(zip(idx, active.forward(to_nchw(np.stack([inputs[i] for i in idx])))))
+            out.update(zip(idx, forward(to_nchw(np.stack([inputs[i] for i in idx])))))
         return out
 
     def _answer(self, model: ml.LoadedModel, y: np.ndarray, p: _Prepared) -> _Answer:

@@ -166,7 +166,7 @@ def onnx_forward(path: Path, *, device: str, threads: int | None = None) -> Call
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one small conv net: parallelism is inside each op
-    so.intra_op_num_threads = threads or _physical_cores()
+    so.intra_op_num_threads = threads or physical_cores()
     so.inter_op_num_threads = 1
     # Spinning threads would steal the cores the decode threads need between runs; measured no slower without.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -200,7 +200,7 @@ def torch_forward(model: LoadedModel, *, device: str) -> Callable[[np.ndarray], 
     return forward
 
 
-def _physical_cores() -> int:
+def physical_cores() -> int:
     try:
         import psutil
 

@@ -263,6 +263,33 @@ def test_a_file_that_is_no_image_is_rejected_even_with_ultralytics_loaded(classi
     assert isinstance(out, Rejected) and out.code == "not_an_image"
 
 
+@pytest.mark.parametrize("which", ["detect", "classify"])
+def test_the_model_on_all_cores_or_fewer_gives_the_same_answers(which, detect_weights, classify_weights, make_step,
+                                                                inbox, monkeypatch):
+    """On CPU the ONNX model runs on every core or leaves one to decoding, whichever pipeline.threads measures to
+    be faster: both are tried on a long enough stream, and which one ran never changes an answer."""
+    used = []
+    real = model_loader.onnx_forward
+
+    def counting(path, *, device, threads=None):
+        forward = real(path, device=device, threads=threads)
+        return lambda batch: used.append(threads) or forward(batch)
+
+    monkeypatch.setattr(model_loader, "onnx_forward", counting)
+    monkeypatch.setattr(model_loader, "physical_cores", lambda: 2)
+    weights = detect_weights if which == "detect" else classify_weights
+    paths = copy_images(inbox, 10)
+    streamed = make_step(weights, batch=1)(items(paths))  # 10 chunks: 4 on 2 threads, 4 on 1, then the faster
+    assert set(used) == {1, 2}
+    used.clear()
+    at_once = make_step(weights, batch=10)(items(paths))
+    assert set(used) == {2}
+    for a, b in zip(streamed, at_once):
+        assert [c for c, _ in a.top5] == [c for c, _ in b.top5] or a.top5[0][1] - a.top5[1][1] < 1e-3
+        assert [p for _, p in a.top5] == pytest.approx([p for _, p in b.top5], abs=1e-4)
+        assert same_boxes(a.detections, b.detections) and same_boxes(b.detections, a.detections)
+
+
 @pytest.mark.parametrize(("task", "imgsz"), [("detect", 640), ("classify", 224)])
 def test_big_jpeg_is_drafted_into_nearly_the_same_model_input(task, imgsz, inbox):
     from pipeline.decode import decode_image

@@ -1,0 +1,61 @@
+"""How many threads the model gets: the count that moves the most images per second, measured while working.
+
+On a few cores, ONNX Runtime and the decode pool share the CPU. A model that is cheap next to decoding a photo
+(yolo11n-cls at 224 on this 2-core machine: ~3.5 ms per image on 2 threads, ~5 ms on 1, while decoding and
+resizing a coco photo costs ~6 ms) moves more images on ONE thread, which leaves the other core to decoding; a
+model that is most of the cost (yolo11n at 640: ~48 ms per image on 2 threads, ~89 on 1) needs every core. Which
+holds depends on the model, the photos and the machine, so it is measured: each option runs `trial` chunks in
+turn, widest first, the one with the fewest seconds per image from one chunk's end to the next is kept, and the
+trial is repeated after `every` chunks in case the work or the machine changed.
+
+    >>> chooser = ThreadChooser([2, 1])
+    >>> threads = chooser.pick()                 # for this chunk
+    >>> chooser.record(threads, seconds, images) # how long the chunk took, end to end
+"""
+
+from __future__ import annotations
+
+import logging
+from statistics import median
+
+log = logging.getLogger(__name__)
+
+
+class ThreadChooser:
+    def __init__(self, options: list[int], *, trial: int = 4, every: int = 400):
+        self.order = sorted(set(options), reverse=True)
+        self.trial, self.every = trial, every
+        self.best = self.order[0]  # every core until measured
+        self._n = 0  # chunks since the current trial began
+        self._samples: dict[int, list[float]] = {}
+        self._decided = False
+
+    @property
+    def _trial_chunks(self) -> int:
+        return self.trial * len(self.order) if len(self.order) > 1 else 0
+
+    def pick(self) -> int:
+        if self._n < self._trial_chunks:
+            return self.order[self._n // self.trial]
+        return self.best
+
+    def record(self, threads: int, seconds: float, images: int) -> None:
+        if self._n < self._trial_chunks and images > 0:
+            self._samples.setdefault(threads, []).append(seconds / images)
+        self._n += 1
+        if self._n == self._trial_chunks:
+            self._decide()
+        if self._n >= self._trial_chunks + self.every:
+            self._n = 0
+
+    def _decide(self) -> None:
+        speeds = {t: median(v) for t, v in self._samples.items()}
+        self._samples = {}
+        if not speeds:
+            return
+        best = min(speeds, key=speeds.get)
+        if best != self.best or not self._decided:
+            others = ", ".join(f"{t} thread{'s' * (t != 1)}: {speeds[t] * 1000:.1f} ms" for t in speeds if t != best)
+            log.info("model on %d thread%s: %.1f ms per image from chunk to chunk (%s)", best, "s" * (best != 1),
+                     speeds[best] * 1000, others)
+        self.best, self._decided = best, True
