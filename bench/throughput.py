@@ -4,8 +4,8 @@
     .venv/bin/python bench/throughput.py --task detect -n 256 --detect-weights models/v3/weights/best.pt
 
 (a) `YOLO(weights).predict(paths, batch=16)`, PyTorch on the CPU: what the user's notes did.
-(b) coverwatch from file to result: `run_coverwatch` (today ClassifyStep over every file, decode included;
-    to become `coverwatch process` on a pre-filled inbox once that command exists).
+(b) `coverwatch process` on a pre-filled inbox (Daemon.process_pending): from files on disk to committed rows and
+    archived originals, the model already loaded as in a running daemon.
 (c) the exported ONNX model's forward pass on the same images made into tensors beforehand: the ceiling for (b).
 Each runs in a fresh process, so threads and peak RSS of one do not leak into another. Without weights given,
 tiny models are trained the way the tests train them (the speed of a model does not depend on its accuracy).

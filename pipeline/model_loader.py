@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,11 @@ def onnx_forward(path: Path, *, device: str, threads: int | None = None) -> Call
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
+    else:
+        # One CPU memory arena for every session of this process: a step keeps a session per thread count and
+        # runs one at a time, and an arena of its own per session held ~250 MB more at the peak (detect, 640).
+        _shared_cpu_arena(ort)
+        so.add_session_config_entry("session.use_env_allocators", "1")
     session = ort.InferenceSession(str(path), so, providers=providers)
     name = session.get_inputs()[0].name
 
@@ -180,6 +186,19 @@ def onnx_forward(path: Path, *, device: str, threads: int | None = None) -> Call
         return session.run(None, {name: batch})[0]
 
     return forward
+
+
+_ARENA_REGISTERED = False
+_ARENA_LOCK = threading.Lock()
+
+
+def _shared_cpu_arena(ort) -> None:
+    global _ARENA_REGISTERED
+    with _ARENA_LOCK:
+        if not _ARENA_REGISTERED:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena settings
+            _ARENA_REGISTERED = True
 
 
 def torch_forward(model: LoadedModel, *, device: str) -> Callable[[np.ndarray], np.ndarray]:
