@@ -223,12 +223,12 @@ class ClassifyStep:
         t0 = time.perf_counter()
         try:
             image = decode_for_model(read_file(item.path), max_pixels=self.max_pixels, task=task, imgsz=self.imgsz)
-            h, w = image.rgb.shape[:2]
             if task == "detect":
-                x, geometry = letterbox(image.rgb, self.imgsz, stride)
-                geometry = (*geometry, w, h)
+                rgb = image.rgb
+                x, geometry = letterbox(rgb, self.imgsz, stride)
+                geometry = (*geometry, rgb.shape[1], rgb.shape[0])
             else:
-                x, geometry = center_crop(image.rgb, self.imgsz), None
+                x, geometry = center_crop(image.image, self.imgsz), None
         except Rejected as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - one odd file must not sink its batch; ingest retries it
