@@ -6,7 +6,8 @@ resizing a coco photo costs ~6 ms) moves more images on ONE thread, which leaves
 model that is most of the cost (yolo11n at 640: ~48 ms per image on 2 threads, ~89 on 1) needs every core. Which
 holds depends on the model, the photos and the machine, so it is measured: each option runs `trial` chunks in
 turn, widest first, the one with the fewest seconds per image from one chunk's end to the next is kept, and the
-trial is repeated after `every` chunks in case the work or the machine changed.
+trial is repeated after `every` chunks in case the work or the machine changed. An option whose first chunk is
+`give_up` times slower than the best already tried is not tried further (yolo11n at 640 on 1 thread of 2).
 
     >>> chooser = ThreadChooser([2, 1])
     >>> threads = chooser.pick()                 # for this chunk
@@ -22,9 +23,9 @@ log = logging.getLogger(__name__)
 
 
 class ThreadChooser:
-    def __init__(self, options: list[int], *, trial: int = 4, every: int = 400):
+    def __init__(self, options: list[int], *, trial: int = 4, every: int = 400, give_up: float = 1.3):
         self.order = sorted(set(options), reverse=True)
-        self.trial, self.every = trial, every
+        self.trial, self.every, self.give_up = trial, every, give_up
         self.best = self.order[0]  # every core until measured
         self._n = 0  # chunks since the current trial began
         self._samples: dict[int, list[float]] = {}
@@ -42,11 +43,17 @@ class ThreadChooser:
     def record(self, threads: int, seconds: float, images: int) -> None:
         if self._n < self._trial_chunks and images > 0:
             self._samples.setdefault(threads, []).append(seconds / images)
+            if self._far_slower(threads):
+                self._n = (self._n // self.trial + 1) * self.trial - 1  # on to the next option
         self._n += 1
         if self._n == self._trial_chunks:
             self._decide()
         if self._n >= self._trial_chunks + self.every:
             self._n = 0
+
+    def _far_slower(self, threads: int) -> bool:
+        tried = [median(v) for t, v in self._samples.items() if t != threads]
+        return bool(tried) and median(self._samples[threads]) > self.give_up * min(tried)
 
     def _decide(self) -> None:
         speeds = {t: median(v) for t, v in self._samples.items()}

@@ -49,3 +49,15 @@ def test_one_slow_chunk_does_not_decide():
 def test_a_single_option_is_never_tried():
     chooser = ThreadChooser([4], trial=3, every=10)
     assert run(chooser, 5, {4: 0.01}) == [4] * 5 and chooser.best == 4
+
+
+def test_an_option_far_slower_on_its_first_chunk_is_not_tried_further():
+    """yolo11n at 640 on 1 thread of 2 is ~1.5x slower: three more chunks of it would only cost time."""
+    chooser = ThreadChooser([1, 2], trial=4, every=10, give_up=1.3)
+    used = run(chooser, 4 + 1 + 3, {2: 0.050, 1: 0.075})
+    assert used == [2, 2, 2, 2, 1, 2, 2, 2] and chooser.best == 2
+
+
+def test_an_option_close_on_its_first_chunk_gets_its_whole_trial():
+    chooser = ThreadChooser([1, 2], trial=4, every=10, give_up=1.3)
+    assert run(chooser, 8, {2: 0.050, 1: 0.060}) == [2, 2, 2, 2, 1, 1, 1, 1]
