@@ -51,7 +51,6 @@ def reclassify_recent(engine, home: Path, step, *, days: int, limit: int = 64, s
         fresh.append((item.file_id, r))
     with session_scope(engine) as s:
         store_results(s, fresh)
-    done = len(fresh)
-    if done:
-        log.info("re-classified %d archived images with %s", done, version)
-    return done
+    if fresh:
+        log.info("re-classified %d archived images with %s", len(fresh), version)
+    return len(fresh)
