@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from tests.conftest import coco_images
+from tests.conftest import coco_images, copy_images, run_cli
 from tests.watcher.conftest import configure, final_rows, running
 
 
@@ -125,3 +125,16 @@ def test_unreadable_permissions_for_real(home):
         p.chmod(0)
         [row] = final_rows(home, 1)
     assert (row.state, row.reason) == ("quarantined", "unreadable")
+
+
+def test_process_refuses_overlapping_folders(home):
+    """`archive: inbox` once archived every image back into the inbox, nesting deeper, forever."""
+    configure(home, paths={"archive": "inbox"})
+    copy_images(home / "inbox", 3)
+    before = sorted(p.relative_to(home).as_posix() for p in home.rglob("*"))
+    r = run_cli("-c", str(home / "coverwatch.yaml"), "process", timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        "paths.archive (inbox) is the same folder as paths.inbox (inbox): the folders must not overlap"), r.stderr
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == before  # no database, no moves

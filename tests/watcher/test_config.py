@@ -1,9 +1,12 @@
 """Config validation: every bad config gives one line naming the key path."""
 
 import logging
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_images
+from tests.watcher.conftest import configure, final_rows, rows, running, wait_for
 from watcher.config import load_config
 from watcher.errors import ConfigError
 
@@ -98,3 +101,99 @@ def test_image_size_rounds_up_to_the_stride_with_a_warning(tmp_path, caplog, giv
     assert len(warned) == (0 if given == used else 2)
     if warned:
         assert f"model.imgsz: {given} is not a multiple of 32 (the model's stride); using {used}" in warned
+
+
+# Overlapping folders: `archive: inbox` once archived into the inbox forever (issue 14, item 7).
+
+FOLDER_NAMES = ("inbox", "labeled", "archive", "quarantine", "review", "dataset", "models", "reports")
+PAIRS = [(a, b) for i, a in enumerate(FOLDER_NAMES) for b in FOLDER_NAMES[i + 1:]]
+
+
+def refused(tmp_path, text) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize(("first", "second"), PAIRS)
+def test_two_keys_naming_one_folder_are_refused(tmp_path, first, second):
+    msg = refused(tmp_path, f"paths: {{{second}: {first}}}\n")
+    assert msg.endswith(f"paths.{second} ({first}) is the same folder as paths.{first} ({first}): "
+                        "the folders must not overlap")
+
+
+@pytest.mark.parametrize(("inner", "outer"), PAIRS + [(b, a) for a, b in PAIRS])
+def test_a_folder_inside_another_is_refused(tmp_path, inner, outer):
+    msg = refused(tmp_path, f"paths: {{{inner}: {outer}/done}}\n")
+    assert f"paths.{inner} ({outer}/done) is inside paths.{outer} ({outer}): the folders must not overlap" in msg
+
+
+def test_the_issue_config_archive_inbox(tmp_path):
+    msg = refused(tmp_path, "paths: {archive: inbox}\n")
+    assert msg.startswith(str(tmp_path / "coverwatch.yaml") + ": paths.archive (inbox) ")
+
+
+def test_overlap_is_found_after_resolving_symlinks(tmp_path):
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "arch").symlink_to(tmp_path / "inbox")
+    msg = refused(tmp_path, "paths: {archive: arch/old}\n")
+    assert "paths.archive (arch/old" in msg and "is inside paths.inbox (inbox)" in msg
+    msg = refused(tmp_path, "paths: {archive: ./inbox/../arch}\n")
+    assert "is the same folder as paths.inbox (inbox)" in msg
+
+
+@pytest.mark.parametrize("name", FOLDER_NAMES)
+@pytest.mark.parametrize("value", [".", "..", "''", "sub/../.."])
+def test_a_folder_may_not_be_or_contain_the_home(tmp_path, name, value):
+    home = tmp_path / "home"
+    home.mkdir()
+    msg = refused(home, f"paths: {{{name}: {value}}}\n")
+    assert f"paths.{name} (" in msg and "the home folder" in msg and "coverwatch.yaml" in msg
+
+
+@pytest.mark.parametrize("name", FOLDER_NAMES)
+@pytest.mark.parametrize("value", ["/", "/etc", "/etc/coverwatch", "/usr", "/usr/local/covers", "/bin", "/sbin",
+                                   "/lib", "/lib64", "/boot", "/dev", "/proc", "/sys/x", "/var", "/home", "/root",
+                                   "/tmp", "/srv", "/mnt", "/run", "~", "/etc/../etc"])
+def test_system_folders_are_refused(tmp_path, name, value):
+    value = str(Path.home()) if value == "~" else value
+    msg = refused(tmp_path, f"paths: {{{name}: '{value}'}}\n")
+    assert msg.endswith("is a system folder, not a place for coverwatch's folders") or \
+        msg.endswith("is inside a system folder, not a place for coverwatch's folders"), msg
+    assert f"paths.{name} ({value}" in msg  # "(/lib, which is /usr/lib)" where /lib is a symlink
+
+
+@pytest.mark.parametrize("value", ["/mnt/share/covers", "/srv/shared/inbox", "/var/lib/coverwatch/inbox",
+                                   "/run/media/alice/USB/covers", "/tmp/covers", "../elsewhere"])
+def test_folders_outside_the_home_are_allowed(tmp_path, value):
+    home = tmp_path / "home"
+    home.mkdir()
+    assert str(load_config(write(home, f"paths: {{inbox: '{value}'}}\n")).paths.inbox) == value
+
+
+def test_two_folders_outside_the_home_must_not_overlap_either(tmp_path):
+    share = tmp_path / "share"
+    msg = refused(tmp_path, f"paths: {{inbox: '{share}', labeled: '{share}/labeled'}}\n")
+    assert f"paths.labeled ({share}/labeled) is inside paths.inbox ({share})" in msg
+
+
+@pytest.mark.parametrize("name", FOLDER_NAMES)
+def test_the_database_file_must_not_be_in_a_folder(tmp_path, name):
+    msg = refused(tmp_path, f"database: sqlite:///{name}/cw.db\n")
+    assert f"database (sqlite:///{name}/cw.db) is inside paths.{name} ({name})" in msg
+
+
+def test_sighup_with_overlapping_folders_keeps_the_running_config(home, caplog):
+    with running(home) as d, caplog.at_level(logging.ERROR):
+        assert rows(home) == []  # the helper remembers the database URL before the config breaks
+        configure(home, paths={"archive": "inbox"})
+        d._reload_requested.set()
+        line = wait_for(lambda: [r.getMessage() for r in caplog.records if "reload rejected" in r.getMessage()])
+        assert "paths.archive (inbox) is the same folder as paths.inbox (inbox)" in line[0]
+        assert d.cfg.paths.archive == "archive"
+        copy_images(home / "inbox", 2)
+        rs = final_rows(home, 2)
+    assert len(rs) == 2 and not list((home / "inbox").iterdir())
+    assert len([p for p in (home / "archive").rglob("*") if p.is_file()]) == 2
