@@ -10,7 +10,8 @@
 
 from storage.errors import CoverwatchError
 
-# Reason codes, stable strings: the report and `coverwatch requeue` users read them.
+# Reason codes, stable strings: the report and `coverwatch requeue` users read them. Every code any module writes
+# to `files.reason` is here with its explanation (a test scans the source for codes missing from it).
 REASONS = {
     "zero_bytes": "the file is empty",
     "too_large": "the file is larger than watch.max_bytes",
@@ -22,6 +23,10 @@ REASONS = {
     "symlink": "symbolic links are never followed",
     "not_regular_file": "FIFOs, sockets and device files are never opened",
     "unreadable": "the file cannot be read (permissions)",
+    "replaced": "a new file took this one's name before it was processed; the new content is processed on its own",
+    "vanished": "the file disappeared from the drop folder before it could be processed",
+    "processing_error": "the model step failed on this file every time it was tried (see detail); "
+                        "`coverwatch requeue` sends it through again",
     # labelled drops (pipeline.labels, pipeline.labelled)
     "wrong_field_count": "a YOLO label line does not have 5 fields (class cx cy w h)",
     "non_numeric": "a class id or coordinate is not a number",

@@ -8,7 +8,8 @@ The same four phases as pipeline.ingest, per batch:
                   drops of the same image content marked `replaced_at`), final states and destinations
     D  move       files go to archive/labeled/<relpath> or quarantine/labeled/<relpath>
 Files that wait for a partner stay where they are as `awaiting_partner` (the daemon's rescan skips them);
-`expire_partners` decides for them once `pair_timeout` has passed. A classes.txt is processed on its own and
+`expire_partners` decides for them once `pair_timeout` (or, for class folders in a classify home,
+`class_folder_grace`) has passed. A classes.txt is processed on its own and
 its names are kept per folder, so labels that arrive after it was archived still map their ids correctly.
 
 Example:
@@ -59,8 +60,13 @@ class _Seen:
 
 
 def ingest_labelled(engine, layout: Layout, root: Path, paths: list[Path], *, max_bytes: int, max_pixels: int,
-                    pair_timeout: float, now: datetime | None = None) -> BatchReport:
-    """Take complete files under `root` (labeled/) to a processed, quarantined or awaiting_partner state."""
+                    pair_timeout: float, class_folder_grace: float | None = None,
+                    now: datetime | None = None) -> BatchReport:
+    """Take complete files under `root` (labeled/) to a processed, quarantined or awaiting_partner state.
+
+    `class_folder_grace` (a classify home): images alone in a folder without label files are class-folder
+    images as soon as the folder has been quiet this long; None (detect): only after `pair_timeout`.
+    """
     report = BatchReport()
     seen = [x for x in (_look(p, root, max_bytes, report) for p in paths) if x is not None]
     if not seen:
@@ -71,25 +77,35 @@ def ingest_labelled(engine, layout: Layout, root: Path, paths: list[Path], *, ma
     except (OperationalError, IntegrityError, OSError) as exc:  # IntegrityError: another worker registered it
         return _transient(report, [x.path for x in seen], "register", exc)
     folders = {folder_of(x.rel) for x in seen}
-    cutoff = (now or _utcnow()) - timedelta(seconds=pair_timeout)
-    return _resolve(engine, layout, root, folders, report, max_pixels=max_pixels, cutoff=cutoff)
+    cutoff, grace_cutoff = _cutoffs(now, pair_timeout, class_folder_grace)
+    return _resolve(engine, layout, root, folders, report, max_pixels=max_pixels, cutoff=cutoff,
+                    grace_cutoff=grace_cutoff)
 
 
 def expire_partners(engine, layout: Layout, root: Path, *, pair_timeout: float, max_pixels: int = DEFAULT_MAX_PIXELS,
-                    now: datetime | None = None) -> BatchReport:
-    """Decide for files that waited `pair_timeout` for a partner: class-folder image, or quarantine."""
-    cutoff = (now or _utcnow()) - timedelta(seconds=pair_timeout)
+                    class_folder_grace: float | None = None, now: datetime | None = None) -> BatchReport:
+    """Decide for files that waited `pair_timeout` for a partner (class-folder image, or quarantine), and for
+    images that waited `class_folder_grace` in a possible class folder."""
+    cutoff, grace_cutoff = _cutoffs(now, pair_timeout, class_folder_grace)
     try:
         with session_scope(engine) as s:
             waiting = s.execute(select(File.source_path, File.created_at).where(
                 File.folder == FOLDER, File.state == FileState.awaiting_partner.value, File.final_path.is_(None)))
-            folders = {folder_of(p) for p, created in waiting if _aware(created) <= cutoff}
+            folders = {folder_of(p) for p, created in waiting if _aware(created) <= cutoff or (
+                grace_cutoff is not None and kind_of(p) == "image" and _aware(created) <= grace_cutoff)}
     except OperationalError as exc:
         log.warning("cannot look for expired partners (%s); trying again soon", exc.orig)
         return BatchReport()
     if not folders:
         return BatchReport()
-    return _resolve(engine, layout, root, folders, BatchReport(), max_pixels=max_pixels, cutoff=cutoff)
+    return _resolve(engine, layout, root, folders, BatchReport(), max_pixels=max_pixels, cutoff=cutoff,
+                    grace_cutoff=grace_cutoff)
+
+
+def _cutoffs(now: datetime | None, pair_timeout: float, grace: float | None) -> tuple[datetime, datetime | None]:
+    now = now or _utcnow()
+    cutoff = now - timedelta(seconds=pair_timeout)
+    return cutoff, None if grace is None else now - timedelta(seconds=min(grace, pair_timeout))
 
 
 # -- phase A ------------------------------------------------------------------------------------------------
@@ -150,10 +166,11 @@ def _register(s: Session, layout: Layout, seen: list[_Seen]) -> None:
 # -- phase B ------------------------------------------------------------------------------------------------
 
 
-def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff) -> BatchReport:
+def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff, grace_cutoff=None) -> BatchReport:
     try:
         with session_scope(engine) as s:
             members, locations, names, registered, class_folders = _load(s, root, folders)
+            in_flight = _in_flight(s, root, folders) if grace_cutoff is not None else set()
     except OperationalError as exc:
         return _transient(report, [], "loading the drop", exc)
     home = layout.home
@@ -166,7 +183,8 @@ def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff) -> Ba
         else:
             names[m.folder] = result
     jobs = plan_pairs([m for m in members if m.kind != "classes"], names_by_folder=names, cutoff=cutoff,
-                      class_folder=class_folders.get, registered=registered)
+                      class_folder=class_folders.get, registered=registered, grace_cutoff=grace_cutoff,
+                      in_flight=in_flight)
     for job in jobs:
         _decide(job, batch, home, locations, names, max_pixels)
     try:
@@ -214,6 +232,22 @@ def _class_folder_name(s: Session, root: Path, folder: str, has_classes: bool) -
         File.folder == FOLDER, File.source_path.startswith(folder + "/", autoescape=True),
         or_(lower.endswith(".txt"), lower.endswith(".xml"))).limit(1))
     return None if labelled is not None else normalise_name(PurePosixPath(folder).name)
+
+
+def _in_flight(s: Session, root: Path, folders: set[str]) -> set[str]:
+    """Folders holding a file that has no row yet (still being copied, or not settled): not quiet."""
+    known = set(s.scalars(select(File.source_path).where(
+        File.folder == FOLDER, File.location.is_not(None), File.moved_at.is_(None))))
+    busy = set()
+    for folder in folders:
+        try:
+            with os.scandir(root / folder) as entries:
+                names = [e.name for e in entries if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+        if any(str(PurePosixPath(folder, n)) not in known for n in names):
+            busy.add(folder)
+    return busy
 
 
 def _read_classes(path: Path) -> list[str] | Rejected:

@@ -103,6 +103,10 @@ def process(ctx: click.Context) -> None:
 
         done = daemon.process_pending(progress=advance)
     click.echo(f"processed {done} files")
+    if daemon.awaiting_partner:
+        timeout = daemon.cfg.watch.pair_timeout_seconds
+        click.echo(f"{daemon.awaiting_partner} labelled files wait for a partner; a `coverwatch process` run after "
+                   f"watch.pair_timeout_seconds ({timeout:g}s) decides for them")
 
 
 @cli.command()

@@ -18,7 +18,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from pipeline.dataset import build_dataset
@@ -89,6 +89,8 @@ class Daemon:
         self._next_expire = 0.0
         self._next_dataset = 0.0
         self._labels_changed = True  # build at start when the labels differ from the last dataset
+        self._batch = False  # `coverwatch process`: the drop is taken as it is, no grace for class folders
+        self.awaiting_partner = 0  # after process_pending: labelled files still waiting for a partner
         self._reload_requested = threading.Event()
         self.notifier = Notifier.from_environment()
         self._metrics = None
@@ -139,6 +141,7 @@ class Daemon:
 
         Files still failing transiently after a few tries stay where they are for the next run.
         """
+        self._batch = True
         self.initialize(observe=False)
         done = 0
         try:
@@ -152,6 +155,10 @@ class Daemon:
                 done += taken
                 if progress and taken:
                     progress(taken)
+            if self.does_inference:  # the timeouts of files left waiting by earlier runs, and a current dataset
+                self._next_expire = self._next_dataset = 0.0
+                self._labelled_upkeep(self.clock())
+                self.awaiting_partner = self._count_awaiting_partner()
         finally:
             self.shutdown()
         return done
@@ -309,7 +316,8 @@ class Daemon:
     def _ingest_labelled(self, paths: list[Path]):
         w = self.cfg.watch
         report = ingest_labelled(self.engine, self.layout, self.roots["labeled"], paths, max_bytes=w.max_bytes,
-                                 max_pixels=w.max_pixels, pair_timeout=w.pair_timeout_seconds)
+                                 max_pixels=w.max_pixels, pair_timeout=w.pair_timeout_seconds,
+                                 class_folder_grace=self._class_folder_grace())
         self._labels_changed |= report.processed > 0
         return report
 
@@ -320,7 +328,8 @@ class Daemon:
             if now >= self._next_expire:
                 self._next_expire = now + EXPIRE_SECONDS
                 report = expire_partners(self.engine, self.layout, self.roots["labeled"],
-                                         pair_timeout=w.pair_timeout_seconds, max_pixels=w.max_pixels)
+                                         pair_timeout=w.pair_timeout_seconds, max_pixels=w.max_pixels,
+                                         class_folder_grace=self._class_folder_grace())
                 self._labels_changed |= report.processed > 0
             if self._labels_changed and now >= self._next_dataset:
                 self._next_dataset = now + DATASET_REBUILD_SECONDS
@@ -332,6 +341,22 @@ class Daemon:
         except Exception:  # noqa: BLE001 - a bug here must not stop the daemon; the next change retries
             log.exception("labelled upkeep failed")
             self._labels_changed = False
+
+    def _class_folder_grace(self) -> float | None:
+        """A classify home takes a folder of images alone as a class folder once nothing arrived there for
+        settle_seconds (a labelImg drop copied images first has its labels on disk by then); `process` takes
+        the drop as it is. A detect home keeps waiting the pair timeout: a label is what it wants."""
+        if self.cfg.task != "classify":
+            return None
+        return 0.0 if self._batch else self.cfg.watch.settle_seconds
+
+    def _count_awaiting_partner(self) -> int:
+        try:
+            with session_scope(self.engine) as s:
+                return s.scalar(select(func.count()).select_from(File).where(
+                    File.state == FileState.awaiting_partner.value)) or 0
+        except OperationalError:
+            return 0
 
     def _hold_report_lease(self, every) -> bool:
         """Several workers share one database: only the lease holder writes the report this period."""

@@ -121,9 +121,10 @@ def member(i, path, age=0.0):
     return Member(i, path, T0 - timedelta(seconds=age))
 
 
-def jobs(members, *, names=None, timeout=30.0, class_folder=None, registered=()):
+def jobs(members, *, names=None, timeout=30.0, class_folder=None, registered=(), grace_cutoff=None, in_flight=()):
     return plan_pairs(members, names_by_folder=names or {}, cutoff=T0 - timedelta(seconds=timeout),
-                      class_folder=lambda f: (class_folder or {}).get(f), registered=set(registered))
+                      class_folder=lambda f: (class_folder or {}).get(f), registered=set(registered),
+                      grace_cutoff=grace_cutoff, in_flight=in_flight)
 
 
 IMG, TXT, XML = member(1, "d/a.jpg"), member(2, "d/a.txt"), member(3, "d/a.xml")
@@ -148,3 +149,23 @@ IMG, TXT, XML = member(1, "d/a.jpg"), member(2, "d/a.txt"), member(3, "d/a.xml")
 ])
 def test_pairing(members, kw, expected):
     assert jobs(members, **kw) == expected
+
+
+QUIET = T0 - timedelta(seconds=1)  # a classify home: folders quiet for a second
+
+
+@pytest.mark.parametrize("members, kw, expected", [
+    ([member(1, "d/a.jpg", 2)], {"class_folder": {"d": "만화"}}, [ClassFolder(member(1, "d/a.jpg", 2), "만화")]),
+    # something else arrived in the folder since: a label may still come
+    ([member(1, "d/a.jpg", 2), member(2, "d/b.jpg")], {"class_folder": {"d": "만화"}},
+     [Wait(member(1, "d/a.jpg", 2), "waiting for its label"), Wait(member(2, "d/b.jpg"), "waiting for its label")]),
+    # a file on disk that is not registered yet (still being copied): not quiet
+    ([member(1, "d/a.jpg", 2)], {"class_folder": {"d": "만화"}, "in_flight": {"d"}},
+     [Wait(member(1, "d/a.jpg", 2), "waiting for its label")]),
+    # a folder that held a label file is a labelImg drop, never a class folder
+    ([member(1, "d/a.jpg", 2)], {}, [Wait(member(1, "d/a.jpg", 2), "waiting for its label")]),
+    ([member(1, "d/a.jpg", 2), member(2, "d/a.xml", 2)], {"class_folder": {"d": "만화"}},
+     [Pair(member(1, "d/a.jpg", 2), member(2, "d/a.xml", 2))]),
+])
+def test_pairing_in_a_classify_home(members, kw, expected):
+    assert jobs(members, grace_cutoff=QUIET, **kw) == expected

@@ -361,3 +361,64 @@ def _soffice(soffice: str, profile: Path, path: Path, to: str, outdir: Path, nam
     out = outdir / (name or f"{path.stem}.{to.split(':')[0]}")
     assert proc.returncode == 0 and out.is_file(), proc.stdout + proc.stderr
     return out
+
+
+def _written_reason_codes() -> dict[str, list[str]]:
+    """Every reason code a string literal in the source hands to a quarantine: code -> where.
+
+    Looks at Rejected(code)/Reject(m, code), _set_final(row, code), `<x>.final.append((m, code, ...))` and
+    assignments to `.reason` (also inside tuple assignments)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    found: dict[str, list[str]] = {}
+
+    def note(node, where):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.setdefault(node.value, []).append(where)
+
+    for path in sorted(p for d in ("pipeline", "watcher", "storage") for p in (root / d).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            where = f"{path.relative_to(root)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                position = {"Rejected": 0, "Reject": 1, "_set_final": 1}.get(name)
+                if position is not None and len(node.args) > position:
+                    note(node.args[position], where)
+                if (name == "append" and isinstance(node.func, ast.Attribute)
+                        and getattr(node.func.value, "attr", None) == "final" and node.args
+                        and isinstance(node.args[0], ast.Tuple) and len(node.args[0].elts) > 1):
+                    note(node.args[0].elts[1], where)
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and target.attr == "reason":
+                        note(node.value, where)
+                    elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                        for t, v in zip(target.elts, node.value.elts):
+                            if isinstance(t, ast.Attribute) and t.attr == "reason":
+                                note(v, where)
+    return found
+
+
+def test_every_reason_code_the_code_writes_has_an_explanation():
+    from pipeline.errors import REASONS
+
+    written = _written_reason_codes()
+    # The scan itself works: it finds codes written in each of its four ways.
+    assert {"truncated_image", "missing_label", "label_rejected", "replaced", "vanished",
+            "processing_error"} <= set(written)
+    missing = {code: where for code, where in written.items() if code not in REASONS}
+    assert missing == {}, "reason codes without an explanation in pipeline.errors.REASONS"
+    assert all(isinstance(text, str) and text.strip() for text in REASONS.values())
+
+
+def test_the_quarantine_sheet_explains_every_reason(engine, home):
+    from pipeline.errors import REASONS
+
+    with session_scope(engine) as s:
+        for code in REASONS:
+            _file(s, f"{code}.jpg", "quarantined", reason=code, final_path=f"quarantine/inbox/{code}.jpg")
+    sheet = pd.read_excel(_write(engine, home), sheet_name="Quarantine")
+    explained = dict(sheet[["reason", "explanation"]].values.tolist())
+    assert explained == REASONS
+    assert explained["replaced"] and explained["vanished"] and explained["processing_error"]

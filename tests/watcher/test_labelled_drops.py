@@ -3,6 +3,7 @@
 import hashlib
 import random
 import shutil
+import time
 
 import pytest
 import yaml
@@ -231,3 +232,86 @@ def test_split_is_stable_across_restarts_and_re_drops(home):
     names = coco_names()
     assert sorted(e.data["before"] for e in events) == sorted(
         sorted(names[c] for c, *_ in coco_boxes(p)) for p in first[:3])  # what each picture was labelled before
+
+
+def labelled_states(home) -> dict[str, tuple[str, str | None]]:
+    return {r.source_path: (r.state, r.reason) for r in rows(home) if r.folder == "labeled"}
+
+
+def test_process_runs_apply_the_pair_timeout(home, files_in):
+    """Batch mode: a later `process` run decides for files whose partner did not come in time."""
+    configure(home, watch={"pair_timeout_seconds": 3})
+    lab = home / "labeled"
+    write_classes(lab / "drop", KOREAN)
+    (lab / "drop" / "orphan.txt").write_text(yolo_text([(0, 0.5, 0.5, 0.2, 0.2)]))
+    (lab / "역사").mkdir()  # detect home, a class the registry does not know: it waits, as in the daemon
+    shutil.copy(labelled_images(0, 1)[0], lab / "역사" / "cover.jpg")
+    cfg = str(home / "coverwatch.yaml")
+    first = run_cli("-c", cfg, "process")
+    assert first.returncode == 0, first.stderr
+    assert labelled_states(home) == {"drop/classes.txt": ("processed", None),
+                                     "drop/orphan.txt": ("awaiting_partner", None),
+                                     "역사/cover.jpg": ("awaiting_partner", None)}
+    assert "2 labelled files wait for a partner" in first.stdout
+    time.sleep(3.5)
+    second = run_cli("-c", cfg, "process")
+    assert second.returncode == 0, second.stderr
+    assert labelled_states(home) == {"drop/classes.txt": ("processed", None),
+                                     "drop/orphan.txt": ("quarantined", "orphan_label"),
+                                     "역사/cover.jpg": ("processed", None)}
+    assert files_in("quarantine", "labeled") == ["drop/orphan.txt"] and files_in("labeled") == []
+    assert [s.source_format for s in db_table(home, Sample)] == ["folder"]
+    assert "wait for a partner" not in second.stdout
+
+
+def test_class_folders_in_a_classify_home_are_taken_in_one_process_run(home):
+    """No label files anywhere: in a classify home the folders are the classes, at once, and a dataset follows."""
+    configure(home, task="classify")
+    lab = home / "labeled"
+    images = labelled_images(0, 11)
+    for g, genre in enumerate(KOREAN):
+        (lab / genre).mkdir()
+        for src in images[g * 3:g * 3 + 3]:
+            shutil.copy(src, lab / genre / src.name)
+    (lab / "만화" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # what a Mac leaves in every folder
+    coco_drop(lab / "boxes", images[9:11], coco_names())  # a labelImg drop in the same home still pairs
+    cfg = str(home / "coverwatch.yaml")
+    done = run_cli("-c", cfg, "process")
+    assert done.returncode == 0, done.stderr
+    states = labelled_states(home)
+    assert set(states.values()) == {("processed", None)} and len(states) == 9 + 2 * 2 + 1, states
+    assert sorted(s.source_format for s in db_table(home, Sample)) == ["folder"] * 9 + ["yolo"] * 2
+    status = run_cli("-c", cfg, "status")
+    assert "files: 14 processed, 0 quarantined, 0 pending, 0 awaiting a model, 0 awaiting a label partner" \
+        in status.stdout, status.stdout
+    snap = _current(home / "dataset")
+    assert snap is not None and len(list(snap.glob("images/*/*"))) == 11
+
+
+def test_a_labelimg_drop_copied_images_first_still_pairs_in_a_classify_home(home, files_in):
+    """The race: images complete before their .txt files exist. Class-folder images are taken only once
+    their folder has been quiet for settle_seconds, so labels arriving right after still pair."""
+    configure(home, task="classify", watch={"settle_seconds": 1.0})
+    lab = home / "labeled"
+    images = labelled_images(0, 4)
+    with running(home):
+        coco_drop(lab / "drop", images, coco_names(), what=("images",))
+        wait_for(lambda: waiting(home) == 4, 30)
+        coco_drop(lab / "drop", images, coco_names(), what=("classes", "labels"))
+        rs = final_rows(home, 9)
+        dataset_with(home, 4)
+    assert {(r.state, r.reason) for r in rs} == {("processed", None)}
+    assert [s.source_format for s in db_table(home, Sample)] == ["yolo"] * 4
+    assert "drop" not in [c.name for c in db_table(home, ClassName)]
+
+
+def test_a_class_folder_in_a_classify_home_is_taken_without_the_pair_timeout(home):
+    configure(home, task="classify", watch={"pair_timeout_seconds": 600})
+    lab = home / "labeled"
+    (lab / "역사").mkdir()
+    with running(home):
+        for src in labelled_images(0, 3):
+            shutil.copy(src, lab / "역사" / src.name)
+        rs = final_rows(home, 3)
+    assert {(r.state, r.reason) for r in rs} == {("processed", None)}
+    assert [c.name for c in db_table(home, ClassName)] == ["역사"]
