@@ -339,3 +339,21 @@ def test_one_cover_given_different_classes_in_different_drops(cfg, engine, tmp_p
     drop_cover(cfg, engine, "d3", "만화", kind, cover)  # a third drop sides with the first: settled
     b = build(cfg, engine)
     assert cover_classes(b.path) == ["만화"] and b.excluded == [] and b.quality.conflicts[0]["settled"]
+
+
+def test_the_configs_balance_settings_reach_the_training_runs_dataset(cfg, engine):
+    """training.balance, max_repeat and conflicts from the YAML, through TrainingSettings, into prepare_dataset."""
+    from pipeline.training import prepare_dataset
+    from watcher.config import load_config, training_settings
+
+    synthetic_drop(cfg, "syn", KOREAN, {"만화": 30, "동화": 3})
+    ingest(cfg, engine, "syn")
+    raw = yaml.safe_load(cfg.config_path.read_text(encoding="utf-8")) or {}
+    raw.setdefault("training", {}).update(balance="oversample", max_repeat=2, conflicts="latest", val_fraction=0.25)
+    cfg.config_path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    settings = training_settings(load_config(cfg.config_path))
+    assert (settings.balance, settings.max_repeat, settings.conflicts) == ("oversample", 2, "latest")
+    prepare_dataset(engine, settings)
+    with session_scope(engine) as s:
+        balance = s.scalars(select(DatasetVersion)).one().stats["balance"]
+    assert balance["max_repeat"] == 2 and balance["factors"]["동화"] == 2.0
