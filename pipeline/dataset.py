@@ -92,8 +92,9 @@ def build_dataset(engine, home: Path, dataset_dir: Path, *, val_fraction: float,
         items, history = _load(s, home, val_fraction)
     quality = assess_labels(history, names=names, iou_threshold=iou_threshold, warn_ratio=warn_ratio,
                             balance=balance)
-    excluded = sorted(unsettled(quality)) if conflicts == "exclude" else []
-    items = [i for i in items if i.sha not in set(excluded)]
+    left_out = unsettled(quality) if conflicts == "exclude" else set()
+    excluded = sorted(left_out)
+    items = [i for i in items if i.sha not in left_out]
     if not items:
         return None
     train = [(i.sha, [b.class_name for b in i.boxes]) for i in items if i.split == "train"]
