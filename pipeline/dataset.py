@@ -4,7 +4,9 @@
       data.yaml        path: <home>/dataset/v000012   <- what a training run reads; replaced with os.replace
       current          -> v000012 (a symlink, for people browsing)
       v000012/         never changed once built: images/{train,val}, labels/{train,val}, data.yaml (relative,
-                       self-contained), train.txt when training.balance is oversample
+                       self-contained), train.txt when training.balance is oversample (each image as
+                       often as it repeats; pipeline.trainer turns the repeats into class-folder links for
+                       classify)
       v000011/         retired: kept a day after it stopped being current, for runs still reading it
 
 Why snapshots rather than building beside `dataset/` and swapping folders with renames: a training run reads
@@ -39,7 +41,7 @@ from sqlalchemy import select, update
 from pipeline.classes import class_names
 from pipeline.errors import DatasetError
 from pipeline.labels import Box
-from pipeline.quality import Balance, LabelledImage, Quality, assess_labels, plan_oversampling
+from pipeline.quality import Balance, LabelledImage, Quality, assess_labels, plan_oversampling, unsettled
 from storage.db import session_scope
 from storage.files import fsync_dir
 from storage.tables import DatasetVersion, File, Label, Sample
@@ -74,22 +76,30 @@ class DatasetBuild:
     boxes: int
     quality: Quality
     balance: Balance | None
+    excluded: list[str] = field(default_factory=list)  # image keys left out: their drops disagree
 
 
 def build_dataset(engine, home: Path, dataset_dir: Path, *, val_fraction: float, balance: str = "none",
-                  iou_threshold: float = 0.7, warn_ratio: float = 5.0,
-                  retain_seconds: float = 86400.0, keep: int = 3) -> DatasetBuild | None:
-    """Build a new snapshot from the current labels and switch to it; None when nothing changed (or no labels)."""
+                  iou_threshold: float = 0.7, warn_ratio: float = 5.0, max_repeat: int = 4,
+                  conflicts: str = "exclude", retain_seconds: float = 86400.0, keep: int = 3) -> DatasetBuild | None:
+    """Build a new snapshot from the current labels and switch to it; None when nothing changed (or no labels).
+
+    `conflicts`: "exclude" leaves out images whose drops gave different classes until a drop confirms one
+    (`quality.unsettled`); "latest" trains them with their last drop's labels.
+    """
     with session_scope(engine) as s:
         names = class_names(s)
         items, history = _load(s, home, val_fraction)
+    quality = assess_labels(history, names=names, iou_threshold=iou_threshold, warn_ratio=warn_ratio,
+                            balance=balance)
+    left_out = unsettled(quality) if conflicts == "exclude" else set()
+    excluded = sorted(left_out)
+    items = [i for i in items if i.sha not in left_out]
     if not items:
         return None
-    quality = assess_labels(history, names=names, iou_threshold=iou_threshold, warn_ratio=warn_ratio)
-    plan = None
-    if balance == "oversample":
-        plan = plan_oversampling([(i.sha, [b.class_name for b in i.boxes]) for i in items if i.split == "train"])
-    fingerprint = _fingerprint(names, items, plan)
+    train = [(i.sha, [b.class_name for b in i.boxes]) for i in items if i.split == "train"]
+    plan = plan_oversampling(train, max_repeat=max_repeat if balance == "oversample" else 1)
+    fingerprint = _fingerprint(names, items, plan if balance == "oversample" else None)
     with session_scope(engine) as s:
         last = s.scalar(select(DatasetVersion).order_by(DatasetVersion.id.desc()).limit(1))
         current = _current(dataset_dir)
@@ -97,8 +107,10 @@ def build_dataset(engine, home: Path, dataset_dir: Path, *, val_fraction: float,
             return None
     tmp = dataset_dir / f".build-{uuid.uuid4().hex[:12]}"
     try:
-        _write_snapshot(tmp, items, names, plan)
-        build = _switch(engine, home, dataset_dir, tmp, items, names, quality, plan, fingerprint)
+        oversample = plan if balance == "oversample" else None
+        _write_snapshot(tmp, items, names, oversample)
+        build = _switch(engine, home, dataset_dir, tmp, items, names, quality, plan, oversample is not None,
+                        excluded, fingerprint)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only still there when the build failed
     _retire(dataset_dir, build.path, retain_seconds, keep)
@@ -107,6 +119,9 @@ def build_dataset(engine, home: Path, dataset_dir: Path, *, val_fraction: float,
     if quality.overlaps or quality.conflicts:
         log.warning("dataset v%06d: %d boxes with two classes on one object, %d images labelled differently in "
                     "different drops", build.version, len(quality.overlaps), len(quality.conflicts))
+    if excluded:
+        log.warning("dataset v%06d: %d images left out of training until their drops agree "
+                    "(training.conflicts: exclude; see the report's Label issues)", build.version, len(excluded))
     return build
 
 
@@ -133,17 +148,27 @@ def export_dataset(dataset_dir: Path, dest: Path) -> Path:
 # -- reading ------------------------------------------------------------------------------------------------
 
 
-def _load(s, home: Path, val_fraction: float) -> tuple[list[_Item], list[LabelledImage]]:
+def label_history(s) -> list[LabelledImage]:
+    """Every drop of every labelled image, replaced ones too: what `assess_labels` judges, for the dataset build
+    and the report alike."""
+    return [im for im, _sample, _image in _drops(s)]
+
+
+def _drops(s):
     rows = s.execute(select(Sample, File).join(File, File.id == Sample.image_file_id).order_by(Sample.id)).all()
     boxes: dict[int, list[Box]] = {}
     for lab in s.scalars(select(Label).order_by(Label.id)):
         xywh = WHOLE_IMAGE if lab.cx is None else (lab.cx, lab.cy, lab.w, lab.h)
         boxes.setdefault(lab.file_id, []).append(Box(lab.class_name, *xywh))
+    return [(LabelledImage(sample.image_sha256, sample.id, image.original_name, tuple(boxes.get(image.id, [])),
+                           sample.replaced_at is None), sample, image) for sample, image in rows]
+
+
+def _load(s, home: Path, val_fraction: float) -> tuple[list[_Item], list[LabelledImage]]:
     items, history = [], []
-    for sample, image in rows:
-        mine = boxes.get(image.id, [])
-        history.append(LabelledImage(sample.image_sha256, sample.id, image.original_name, tuple(mine),
-                                     sample.replaced_at is None))
+    for im, sample, image in _drops(s):
+        mine = list(im.boxes)
+        history.append(im)
         if sample.replaced_at is not None:
             continue
         if image.location is None:
@@ -211,27 +236,36 @@ def data_yaml(names: list[str], train: str, path: Path | None = None) -> str:
         data, allow_unicode=True, sort_keys=False)
 
 
-def _switch(engine, home, dataset_dir, tmp, items, names, quality, plan, fingerprint) -> DatasetBuild:
-    """Name the snapshot, record it, and make data.yaml point at it: the one atomic step a reader can see."""
+def _switch(engine, home, dataset_dir, tmp, items, names, quality, plan: Balance, oversample: bool, excluded,
+            fingerprint) -> DatasetBuild:
+    """Name the snapshot, record it, and make data.yaml point at it: the one atomic step a reader can see.
+
+    The per-class training counts before and after oversampling are recorded either way (equal without it).
+    """
     train = [i for i in items if i.split == "train"]
     with session_scope(engine) as s:
         _record_splits(s, items)
         v = DatasetVersion(path="", fingerprint=fingerprint, classes=names, train_images=len(train),
                            val_images=len(items) - len(train), boxes=sum(len(i.boxes) for i in items),
-                           train_entries=sum(plan.repeats.get(i.sha, 1) for i in train) if plan else len(train),
+                           train_entries=sum(plan.repeats.get(i.sha, 1) for i in train),
                            stats={"quality": quality.as_dict(),
-                                  "balance": {"method": "oversample", **asdict(plan)} if plan else {"method": "none"}})
+                                  "balance": {"method": "oversample" if oversample else "none", **asdict(plan)},
+                                  "excluded": excluded})
         s.add(v)
         s.flush()
         final = dataset_dir / f"v{v.id:06d}"
         v.path = os.path.relpath(final, home)
         os.rename(tmp, final)
         fsync_dir(dataset_dir)
-        _replace_text(dataset_dir / "data.yaml", data_yaml(names, "train.txt" if plan else "images/train", final))
+        _replace_text(dataset_dir / "data.yaml",
+                      data_yaml(names, "train.txt" if oversample else "images/train", final))
         _point_current(dataset_dir, final.name)
-        build = DatasetBuild(v.id, final, v.train_images, v.val_images, v.train_entries, v.boxes, quality, plan)
+        build = DatasetBuild(v.id, final, v.train_images, v.val_images, v.train_entries, v.boxes, quality,
+                             plan if oversample else None, list(excluded))
     log.info("dataset v%06d: %d train (%d entries), %d val images, %d boxes, %d classes", build.version,
              build.train_images, build.train_entries, build.val_images, build.boxes, len(names))
+    if oversample:
+        log.info("dataset v%06d: oversample (at most %dx): %s", build.version, plan.max_repeat, plan.summary(names))
     return build
 
 

@@ -4,8 +4,11 @@ The user's two labelling problems, measured instead of repeated:
 - ambiguity: boxes of different classes on the same object (IoU above a threshold) in one drop, and the same
   image content labelled with different classes in different drops. Both feed a class co-occurrence matrix:
   which classes people use for the same objects, i.e. which to merge or define more sharply.
-- imbalance: images and boxes per class, the largest-to-smallest ratio (by images), a warning above a limit;
-  `plan_oversampling` says how often to repeat each training image so rare classes approach the median.
+- imbalance: images and boxes per class, each class's ratio to the largest (by images), a warning above a limit;
+  `plan_oversampling` says how often to repeat each training image so small classes approach the largest one.
+
+These are the only rules: the dataset build and the report both call `assess_labels`, with the thresholds from
+the config (`training.ambiguity_iou`, `training.imbalance_warn_ratio`), so the two never disagree.
 
 A whole-image class (a class-folder drop) is the box (0.5, 0.5, 1, 1).
 
@@ -19,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import math
-import statistics
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -43,9 +45,13 @@ class Quality:
     largest: str | None = None
     smallest: str | None = None
     ratio: float | None = None  # images of the largest class / images of the smallest used class
+    ratios: dict[str, float] = field(default_factory=dict)  # class -> images of the largest / its images
+    imbalanced: list[str] = field(default_factory=list)  # classes whose ratio is above the warn ratio
     warning: str | None = None
     overlaps: list[dict] = field(default_factory=list)  # one drop, one object, two classes
-    conflicts: list[dict] = field(default_factory=list)  # one image content, several drops, different classes
+    # One image content, several drops, different classes: {"image", "names", "classes" (every class it was
+    # given), "classes_by_drop", "settled" (its latest drop repeats an earlier drop's classes)}.
+    conflicts: list[dict] = field(default_factory=list)
     cooccurrence: dict[str, dict[str, int]] = field(default_factory=dict)  # symmetric, non-zero entries only
 
     def matrix(self, names: list[str]) -> list[list[int]]:
@@ -64,15 +70,24 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def same_object(a: Box, b: Box, iou_threshold: float) -> float | None:
+    """The IoU of two boxes of different classes that overlap more than the threshold: one object, two names."""
+    if a.class_name == b.class_name:
+        return None
+    v = iou(a, b)
+    return v if v > iou_threshold else None
+
+
 def assess_labels(images: list[LabelledImage], *, names: list[str], iou_threshold: float,
-                  warn_ratio: float) -> Quality:
+                  warn_ratio: float, balance: str = "none") -> Quality:
+    """`balance` only words the advice of the imbalance warning."""
     q = Quality()
     current = [im for im in images if im.current]
-    _imbalance(q, current, names, warn_ratio)
+    _imbalance(q, current, names, warn_ratio, balance)
     pairs: dict[tuple[str, str], int] = defaultdict(int)
     for im in current:
         for a, b in combinations(im.boxes, 2):
-            if a.class_name != b.class_name and (v := iou(a, b)) > iou_threshold:
+            if (v := same_object(a, b, iou_threshold)) is not None:
                 q.overlaps.append({"image": im.key, "name": im.name, "classes": sorted((a.class_name, b.class_name)),
                                    "iou": round(v, 3)})
                 pairs[_pair(a, b)] += 1
@@ -95,17 +110,26 @@ def _pair(a: Box, b: Box) -> tuple[str, str]:
 def _across_drops(q: Quality, key: str, drops: list[LabelledImage], threshold: float, pairs: dict) -> None:
     drops = sorted(drops, key=lambda im: im.drop)
     classes = {im.drop: sorted({b.class_name for b in im.boxes}) for im in drops}
-    if len({tuple(c) for c in classes.values()}) > 1:
+    sets = [tuple(c) for c in classes.values()]
+    if len(set(sets)) > 1:
         q.conflicts.append({"image": key, "names": sorted({im.name for im in drops}),
-                            "classes_by_drop": {str(d): c for d, c in classes.items()}})
+                            "classes": sorted({c for cs in sets for c in cs}),
+                            "classes_by_drop": {str(d): c for d, c in classes.items()},
+                            "settled": sets[-1] in sets[:-1]})
     for x, y in combinations(drops, 2):
         for a in x.boxes:
             for b in y.boxes:
-                if a.class_name != b.class_name and iou(a, b) > threshold:
+                if same_object(a, b, threshold) is not None:
                     pairs[_pair(a, b)] += 1
 
 
-def _imbalance(q: Quality, current: list[LabelledImage], names: list[str], warn_ratio: float) -> None:
+def unsettled(q: Quality) -> set[str]:
+    """Images whose drops disagree and whose latest drop is not confirmed by an earlier one: under
+    `training.conflicts: exclude` they stay out of training until a drop repeats the class it was last given."""
+    return {c["image"] for c in q.conflicts if not c.get("settled")}
+
+
+def _imbalance(q: Quality, current: list[LabelledImage], names: list[str], warn_ratio: float, balance: str) -> None:
     counts: dict[str, dict[str, int]] = {}
     for im in current:
         for c in {b.class_name for b in im.boxes}:
@@ -120,37 +144,52 @@ def _imbalance(q: Quality, current: list[LabelledImage], names: list[str], warn_
     q.largest = max(counts, key=lambda c: (counts[c]["images"], c))
     q.smallest = min(counts, key=lambda c: (counts[c]["images"], c))
     q.ratio = counts[q.largest]["images"] / counts[q.smallest]["images"]
+    q.ratios = {c: counts[q.largest]["images"] / n["images"] for c, n in q.counts.items()}
+    q.imbalanced = [c for c, r in q.ratios.items() if r > warn_ratio]
     if q.ratio > warn_ratio:
+        advice = ("training.balance: oversample repeats them, up to training.max_repeat times"
+                  if balance == "none" else "oversampling repeats them at most training.max_repeat times")
         q.warning = (f"class imbalance: {q.largest!r} has {counts[q.largest]['images']} images, {q.smallest!r} "
                      f"{counts[q.smallest]['images']} (ratio {q.ratio:.1f} > training.imbalance_warn_ratio "
-                     f"{warn_ratio:g}); label more {q.smallest!r} images or set training.balance: oversample")
+                     f"{warn_ratio:g}); label more {q.smallest!r} images ({advice})")
 
 
 @dataclass
 class Balance:
     repeats: dict[str, int]  # image key -> how often it appears in the training list
-    target: float  # the median images per class
-    factors: dict[str, float]  # class -> target / its images (at least 1)
+    target: float  # the largest class's images: what the others are repeated toward
+    max_repeat: int  # no image repeats more often than this
+    factors: dict[str, float]  # class -> target / its images, at least 1, at most max_repeat
     before: dict[str, int]  # images per class
     after: dict[str, int]  # training-list entries per class
 
+    def summary(self, order: list[str] = ()) -> str:
+        """"comics 243 -> 243, poetry 48 -> 192": per class (in `order`, then by name), training images before
+        and entries after."""
+        rank = {n: i for i, n in enumerate(order)}
+        classes = sorted(self.before, key=lambda c: (rank.get(c, len(rank)), c))
+        return ", ".join(f"{c} {self.before[c]} -> {self.after.get(c, self.before[c])}" for c in classes)
 
-def plan_oversampling(images: list[tuple[str, list[str]]]) -> Balance:
-    """Repeat images of rare classes so each class's share approaches the median class's.
 
-    An image repeats by the largest factor among its classes, rounded half up; background images once.
+def plan_oversampling(images: list[tuple[str, list[str]]], *, max_repeat: int = 4) -> Balance:
+    """Repeat images of small classes so each class approaches the largest, at most `max_repeat` times.
+
+    Toward the largest rather than the median: with one dominant class and several equal small ones (the users'
+    case) the median is a small class and nothing would repeat. An image repeats by the largest factor among its
+    classes, rounded half up; background images once. `max_repeat` 1 gives the counts without repeating.
     """
     before: dict[str, int] = defaultdict(int)
     for _key, classes in images:
         for c in set(classes):
             before[c] += 1
     if not before:
-        return Balance({k: 1 for k, _ in images}, 0.0, {}, {}, {})
-    target = statistics.median(before.values())
-    factors = {c: max(1.0, target / n) for c, n in sorted(before.items())}
+        return Balance({k: 1 for k, _ in images}, 0.0, max_repeat, {}, {}, {})
+    target = max(before.values())
+    factors = {c: min(float(max_repeat), max(1.0, target / n)) for c, n in sorted(before.items())}
     repeats = {k: max([1] + [math.floor(factors[c] + 0.5) for c in set(classes)]) for k, classes in images}
     after: dict[str, int] = defaultdict(int)
     for k, classes in images:
         for c in set(classes):
             after[c] += repeats[k]
-    return Balance(repeats, float(target), factors, dict(sorted(before.items())), dict(sorted(after.items())))
+    return Balance(repeats, float(target), max_repeat, factors, dict(sorted(before.items())),
+                   dict(sorted(after.items())))

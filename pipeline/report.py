@@ -1,7 +1,8 @@
 """The Excel report: what was classified, how the classes are balanced, which labels look wrong, how training went.
 
 Example:
-    >>> write_report(engine, home / "reports" / "now.xlsx", home=home, low_confidence=0.4)
+    >>> write_report(engine, home / "reports" / "now.xlsx", home=home, low_confidence=0.4,
+    ...              labels=LabelRules(ambiguity_iou=0.7, imbalance_warn_ratio=5.0))
     PosixPath('.../reports/now.xlsx')
     >>> publish_report(engine, home / "reports", home=home, keep=48)   # dated file + latest.xlsx, pruned
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
@@ -24,11 +26,9 @@ from xlsxwriter.exceptions import XlsxWriterException
 
 from pipeline.report_data import (
     class_rows,
-    cooccurrence,
-    current_labels,
-    dataset_quality,
-    derived_label_issues,
+    dataset_balance,
     label_events,
+    label_quality,
     model_metrics,
     primary_metric,
     quality_issues,
@@ -69,6 +69,22 @@ STATE_WORDS = {"processed": "files processed", "quarantined": "files quarantined
                "requeued": "files requeued (history)"}
 
 
+@dataclass(frozen=True)
+class LabelRules:
+    """The `training:` settings that judge the labels; the caller passes the config's, so the report flags what
+    the dataset build flags."""
+
+    ambiguity_iou: float = 0.7
+    imbalance_warn_ratio: float = 5.0
+    balance: str = "none"
+    conflicts: str = "exclude"
+
+    @classmethod
+    def of(cls, training) -> LabelRules:
+        """From a config's `training` section (or anything with those attributes)."""
+        return cls(**{k: getattr(training, k) for k in cls.__dataclass_fields__})
+
+
 class ReportError(CoverwatchError):
     """Raised when the workbook cannot be written (folder missing or read-only, disk full)."""
 
@@ -76,12 +92,13 @@ class ReportError(CoverwatchError):
 
 
 def write_report(engine: Engine, out_path: Path, *, home: Path, now: datetime | None = None,
-                 tz: tzinfo | None = None, low_confidence: float = 0.4, max_rows_per_sheet: int = EXCEL_MAX_ROWS,
-                 chunk_rows: int = 5000) -> Path:
+                 tz: tzinfo | None = None, low_confidence: float = 0.4, labels: LabelRules = LabelRules(),
+                 max_rows_per_sheet: int = EXCEL_MAX_ROWS, chunk_rows: int = 5000) -> Path:
     """Write the workbook to `out_path` atomically, record it in the `reports` table, return the path.
 
     `home` resolves the paths stored in the database (archive links, model folders); `tz` is the zone the
-    dates are shown in (default: this machine's); `low_confidence` colours confidences below it.
+    dates are shown in (default: this machine's); `low_confidence` colours confidences below it; `labels`
+    carries the config's thresholds for ambiguous boxes and imbalance.
     """
     now = now or datetime.now(timezone.utc)
     out_path = Path(out_path)
@@ -91,7 +108,7 @@ def write_report(engine: Engine, out_path: Path, *, home: Path, now: datetime | 
         out_path.parent.mkdir(parents=True, exist_ok=True)
         book = Book(tmp, home=home, tz=tz, low_confidence=low_confidence, max_rows=max_rows_per_sheet)
         try:
-            rows = _fill(book, engine, home=home, now=now, chunk_rows=chunk_rows)
+            rows = _fill(book, engine, home=home, now=now, chunk_rows=chunk_rows, rules=labels)
         except BaseException:
             book.discard()
             raise
@@ -138,7 +155,7 @@ def _prune(folder: Path, keep: int) -> None:
             log.warning("could not remove old report %s: %s", old, exc)
 
 
-def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: int) -> int:
+def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: int, rules: LabelRules) -> int:
     """Every sheet, in the order a reader meets them; the Summary (first) is filled last."""
     with engine.connect() as conn, Session(conn) as s:
         counts = report_counts(s)
@@ -148,17 +165,18 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
         per_class = class_counts(s, book.low_confidence)
         runs = training_runs_with_models(s)
         reasons = quarantine_reasons(s)
-        labels = current_labels(conn)
+        quality = label_quality(s, iou_threshold=rules.ambiguity_iou, warn_ratio=rules.imbalance_warn_ratio,
+                                balance=rules.balance)
         events = label_events(conn)
 
         summary_ws = book.sheet("Summary")
         preds = predictions_sheet(book, conn, chunk_rows)
         dets = detections_sheet(book, conn, chunk_rows)
         order = _class_order(registered, per_class)
-        classes = class_rows(order, set(registered), per_class)
+        classes = class_rows(order, set(registered), per_class, quality, dataset_balance(conn))
         classes_sheet(book, classes)
-        issues, matrix, meaning = _label_issues(conn, labels, events, order)
-        label_issues_sheet(book, issues, matrix, meaning)
+        issues = events + quality_issues(quality, rules.conflicts)
+        label_issues_sheet(book, issues, quality_matrix(quality, order), "same object")
         figures = model_metrics(conn)
         metric = primary_metric([scalar_metrics(r.metrics) for r, _mv in runs]
                                 + [f.get(None, {}) for f in figures.values()])
@@ -166,19 +184,10 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
         quarantine = quarantine_sheet(book, conn, chunk_rows)
 
         items = _summary_items(book, now, counts, status, champ, metric)
-        items += [("warning", w) for w in _warnings(status, counts, classes, issues, reasons, runs, book)]
+        items += [("warning", w) for w in _warnings(status, counts, classes, issues, reasons, runs, book, rules)]
         items += [("note", n) for n in _paging_notes(preds, dets, quarantine)]
         summary_sheet(book, summary_ws, items, _plots(home, champ))
     return preds.rows
-
-
-def _label_issues(conn, labels, events: list[dict], order: list[str]):
-    """The dataset build's findings when a dataset was built; until then, what the labels themselves show."""
-    quality = dataset_quality(conn)
-    if quality is not None:
-        return events + quality_issues(quality), quality_matrix(quality, order), "same object"
-    derived = derived_label_issues(labels, skip_kinds={e["kind"] for e in events})
-    return events + derived, cooccurrence(labels, order), "same image"
 
 
 def _class_order(registered: list[str], counts: dict) -> list[str]:
@@ -204,7 +213,7 @@ def _summary_items(book: Book, now, counts: dict, status: dict, champ, metric: s
     return items
 
 
-def _warnings(status, counts, classes, issues, reasons, runs, book: Book) -> list[str]:
+def _warnings(status, counts, classes, issues, reasons, runs, book: Book, rules: LabelRules) -> list[str]:
     """What a person should act on, in plain words."""
     out = []
     if status["champion"] is None:
@@ -217,10 +226,12 @@ def _warnings(status, counts, classes, issues, reasons, runs, book: Book) -> lis
     if counts["predictions"] and low:
         out.append(f"{low} of {counts['predictions']} images ({low / counts['predictions']:.0%}) were classified "
                    f"with less than {book.low_confidence:.0%} confidence; check them in review/.")
+    advice = ("Add labelled covers of it, or set training.balance: oversample." if rules.balance == "none" else
+              "Add labelled covers of it (training.balance: oversample repeats them at most training.max_repeat "
+              "times).")
     for c in classes:
         if c["warning"] and not c["warning"].startswith("not one of"):
-            out.append(f"Class {c['class']}: {c['warning']}. Add labelled covers of it, or set "
-                       f"training.balance: oversample.")
+            out.append(f"Class {c['class']}: {c['warning']}. {advice}")
     kinds = {}
     for i in issues:
         kinds[i["kind"]] = kinds.get(i["kind"], 0) + 1
@@ -228,6 +239,10 @@ def _warnings(status, counts, classes, issues, reasons, runs, book: Book) -> lis
         if kinds.get(kind):
             out.append(f"{kinds[kind]} label issues of kind {kind}: one cover given several classes. "
                        f"See the Label issues sheet.")
+    left_out = sum(bool(i.get("excluded")) for i in issues)
+    if left_out:
+        out.append(f"{left_out} images are left out of training until their drops agree (training.conflicts: "
+                   f"exclude): drop each again with the one of its classes you choose.")
     failed = [r for r, _mv in runs if r.state == "failed"]
     if failed:
         out.append(f"{len(failed)} training runs failed; the last said: {failed[-1].error or 'no message'}.")

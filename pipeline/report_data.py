@@ -7,16 +7,16 @@ made-up row. `label_events` is the one place that knows the label-issue table; p
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 
 import pandas as pd
 from sqlalchemy import Connection, MetaData, Table, inspect, select
+from sqlalchemy.orm import Session
 
-from storage.tables import File, Label
-
-AMBIGUOUS_IOU = 0.8  # two boxes of different classes over the same area: the "labelled twice" cover
-IMBALANCE_WARN = 10.0  # the most labelled class has this many times the labels of another
+from pipeline.classes import class_names
+from pipeline.dataset import label_history
+from pipeline.quality import Quality, assess_labels
+from storage.tables import File
 # Metrics a champion is judged by, in the order we look for them (Ultralytics' names first).
 PRIMARY_METRICS = ("metrics/mAP50-95(B)", "mAP50-95", "map50_95", "map", "metrics/accuracy_top1", "top1",
                    "accuracy_top1", "accuracy", "fitness")
@@ -37,90 +37,50 @@ def label_events(conn: Connection) -> list[dict]:
             for k, n, h, d, t in conn.execute(stmt)]
 
 
-def dataset_quality(conn: Connection) -> dict | None:
-    """The label quality measured when the managed dataset was last built (`dataset_versions.stats["quality"]`:
-    overlaps, conflicts, cooccurrence), or None when no dataset was built yet."""
+def label_quality(s: Session, *, iou_threshold: float, warn_ratio: float, balance: str = "none") -> Quality:
+    """Ambiguous boxes, conflicting drops and imbalance of the labels now, by the same rule and thresholds
+    (the config's) as the dataset build: `pipeline.quality.assess_labels` on every drop."""
+    return assess_labels(label_history(s), names=class_names(s), iou_threshold=iou_threshold, warn_ratio=warn_ratio,
+                         balance=balance)
+
+
+def dataset_balance(conn: Connection) -> dict | None:
+    """Training images per class before and after oversampling in the last dataset build
+    (`dataset_versions.stats["balance"]`: method, before, after), or None when none was built yet."""
     if not inspect(conn).has_table("dataset_versions"):
         return None
     versions = Table("dataset_versions", MetaData(), autoload_with=conn)
     if "stats" not in versions.c:
         return None
     stats = conn.scalar(select(versions.c.stats).order_by(versions.c.id.desc()).limit(1))
-    quality = stats.get("quality") if isinstance(stats, dict) else None
-    return quality if isinstance(quality, dict) else None
+    balance = stats.get("balance") if isinstance(stats, dict) else None
+    return balance if isinstance(balance, dict) and "before" in balance else None
 
 
-def quality_issues(quality: dict) -> list[dict]:
-    """Sheet rows from the dataset build's findings: ambiguous boxes and conflicting drops."""
+def quality_issues(quality: Quality, conflicts: str = "exclude") -> list[dict]:
+    """Sheet rows from the label findings: ambiguous boxes, and conflicting drops with every class given and
+    what training does with them (`training.conflicts`)."""
     out = []
-    for o in quality.get("overlaps") or []:
+    for o in quality.overlaps:
         classes = " / ".join(o.get("classes") or [])
         out.append({"kind": "ambiguous_box", "original_name": o.get("name"), "image_sha256": o.get("image"),
                     "detail": f"{classes} on the same object (IoU {o.get('iou', 0):.2f})", "time": None})
-    for c in quality.get("conflicts") or []:
-        drops = "; ".join(f"drop {d}: {', '.join(cl)}" for d, cl in (c.get("classes_by_drop") or {}).items())
-        out.append({"kind": "conflicting_labels", "original_name": ", ".join(c.get("names") or []),
-                    "image_sha256": c.get("image"), "detail": f"labelled differently: {drops}", "time": None})
+    for c in quality.conflicts:
+        drops = "; ".join(f"drop {d}: {', '.join(cl) or 'no class'}" for d, cl in c["classes_by_drop"].items())
+        last = next(reversed(c["classes_by_drop"].values()))
+        excluded = conflicts == "exclude" and not c["settled"]
+        fate = ("left out of training until a drop repeats one of them" if excluded
+                else "trained as " + (", ".join(last) or "background"))
+        out.append({"kind": "conflicting_labels", "original_name": ", ".join(c["names"]),
+                    "image_sha256": c["image"],
+                    "detail": f"labelled {', '.join(c['classes'])} in different drops ({drops}); {fate}",
+                    "time": None, "excluded": excluded})
     return out
 
 
-def quality_matrix(quality: dict, classes: list[str]) -> pd.DataFrame:
-    """The build's co-occurrence (boxes of two classes on one object), over `classes`."""
-    co = quality.get("cooccurrence") or {}
-    return pd.DataFrame([[int(co.get(a, {}).get(b, 0)) for b in classes] for a in classes], index=classes,
-                        columns=classes)
-
-
-def current_labels(conn: Connection) -> pd.DataFrame:
-    """The labels in force (not replaced), with the file they came from."""
-    stmt = (select(Label.image_sha256, Label.class_name, Label.cx, Label.cy, Label.w, Label.h,
-                   Label.source_format, File.original_name)
-            .join(File, File.id == Label.file_id).where(Label.replaced_at.is_(None)).order_by(Label.id))
-    return pd.DataFrame(conn.execute(stmt).all(),
-                        columns=["image_sha256", "class_name", "cx", "cy", "w", "h", "source_format",
-                                 "original_name"])
-
-
-def derived_label_issues(labels: pd.DataFrame, *, skip_kinds: Iterable[str] = ()) -> list[dict]:
-    """Ambiguous boxes (different classes over one area) and conflicting whole-image labels, straight from
-    the labels; kinds that `label_events` already reports are skipped so nothing is listed twice."""
-    skip = set(skip_kinds)
-    out: list[dict] = []
-    if labels.empty:
-        return out
-    for sha, group in labels.groupby("image_sha256", sort=False):
-        name = group["original_name"].iloc[0]
-        whole = group[group["cx"].isna()]
-        classes = sorted(set(whole["class_name"]))
-        if len(classes) > 1 and "conflicting_labels" not in skip:
-            out.append({"kind": "conflicting_labels", "original_name": name, "image_sha256": sha,
-                        "detail": "labelled as " + ", ".join(classes), "time": None})
-        if "ambiguous_box" in skip:
-            continue
-        boxes = group[group["cx"].notna()][["class_name", "cx", "cy", "w", "h"]].itertuples(index=False)
-        for a, b in itertools.combinations(list(boxes), 2):
-            if a.class_name != b.class_name and (iou := _iou(a, b)) >= AMBIGUOUS_IOU:
-                out.append({"kind": "ambiguous_box", "original_name": name, "image_sha256": sha,
-                            "detail": f"{a.class_name} / {b.class_name} on the same area (IoU {iou:.2f})",
-                            "time": None})
-    return out
-
-
-def _iou(a, b) -> float:
-    ax1, ay1, ax2, ay2 = a.cx - a.w / 2, a.cy - a.h / 2, a.cx + a.w / 2, a.cy + a.h / 2
-    bx1, by1, bx2, by2 = b.cx - b.w / 2, b.cy - b.h / 2, b.cx + b.w / 2, b.cy + b.h / 2
-    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-    union = a.w * a.h + b.w * b.h - inter
-    return inter / union if union > 0 else 0.0
-
-
-def cooccurrence(labels: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Images labelled with both classes (the diagonal: images with that class at all)."""
-    if labels.empty:
-        return pd.DataFrame(0, index=classes, columns=classes)
-    present = pd.crosstab(labels["image_sha256"], labels["class_name"]).clip(upper=1)
-    present = present.reindex(columns=classes, fill_value=0)
-    return present.T.dot(present).astype(int)
+def quality_matrix(quality: Quality, classes: list[str]) -> pd.DataFrame:
+    """Boxes of two classes on one object (in one drop or across drops), over `classes`."""
+    return pd.DataFrame(quality.matrix(classes), index=classes, columns=classes, dtype=int)
 
 
 def _table(conn: Connection, name: str) -> Table | None:
@@ -195,29 +155,33 @@ def per_class_metrics(metrics: dict | None, table: dict[str | None, dict] | None
     return names, [[cls, *(m.get(n) for n in names)] for cls, m in per.items()]
 
 
-def class_rows(order: list[str], registered: set[str], counts: dict[str, dict[str, int]]) -> list[dict]:
-    """One dict per class: the counts, share of labels, imbalance ratio, and a warning in plain words.
+def class_rows(order: list[str], registered: set[str], counts: dict[str, dict[str, int]], quality: Quality,
+               balance: dict | None = None) -> list[dict]:
+    """One dict per class: the counts, share of labels, imbalance ratio, a warning in plain words, and the
+    training images before and after oversampling in the last dataset build.
 
-    Balance is judged among the user's own classes (registered or labelled); a class only a pretrained model
+    Imbalance is `quality`'s (labelled images per class against the largest, flagged above
+    training.imbalance_warn_ratio): the same finding as the dataset build's. A class only a pretrained model
     predicts (a coco name) is marked as such instead.
     """
     labels = {c: counts.get(c, {}).get("labels", 0) for c in order}
     own = [c for c in order if c in registered or labels[c]]
     total = sum(labels[c] for c in own)
-    top_class = max(own, key=lambda c: labels[c]) if own else None
-    top = labels[top_class] if top_class else 0
+    before, after = (balance or {}).get("before") or {}, (balance or {}).get("after") or {}
     rows = []
     for c in order:
         n = labels[c]
-        ratio = top / n if n and c in own else None
+        ratio = quality.ratios.get(c) if c in own else None
         warning = None
         if c not in own:
             warning = "not one of your classes (predicted by a pretrained model)"
         elif total and not n:
             warning = "no labels yet: the model cannot learn this class"
-        elif ratio is not None and ratio >= IMBALANCE_WARN:
-            warning = f"{ratio:.0f}x fewer labels than {top_class}: likely poorly recognised"
+        elif c in quality.imbalanced:
+            warning = f"{ratio:.0f}x fewer labelled images than {quality.largest}: likely poorly recognised"
         rows.append({"class": c, **{k: counts.get(c, {}).get(k, 0) for k in
                                     ("labels", "labelled_images", "predictions", "low_confidence", "detections")},
-                     "share": n / total if total and c in own else None, "imbalance": ratio, "warning": warning})
+                     "share": n / total if total and c in own else None, "imbalance": ratio, "warning": warning,
+                     "train_before": before.get(c, 0) if balance and c in own else None,
+                     "train_after": after.get(c, before.get(c, 0)) if balance and c in own else None})
     return rows

@@ -21,7 +21,8 @@ DETECTIONS = [Column("prediction_id", "int"), Column("original_name"), Column("c
               Column("confidence", "pct"), *(Column(n, "float") for n in ("x1", "y1", "x2", "y2"))]
 CLASSES = [Column("class"), Column("labels", "int"), Column("labelled_images", "int"), Column("predictions", "int"),
            Column("low_confidence", "int"), Column("detections", "int"), Column("share_of_labels", "pct"),
-           Column("imbalance_ratio", "float"), Column("warning")]
+           Column("imbalance_ratio", "float"), Column("warning"), Column("train_images", "int"),
+           Column("train_entries_oversampled", "int")]
 ISSUES = [Column("kind"), Column("original_name"), Column("image_sha256"), Column("detail"), Column("time", "date")]
 RUNS = [Column("run", "int"), Column("attempt", "int"), Column("state"), Column("trigger"), Column("model_version"),
         Column("promoted"), Column("requested", "date"), Column("started", "date"), Column("finished", "date"),
@@ -62,9 +63,10 @@ def quarantine_sheet(book: Book, conn: Connection, chunk_rows: int) -> Table:
 
 
 def classes_sheet(book: Book, rows: list[dict]) -> Table:
-    """Per class counts, imbalance and warnings, with a bar chart of labels and predictions per class."""
+    """Per class counts, imbalance and warnings, the last dataset build's training images before and after
+    oversampling, and a bar chart of labels and predictions per class."""
     keys = ("class", "labels", "labelled_images", "predictions", "low_confidence", "detections", "share",
-            "imbalance", "warning")
+            "imbalance", "warning", "train_before", "train_after")
     (table,) = write_blocks(book, "Classes", [(CLASSES, [[r[k] for k in keys] for r in rows])])
     n = len(rows)
     if n:

@@ -203,8 +203,8 @@ def _clean(folder: Path) -> None:
 
 
 def _new_manifest(run_id, version, params, settings: TrainingSettings) -> dict:
-    keys = ("task", "base", "epochs", "imgsz", "batch", "patience", "device", "balance", "val_fraction",
-            "promote_min_delta", "oom_imgsz_steps")
+    keys = ("task", "base", "epochs", "imgsz", "batch", "patience", "device", "balance", "max_repeat", "conflicts",
+            "val_fraction", "promote_min_delta", "oom_imgsz_steps")
     return {"version": version, "run_id": run_id, "created_at": _utcnow().isoformat(),
             "dataset": {k: params.get(k) for k in ("fingerprint", "data", "dataset_version_id")},
             "classes": params.get("classes"), "parameters": {k: params.get(k) for k in keys}, "attempts": []}

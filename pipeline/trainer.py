@@ -124,7 +124,11 @@ def _detect_evaluation(r) -> Evaluation:
 
 
 def _data_for(task: str, data: Path, scratch: Path) -> Path:
-    """Detect trains on the snapshot's data.yaml; classify needs class folders, linked from the snapshot."""
+    """Detect trains on the snapshot's data.yaml; classify needs class folders, linked from the snapshot.
+
+    Ultralytics' classification trainer reads only the folders, never train.txt: an image that train.txt lists
+    n times (training.balance: oversample) gets n - 1 more links in its class folder, name.rep1.jpg and so on.
+    """
     if task != "classify":
         return data
     import yaml
@@ -133,14 +137,32 @@ def _data_for(task: str, data: Path, scratch: Path) -> Path:
     names = yaml.safe_load(data.read_text(encoding="utf-8"))["names"]
     names = names if isinstance(names, dict) else dict(enumerate(names))
     view = scratch / ".classify-data"
+    repeats = _train_repeats(snapshot)
     for split in ("train", "val"):
         for label in sorted((snapshot / "labels" / split).glob("*.txt")):
             first = label.read_text(encoding="utf-8").split()
             images = list((snapshot / "images" / split).glob(f"{label.stem}.*"))
             if not first or not images:
                 continue
-            dest = view / split / str(names[int(first[0])]) / images[0].name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if not dest.exists():
-                os.symlink(images[0].resolve(), dest)
+            image = images[0]
+            folder = view / split / str(names[int(first[0])])
+            folder.mkdir(parents=True, exist_ok=True)
+            n = repeats.get(image.name, 1) if split == "train" else 1
+            for k in range(n):
+                dest = folder / (image.name if k == 0 else f"{image.stem}.rep{k}{image.suffix}")
+                if not dest.exists():
+                    os.symlink(image.resolve(), dest)
     return view
+
+
+def _train_repeats(snapshot: Path) -> dict[str, int]:
+    """Image file name -> how often the snapshot's train.txt lists it; {} without one (no oversampling)."""
+    counts: dict[str, int] = {}
+    try:
+        lines = (snapshot / "train.txt").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return counts
+    for line in filter(None, (x.strip() for x in lines)):
+        name = Path(line).name
+        counts[name] = counts.get(name, 0) + 1
+    return counts

@@ -54,6 +54,8 @@ class TrainingSettings:
     balance: str = "none"
     ambiguity_iou: float = 0.7
     imbalance_warn_ratio: float = 5.0
+    max_repeat: int = 4
+    conflicts: str = "exclude"
     device: str | int | list = "auto"
     at: str | None = None
     promote_min_delta: float = 0.0
@@ -251,7 +253,8 @@ def prepare_dataset(engine, settings: TrainingSettings) -> dict:
 
     build_dataset(engine, settings.home, settings.dataset_dir, val_fraction=settings.val_fraction,
                   balance=settings.balance, iou_threshold=settings.ambiguity_iou,
-                  warn_ratio=settings.imbalance_warn_ratio)
+                  warn_ratio=settings.imbalance_warn_ratio, max_repeat=settings.max_repeat,
+                  conflicts=settings.conflicts)
     try:
         snapshot = Path(yaml.safe_load((settings.dataset_dir / "data.yaml").read_text(encoding="utf-8"))["path"])
     except (OSError, TypeError, KeyError, yaml.YAMLError):

@@ -285,7 +285,8 @@ def dataset_export(ctx: click.Context, dest: Path) -> None:
     try:
         upgrade_database(engine)
         build_dataset(engine, cfg.home, cfg.path("dataset"), val_fraction=t.val_fraction, balance=t.balance,
-                      iou_threshold=t.ambiguity_iou, warn_ratio=t.imbalance_warn_ratio)  # bring it up to date
+                      iou_threshold=t.ambiguity_iou, warn_ratio=t.imbalance_warn_ratio, max_repeat=t.max_repeat,
+                      conflicts=t.conflicts)  # bring it up to date
     finally:
         engine.dispose()
     export_dataset(cfg.path("dataset"), dest)
@@ -299,14 +300,15 @@ def dataset_export(ctx: click.Context, dest: Path) -> None:
 @click.pass_context
 def report(ctx: click.Context, output: Path | None) -> None:
     """Write the Excel report now."""
-    from pipeline.report import publish_report, write_report
+    from pipeline.report import LabelRules, publish_report, write_report
     from storage.db import make_engine, upgrade_database
 
     cfg = _config(ctx)
     engine = make_engine(cfg.database_url)
     try:
         upgrade_database(engine)
-        options = {"home": cfg.home, "low_confidence": cfg.model.review_below}
+        options = {"home": cfg.home, "low_confidence": cfg.model.review_below,
+                   "labels": LabelRules.of(cfg.training)}
         if output is None:
             path = publish_report(engine, cfg.path("reports"), keep=cfg.reports.keep, **options)
         else:

@@ -78,6 +78,8 @@ class TrainingConfig(_Section):
     balance: Literal["none", "oversample"] = "none"
     imbalance_warn_ratio: Annotated[float, Field(ge=1)] = 5.0
     ambiguity_iou: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    max_repeat: PositiveInt = 4
+    conflicts: Literal["exclude", "latest"] = "exclude"
     device: str | int | list[int] = "auto"
     at: str | None = None
     promote_min_delta: NonNegFloat = 0.0

@@ -334,7 +334,8 @@ class Daemon:
             if self._labels_changed and now >= self._next_dataset:
                 self._next_dataset = now + DATASET_REBUILD_SECONDS
                 build_dataset(self.engine, self.cfg.home, self.cfg.path("dataset"), val_fraction=t.val_fraction,
-                              balance=t.balance, iou_threshold=t.ambiguity_iou, warn_ratio=t.imbalance_warn_ratio)
+                              balance=t.balance, iou_threshold=t.ambiguity_iou, warn_ratio=t.imbalance_warn_ratio,
+                              max_repeat=t.max_repeat, conflicts=t.conflicts)
                 self._labels_changed = False
         except (OSError, OperationalError) as exc:
             log.warning("labelled upkeep failed (%s); trying again soon", exc)
@@ -399,7 +400,7 @@ class Daemon:
             return
         from datetime import timedelta
 
-        from pipeline.report import publish_report  # pandas and XlsxWriter: loaded when first needed
+        from pipeline.report import LabelRules, publish_report  # pandas and XlsxWriter: loaded when first needed
         from storage.queries import last_report_time
 
         every = timedelta(minutes=self.cfg.reports.every_minutes)
@@ -414,7 +415,8 @@ class Daemon:
                 self._next_report = now + every
                 return
             publish_report(self.engine, self.cfg.path("reports"), home=self.cfg.home, keep=self.cfg.reports.keep,
-                           low_confidence=self.cfg.model.review_below, now=now)
+                           low_confidence=self.cfg.model.review_below, labels=LabelRules.of(self.cfg.training),
+                           now=now)
         except Exception:  # noqa: BLE001 - a report is never worth stopping the daemon for
             log.exception("the Excel report could not be written; trying again in %s minutes",
                           self.cfg.reports.every_minutes)

@@ -5,6 +5,7 @@ import os
 import unicodedata
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -127,7 +128,10 @@ def test_relabelled_image_replaces_its_labels_keeps_its_split_and_is_recorded(cf
     assert ingest(cfg, engine, "second").processed == 2
     engine.dispose()
     engine = make_engine(cfg.database_url)  # a restart: nothing but the database carries over
-    second = build(cfg, engine)
+    sha = hashlib.sha256(images[2].read_bytes()).hexdigest()
+    excluded = build(cfg, engine)  # training.conflicts: exclude, the default
+    assert excluded.excluded == [sha] and len(snapshot_labels(excluded.path)) == 5
+    second = build(cfg, engine, conflicts="latest")
     labels = snapshot_labels(second.path)
     assert len(labels) == 6 and "000000000030_" not in "".join(labels)  # images[2] appears once, renamed
     [renamed] = [k for k in labels if k.startswith("renamed_")]
@@ -179,22 +183,68 @@ def test_build_is_atomic_and_old_snapshots_stay_whole(cfg, engine, monkeypatch):
 def test_oversampling_repeats_rare_classes_in_the_training_list(cfg, engine):
     synthetic_drop(cfg, "syn", KOREAN, {"만화": 6, "동화": 1, "상상화": 3})
     ingest(cfg, engine, "syn")
-    b = build(cfg, engine, val_fraction=1e-9, balance="oversample")  # everything in train: known answers
-    assert (b.train_images, b.train_entries) == (10, 12)
+    b = build(cfg, engine, val_fraction=1e-9, balance="oversample", max_repeat=4)  # everything in train
+    assert (b.train_images, b.train_entries) == (10, 16)
     lines = (b.path / "train.txt").read_text().splitlines()
-    assert len(lines) == 12 and all(line.startswith("./images/train/") for line in lines)
+    assert len(lines) == 16 and all(line.startswith("./images/train/") for line in lines)
     by_class = {}
     for line in set(lines):
         label = (b.path / "labels/train" / (Path(line).stem + ".txt")).read_text()
         by_class.setdefault(KOREAN[int(label.split()[0])], []).append(lines.count(line))
-    assert by_class == {"만화": [1] * 6, "동화": [3], "상상화": [1] * 3}
+    assert by_class == {"만화": [1] * 6, "동화": [4], "상상화": [2] * 3}  # toward 6; 동화 capped at 4
     assert yaml.safe_load((cfg.path("dataset") / "data.yaml").read_text())["train"] == "train.txt"
     with session_scope(engine) as s:
         stats = s.scalars(select(DatasetVersion)).one().stats
-    assert stats["balance"] == {"method": "oversample", "target": 3.0, "repeats": stats["balance"]["repeats"],
-                                "factors": {"동화": 3.0, "만화": 1.0, "상상화": 1.0},
-                                "before": {"동화": 1, "만화": 6, "상상화": 3}, "after": {"동화": 3, "만화": 6, "상상화": 3}}
+    assert stats["balance"] == {"method": "oversample", "target": 6.0, "max_repeat": 4,
+                                "repeats": stats["balance"]["repeats"],
+                                "factors": {"동화": 4.0, "만화": 1.0, "상상화": 2.0},
+                                "before": {"동화": 1, "만화": 6, "상상화": 3}, "after": {"동화": 4, "만화": 6, "상상화": 6}}
     assert stats["quality"]["ratio"] == 6.0 and "imbalance" in stats["quality"]["warning"]
+
+
+def test_without_oversampling_the_counts_are_recorded_unchanged(cfg, engine):
+    synthetic_drop(cfg, "syn", KOREAN, {"만화": 6, "동화": 1})
+    ingest(cfg, engine, "syn")
+    b = build(cfg, engine, val_fraction=1e-9)
+    assert (b.train_entries, b.balance) == (7, None) and not (b.path / "train.txt").exists()
+    with session_scope(engine) as s:
+        balance = s.scalars(select(DatasetVersion)).one().stats["balance"]
+    assert balance["method"] == "none" and balance["before"] == balance["after"] == {"동화": 1, "만화": 6}
+
+
+def class_folder_counts(view: Path) -> dict[str, int]:
+    """Images per class folder as Ultralytics' classification dataset (torchvision's ImageFolder) lists them."""
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(view))
+    return {c: sum(1 for _, k in folder.samples if k == i) for c, i in folder.class_to_idx.items()}
+
+
+@pytest.mark.parametrize("balance", ["none", "oversample"])
+def test_oversampling_a_dominant_class_set_raises_the_minority_share_for_both_tasks(cfg, engine, tmp_path, caplog,
+                                                                                    balance):
+    """40 vs 8 vs 8: detect reads train.txt, classify reads the class folders pipeline.trainer links."""
+    from pipeline.trainer import _data_for
+
+    synthetic_drop(cfg, "syn", KOREAN, {"만화": 40, "동화": 8, "상상화": 8})
+    ingest(cfg, engine, "syn")
+    with caplog.at_level("INFO", logger="pipeline.dataset"):
+        b = build(cfg, engine, val_fraction=1e-9, balance=balance, max_repeat=4)
+    data = b.path / "data.yaml"
+    if balance == "none":
+        entries = sorted((b.path / "images/train").iterdir())
+    else:
+        entries = [b.path / line for line in (b.path / "train.txt").read_text().splitlines()]
+        assert "oversample (at most 4x): 만화 40 -> 40, 동화 8 -> 32, 상상화 8 -> 32" in caplog.text
+    detect = {}
+    for e in entries:
+        cls = KOREAN[int((b.path / "labels/train" / f"{e.stem}.txt").read_text().split()[0])]
+        detect[cls] = detect.get(cls, 0) + 1
+    classify = class_folder_counts(_data_for("classify", data, tmp_path / "run") / "train")
+    expected = {"만화": 40, "동화": 8, "상상화": 8} if balance == "none" else {"만화": 40, "동화": 32, "상상화": 32}
+    assert detect == classify == expected
+    assert len({p.name for p in (tmp_path / "run/.classify-data/train").rglob("*")}) == sum(expected.values()) + 3
+    assert _data_for("detect", data, tmp_path / "run") == data
 
 
 def test_export_is_self_contained_and_ultralytics_accepts_it(cfg, engine, tmp_path, monkeypatch):
@@ -240,3 +290,70 @@ def test_korean_class_names_round_trip(cfg, engine, tmp_path):
     assert (tmp_path / "predefined_classes.txt").read_bytes() == "만화\n동화\n상상화\n".encode()
     labels = snapshot_labels(dataset._current(cfg.path("dataset")))
     assert sorted(n for boxes in labels.values() for n, *_ in boxes) == ["동화", "동화", "만화", "만화", "상상화", "상상화"]
+
+
+def drop_cover(cfg, engine, folder: str, cls: str, kind: str, cover: bytes) -> None:
+    """The same cover, labelled `cls`: in a class folder (labeled/<drop>/<class>/x.png) or as labelImg YOLO."""
+    d = cfg.path("labeled") / folder
+    if kind == "folder":
+        (d / cls).mkdir(parents=True)
+        (d / cls / "x.png").write_bytes(cover)
+    else:
+        write_classes(d, KOREAN)
+        (d / "x.png").write_bytes(cover)
+        (d / "x.txt").write_text(yolo_text([(KOREAN.index(cls), 0.5, 0.5, 0.8, 0.9)]))
+    assert ingest(cfg, engine, folder).processed >= 1
+
+
+def cover_classes(snapshot: Path) -> list[str] | None:
+    """The classes the cover x.png trains with in `snapshot`, None when it is left out."""
+    found = [boxes for stem, boxes in snapshot_labels(snapshot).items() if stem.startswith("x_")]
+    return sorted({n for n, *_ in found[0]}) if found else None
+
+
+@pytest.mark.parametrize("kind", ["folder", "labelimg"])
+def test_one_cover_given_different_classes_in_different_drops(cfg, engine, tmp_path, kind):
+    """exclude (the default) leaves it out until a drop repeats one of its classes; latest trains the last one.
+    Either way the report lists it with every class it was given."""
+    from pipeline.report import LabelRules, write_report
+
+    synthetic_drop(cfg, "base", KOREAN, {"만화": 2, "동화": 1})  # registers the classes: class folders count at once
+    ingest(cfg, engine, "base")
+    buf = tmp_path / "x.png"
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(buf)
+    cover = buf.read_bytes()
+    drop_cover(cfg, engine, "d1", "만화", kind, cover)
+    assert cover_classes(build(cfg, engine).path) == ["만화"]
+    drop_cover(cfg, engine, "d2", "동화", kind, cover)  # another person's opinion of the same cover
+    b = build(cfg, engine)
+    assert cover_classes(b.path) is None and b.excluded == [hashlib.sha256(cover).hexdigest()]
+    assert [c["classes"] for c in b.quality.conflicts] == [["동화", "만화"]]
+    for conflicts, fate in (("exclude", "left out of training"), ("latest", "trained as 동화")):
+        report = write_report(engine, tmp_path / f"{conflicts}.xlsx", home=cfg.home,
+                              labels=LabelRules(conflicts=conflicts))
+        issues = pd.read_excel(report, sheet_name="Label issues", usecols="A:D").dropna(how="all")
+        [row] = issues[issues["kind"] == "conflicting_labels"].to_dict("records")
+        assert row["original_name"] == "x.png" and "labelled 동화, 만화 in different drops" in row["detail"]
+        assert fate in row["detail"]
+    assert cover_classes(build(cfg, engine, conflicts="latest").path) == ["동화"]
+    drop_cover(cfg, engine, "d3", "만화", kind, cover)  # a third drop sides with the first: settled
+    b = build(cfg, engine)
+    assert cover_classes(b.path) == ["만화"] and b.excluded == [] and b.quality.conflicts[0]["settled"]
+
+
+def test_the_configs_balance_settings_reach_the_training_runs_dataset(cfg, engine):
+    """training.balance, max_repeat and conflicts from the YAML, through TrainingSettings, into prepare_dataset."""
+    from pipeline.training import prepare_dataset
+    from watcher.config import load_config, training_settings
+
+    synthetic_drop(cfg, "syn", KOREAN, {"만화": 30, "동화": 3})
+    ingest(cfg, engine, "syn")
+    raw = yaml.safe_load(cfg.config_path.read_text(encoding="utf-8")) or {}
+    raw.setdefault("training", {}).update(balance="oversample", max_repeat=2, conflicts="latest", val_fraction=0.25)
+    cfg.config_path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    settings = training_settings(load_config(cfg.config_path))
+    assert (settings.balance, settings.max_repeat, settings.conflicts) == ("oversample", 2, "latest")
+    prepare_dataset(engine, settings)
+    with session_scope(engine) as s:
+        balance = s.scalars(select(DatasetVersion)).one().stats["balance"]
+    assert balance["max_repeat"] == 2 and balance["factors"]["동화"] == 2.0

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.labels import Box
-from pipeline.quality import LabelledImage, assess_labels, iou, plan_oversampling
+from pipeline.quality import LabelledImage, assess_labels, iou, plan_oversampling, unsettled
 
 NAMES = ["만화", "동화", "상상화", "역사"]
 WHOLE = (0.5, 0.5, 1.0, 1.0)
@@ -49,8 +49,10 @@ def test_ambiguity_flags_and_cooccurrence_matrix():
     q = assess_labels(user_case(), names=NAMES, iou_threshold=0.7, warn_ratio=5.0)
     assert q.overlaps == [{"image": "k1", "name": "k1.jpg", "classes": ["동화", "만화"], "iou": 0.9}]
     assert q.conflicts == [
-        {"image": "k2", "names": ["k2.jpg"], "classes_by_drop": {"2": ["동화"], "3": ["만화"]}},
-        {"image": "k3", "names": ["k3.jpg"], "classes_by_drop": {"4": ["상상화"], "5": ["만화"], "6": ["만화"]}},
+        {"image": "k2", "names": ["k2.jpg"], "classes": ["동화", "만화"],
+         "classes_by_drop": {"2": ["동화"], "3": ["만화"]}, "settled": False},
+        {"image": "k3", "names": ["k3.jpg"], "classes": ["만화", "상상화"],
+         "classes_by_drop": {"4": ["상상화"], "5": ["만화"], "6": ["만화"]}, "settled": True},
     ]
     # 만화~동화: the k1 overlap and the k2 re-label; 만화~상상화: k3's first drop against each later one.
     assert q.cooccurrence == {"만화": {"동화": 2, "상상화": 2}, "동화": {"만화": 2}, "상상화": {"만화": 2}}
@@ -89,20 +91,53 @@ def test_no_labels_no_figures():
     assert (q.counts, q.ratio, q.warning, q.unused) == ({}, None, None, NAMES)
 
 
-def test_oversampling_brings_rare_classes_toward_the_median():
+def test_a_conflict_is_settled_once_a_later_drop_repeats_the_classes_it_was_last_given():
+    def conflicts(*drops):
+        return unsettled(assess_labels([img("k", d, (c, WHOLE), current=d == len(drops)) for d, c in
+                                        enumerate(drops, 1)], names=NAMES, iou_threshold=0.7, warn_ratio=5.0))
+
+    assert conflicts("만화", "동화") == {"k"}  # two opinions: neither wins
+    assert conflicts("만화", "동화", "상상화") == {"k"}  # one cover, three genres
+    assert conflicts("만화", "동화", "만화") == set()  # a third drop sides with the first
+    assert conflicts("만화", "동화", "동화") == set()
+    assert conflicts("만화", "동화", "만화", "상상화") == {"k"}  # a new opinion reopens it
+    assert conflicts("만화", "만화") == set()  # a re-drop that agrees is no conflict at all
+
+
+def test_imbalance_ratios_per_class_and_the_advice_follow_the_config():
+    images = [img(f"{c}{i}", 0, (c, WHOLE)) for c, n in {"만화": 40, "동화": 8, "상상화": 10}.items() for i in range(n)]
+    q = assess_labels(images, names=NAMES, iou_threshold=0.7, warn_ratio=4.5)
+    assert q.ratios == {"만화": 1.0, "동화": 5.0, "상상화": 4.0} and q.imbalanced == ["동화"]
+    assert "set" not in q.warning and "training.balance: oversample repeats them" in q.warning
+    q = assess_labels(images, names=NAMES, iou_threshold=0.7, warn_ratio=3.0, balance="oversample")
+    assert q.imbalanced == ["동화", "상상화"] and "at most training.max_repeat" in q.warning
+
+
+def test_oversampling_aims_at_the_largest_class_with_a_capped_factor():
     images = ([(f"a{i}", ["만화"]) for i in range(10)] + [(f"b{i}", ["동화"]) for i in range(2)]
               + [(f"c{i}", ["상상화"]) for i in range(5)] + [("bg", [])])
-    plan = plan_oversampling(images)
-    assert plan.target == 5.0
-    assert plan.factors == {"동화": 2.5, "만화": 1.0, "상상화": 1.0}
-    assert plan.repeats["b0"] == plan.repeats["b1"] == 3  # 2.5 rounds half up
-    assert {k for k, r in plan.repeats.items() if r != 1} == {"b0", "b1"}
+    plan = plan_oversampling(images, max_repeat=4)
+    assert (plan.target, plan.max_repeat) == (10.0, 4)
+    assert plan.factors == {"동화": 4.0, "만화": 1.0, "상상화": 2.0}  # 동화 would need 5: capped at 4
+    assert plan.repeats["b0"] == plan.repeats["b1"] == 4 and plan.repeats["c0"] == 2 and plan.repeats["bg"] == 1
     assert plan.before == {"동화": 2, "만화": 10, "상상화": 5}
-    assert plan.after == {"동화": 6, "만화": 10, "상상화": 5}
+    assert plan.after == {"동화": 8, "만화": 10, "상상화": 10}
+    assert plan.summary() == "동화 2 -> 8, 만화 10 -> 10, 상상화 5 -> 10"
+
+
+def test_one_dominant_class_and_equal_small_ones_get_repeated():
+    """The users' case: the median is a small class, so aiming at it would repeat nothing."""
+    images = [(f"a{i}", ["만화"]) for i in range(40)] + [(f"{c}{i}", [c]) for c in ("동화", "상상화") for i in range(8)]
+    plan = plan_oversampling(images, max_repeat=4)
+    assert plan.after == {"동화": 32, "만화": 40, "상상화": 32}
+    entries = sum(plan.repeats.values())
+    assert (plan.after["동화"] + plan.after["상상화"]) / entries > 16 / 56  # the minority's share rises
+    assert plan_oversampling(images, max_repeat=10).after["동화"] == 40  # 5x reaches the largest
+    assert plan_oversampling(images, max_repeat=1).after == plan.before  # 1: counts only
 
 
 def test_an_image_with_a_rare_and_a_common_class_repeats_for_the_rare_one():
     images = [(f"a{i}", ["만화"]) for i in range(8)] + [("mix", ["만화", "동화"]), ("b", ["동화"]), ("c", ["역사"])]
-    plan = plan_oversampling(images)  # 만화 9, 동화 2, 역사 1 -> median 2
-    assert plan.target == 2.0 and plan.repeats == {**{f"a{i}": 1 for i in range(8)}, "mix": 1, "b": 1, "c": 2}
-    assert plan.after == {"동화": 2, "만화": 9, "역사": 2}
+    plan = plan_oversampling(images, max_repeat=3)  # 만화 9, 동화 2, 역사 1 -> toward 9, at most 3x
+    assert plan.repeats == {**{f"a{i}": 1 for i in range(8)}, "mix": 3, "b": 3, "c": 3}
+    assert plan.after == {"동화": 6, "만화": 11, "역사": 3}

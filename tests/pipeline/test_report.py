@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from pipeline.report import ReportError, publish_report, write_report
 from storage.db import session_scope
-from storage.tables import ClassName, Detection, File, Label, ModelVersion, Prediction, Report, TrainingRun
+from storage.tables import ClassName, Detection, File, Label, ModelVersion, Prediction, Report, Sample, TrainingRun
 
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
 SHEETS = ["Summary", "Predictions", "Detections", "Classes", "Label issues", "Training runs", "Quarantine"]
@@ -45,10 +45,17 @@ def _predict(s, f: File, cls: str, conf: float, version: str, at: datetime, boxe
     return p
 
 
-def _label(s, f: File, cls: str, box=None, sha: str | None = None) -> None:
+def _label(s, f: File, cls: str, box=None, sha: str | None = None, replaced: bool = False) -> None:
     cx, cy, w, h = box or (None, None, None, None)
     s.add(Label(file_id=f.id, image_sha256=sha or f.sha256, class_name=cls, cx=cx, cy=cy, w=w, h=h,
-                source_format="yolo" if box else "folder", created_at=T0))
+                source_format="yolo" if box else "folder", created_at=T0, replaced_at=T0 if replaced else None))
+
+
+def _sample(s, f: File, boxes: int = 1, replaced: bool = False) -> File:
+    """A labelled drop of `f` (its labels are added with `_label`); `replaced`: a later drop replaced it."""
+    s.add(Sample(image_file_id=f.id, image_sha256=f.sha256, source_format="yolo", width=64, height=48, boxes=boxes,
+                 created_at=T0, replaced_at=T0 if replaced else None))
+    return f
 
 
 @pytest.fixture
@@ -68,14 +75,16 @@ def seeded(engine, home: Path) -> Path:
               final_path="quarantine/inbox/broken.jpg", processed_at=T0 + timedelta(minutes=1))
         _file(s, "waiting.jpg", "awaiting_model")
         for i in range(30):
-            _label(s, _file(s, f"m{i}.jpg", folder="labeled", sha256=f"{i:064x}"), "만화", (0.5, 0.5, 0.4, 0.4))
-        amb = _file(s, "amb.jpg", folder="labeled", sha256="a" * 64)
+            m = _sample(s, _file(s, f"m{i}.jpg", folder="labeled", sha256=f"{i:064x}"))
+            _label(s, m, "만화", (0.5, 0.5, 0.4, 0.4))
+        amb = _sample(s, _file(s, "amb.jpg", folder="labeled", sha256="a" * 64), boxes=3)
         _label(s, amb, "동화", (0.5, 0.5, 0.4, 0.4))
         _label(s, amb, "상상화", (0.5, 0.5, 0.4, 0.38))
         _label(s, amb, "만화", (0.5, 0.5, 0.4, 0.4))
-        conflict = _file(s, "conflict.jpg", folder="labeled", sha256="c" * 64)
-        _label(s, conflict, "만화")
-        _label(s, conflict, "동화")
+        # One cover in two drops: first 만화 (replaced), then 동화.
+        first = _sample(s, _file(s, "conflict.jpg", folder="labeled", sha256="c" * 64), replaced=True)
+        _label(s, first, "만화", replaced=True)
+        _label(s, _sample(s, _file(s, "conflict again.jpg", folder="labeled", sha256="c" * 64)), "동화")
         v1 = ModelVersion(version="v1", task="detect", path="models/v1/weights/best.pt", state="champion",
                           classes=CLASSES, created_at=T0, promoted_at=T0 + timedelta(minutes=50),
                           metrics={"metrics/mAP50-95(B)": 0.61, "metrics/mAP50(B)": 0.8,
@@ -143,24 +152,26 @@ def test_every_sheet_reads_back_with_its_values(engine, seeded):
 
     classes = book["Classes"].set_index("class")
     assert list(classes.index) == ["만화", "동화", "상상화", "person"]
-    assert classes.loc["만화", ["labels", "labelled_images", "predictions", "detections"]].tolist() == [32, 32, 1, 1]
+    assert classes.loc["만화", ["labels", "labelled_images", "predictions", "detections"]].tolist() == [31, 31, 1, 1]
     assert classes.loc["동화", ["labels", "predictions", "detections"]].tolist() == [2, 1, 1]
-    assert classes.loc["만화", "share_of_labels"] == pytest.approx(32 / 35)
-    assert classes.loc["동화", "imbalance_ratio"] == 16
-    assert "fewer labels than 만화" in classes.loc["동화", "warning"]
-    assert "fewer labels than 만화" in classes.loc["상상화", "warning"]
+    assert classes.loc["만화", "share_of_labels"] == pytest.approx(31 / 34)
+    assert classes.loc["동화", "imbalance_ratio"] == 15.5
+    assert "fewer labelled images than 만화" in classes.loc["동화", "warning"]
+    assert "fewer labelled images than 만화" in classes.loc["상상화", "warning"]
+    assert classes[["train_images", "train_entries_oversampled"]].isna().all().all()  # no dataset built
     assert "pretrained" in classes.loc["person", "warning"]
     assert classes.loc["person", "low_confidence"] == 1
 
     issues = pd.read_excel(path, sheet_name="Label issues", usecols="A:E")
     assert sorted(issues[["kind", "original_name"]].values.tolist()) == [
         ["ambiguous_box", "amb.jpg"], ["ambiguous_box", "amb.jpg"], ["ambiguous_box", "amb.jpg"],
-        ["conflicting_labels", "conflict.jpg"]]
-    assert "labelled as 동화, 만화" in issues.set_index("kind").loc["conflicting_labels", "detail"]
+        ["conflicting_labels", "conflict again.jpg, conflict.jpg"]]
+    assert issues.set_index("kind").loc["conflicting_labels", "detail"].startswith(
+        "labelled 동화, 만화 in different drops (drop 32: 만화; drop 33: 동화); left out of training")
     matrix = pd.read_excel(path, sheet_name="Label issues", usecols="G:J", index_col=0)
-    assert matrix.index.name == "co-occurrence (same image)"
-    assert matrix.loc["만화"].tolist() == [32, 2, 1]
-    assert matrix.loc["상상화"].tolist() == [1, 1, 1]
+    assert matrix.index.name == "co-occurrence (same object)"
+    assert matrix.loc["만화"].tolist() == [0, 2, 1]  # amb.jpg's boxes, and the cover's two drops
+    assert matrix.loc["상상화"].tolist() == [1, 1, 0]
 
     runs = pd.read_excel(path, sheet_name="Training runs", usecols="A:S")
     assert _values(runs[["run", "attempt", "state", "model_version", "promoted", "batch"]]) == [
@@ -180,40 +191,58 @@ def test_every_sheet_reads_back_with_its_values(engine, seeded):
 
     summary = book["Summary"][["item", "value"]]
     items = dict(summary[summary["item"] != "warning"].values.tolist())
-    assert items["files processed"] == 35 and items["files quarantined"] == 1
+    assert items["files processed"] == 36 and items["files quarantined"] == 1
     assert items["files awaiting a model"] == 1 and items["queue depth"] == 0
     assert items["champion model"] == "v1" and items["champion metrics/mAP50-95(B)"] == 0.61
     assert items["images in this report"] == 3 and items["boxes in this report"] == 3
     assert items["period from"] == _naive(T0) and items["period to"] == _naive(T0 + timedelta(hours=2))
     warnings = summary[summary["item"] == "warning"]["value"].tolist()
     assert any("1 files were quarantined, most for: truncated_image (1)" in w for w in warnings)
-    assert any(w.startswith("Class 상상화: 32x fewer labels") for w in warnings)
+    assert any(w.startswith("Class 상상화: 31x fewer labelled images") for w in warnings)
+    assert any(w.startswith("1 images are left out of training") for w in warnings)
     assert any("ambiguous_box" in w for w in warnings) and any("conflicting_labels" in w for w in warnings)
     assert any("NotImplementedError" in w for w in warnings)
 
 
-def test_label_issues_come_from_the_last_dataset_build_once_there_is_one(engine, seeded):
-    from sqlalchemy import MetaData, Table, inspect, insert
+def test_the_report_flags_what_the_dataset_build_flags_with_the_configs_thresholds(cfg, engine):
+    """One rule (pipeline.quality), the config's thresholds, the same labels: the same ambiguous pairs and the
+    same imbalanced classes in the dataset build and in the report; and the build's before/after counts."""
+    from pipeline.dataset import build_dataset
+    from pipeline.report import LabelRules
+    from tests.labelimg import write_classes, yolo_text
+    from tests.pipeline.test_dataset import KOREAN, ingest, synthetic_drop
 
-    if not inspect(engine).has_table("dataset_versions"):
-        pytest.skip("no dataset_versions table in this schema yet")
-    quality = {"overlaps": [{"image": "a" * 64, "name": "amb.jpg", "classes": ["동화", "상상화"], "iou": 0.95}],
-               "conflicts": [{"image": "c" * 64, "names": ["c1.jpg", "c2.jpg"],
-                              "classes_by_drop": {"3": ["만화"], "7": ["동화"]}}],
-               "cooccurrence": {"동화": {"상상화": 1}, "상상화": {"동화": 1}}}
-    versions = Table("dataset_versions", MetaData(), autoload_with=engine)
-    with engine.begin() as conn:
-        conn.execute(insert(versions), [{"path": "dataset/v000001", "fingerprint": "f", "classes": CLASSES,
-                                         "train_images": 1, "val_images": 0, "train_entries": 1, "boxes": 2,
-                                         "stats": {"quality": quality}, "created_at": T0}])
-    path = _write(engine, seeded)
-    issues = pd.read_excel(path, sheet_name="Label issues", usecols="A:D").dropna(how="all")
-    assert issues.values.tolist() == [
-        ["ambiguous_box", "amb.jpg", "a" * 64, "동화 / 상상화 on the same object (IoU 0.95)"],
-        ["conflicting_labels", "c1.jpg, c2.jpg", "c" * 64, "labelled differently: drop 3: 만화; drop 7: 동화"]]
-    matrix = pd.read_excel(path, sheet_name="Label issues", usecols="G:J", index_col=0)
-    assert matrix.index.name == "co-occurrence (same object)"
-    assert matrix.loc["동화"].tolist() == [0, 0, 1]
+    synthetic_drop(cfg, "syn", KOREAN, {"만화": 7, "동화": 2})
+    d = cfg.path("labeled") / "amb"
+    write_classes(d, KOREAN)
+    for name, other, h, colour in (("p75", 1, 0.375, (1, 2, 3)), ("p65", 2, 0.325, (4, 5, 6))):
+        Image.new("RGB", (64, 48), colour).save(d / f"{name}.png")  # a 만화 box and one inside it: IoU 0.75, 0.65
+        (d / f"{name}.txt").write_text(yolo_text([(0, 0.5, 0.5, 0.5, 0.5), (other, 0.5, 0.5, 0.5, h)]))
+    ingest(cfg, engine, "syn")
+    ingest(cfg, engine, "amb")
+    rules = LabelRules(ambiguity_iou=0.6, imbalance_warn_ratio=2.5, balance="oversample")
+    b = build_dataset(engine, cfg.home, cfg.path("dataset"), val_fraction=1e-9, balance=rules.balance,
+                      iou_threshold=rules.ambiguity_iou, warn_ratio=rules.imbalance_warn_ratio, max_repeat=4)
+
+    def flagged(labels: LabelRules):
+        path = write_report(engine, cfg.home / "reports" / "r.xlsx", home=cfg.home, labels=labels)
+        issues = pd.read_excel(path, sheet_name="Label issues", usecols="A:D").dropna(how="all")
+        classes = pd.read_excel(path, sheet_name="Classes").set_index("class")
+        pairs = sorted((r.original_name, r.detail.split(" on ")[0]) for r in issues.itertuples()
+                       if r.kind == "ambiguous_box")
+        return pairs, sorted(classes.index[classes["warning"].astype(str).str.contains("fewer")]), classes
+
+    pairs, imbalanced, classes = flagged(rules)
+    assert pairs == sorted((o["name"], " / ".join(o["classes"])) for o in b.quality.overlaps) == [
+        ("p65.png", "만화 / 상상화"), ("p75.png", "동화 / 만화")]
+    assert imbalanced == sorted(b.quality.imbalanced) == ["동화", "상상화"]  # 9 : 3 : 1 images, above 2.5
+    assert "'상상화' 1" in b.quality.warning
+    for c in KOREAN:
+        assert classes.loc[c, "train_images"] == b.balance.before[c]
+        assert classes.loc[c, "train_entries_oversampled"] == b.balance.after[c]
+    assert (b.balance.before["동화"], b.balance.after["동화"]) == (3, 9)
+    pairs, imbalanced, _ = flagged(LabelRules())  # the defaults, 0.7 and 5.0: what the config says now counts
+    assert pairs == [("p75.png", "동화 / 만화")] and imbalanced == ["상상화"]
 
 
 def test_attempts_and_per_class_figures_come_from_their_tables_once_they_exist(engine, seeded):
@@ -349,7 +378,7 @@ def test_libreoffice_opens_the_workbook(engine, seeded, tmp_path):
     _soffice(soffice, profile, path, "csv:Text - txt - csv (StarCalc):44,34,76,1,,0,false,true,false,false,false,-1",
              tmp_path / "csv", f"{path.stem}-Summary.csv")
     summary = (tmp_path / "csv" / "report-Summary.csv").read_text(encoding="utf-8")
-    assert "champion model,v1" in summary and "Class 상상화: 32x fewer labels" in summary
+    assert "champion model,v1" in summary and "Class 상상화: 31x fewer labelled images" in summary
     preds = (tmp_path / "csv" / "report-Predictions.csv").read_text(encoding="utf-8").splitlines()
     assert preds[1].split(",")[1:3] == ["표지 1.jpg", "만화"] and preds[1].endswith(",archive/inbox/표지 1.jpg")
 

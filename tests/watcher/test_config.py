@@ -27,6 +27,7 @@ def test_defaults_for_every_key(tmp_path):
     t = cfg.training
     assert (t.base, t.epochs, t.imgsz, t.batch, t.patience, t.min_new_labels, t.val_fraction, t.balance) == (
         "yolo11n.yaml", 100, 640, "auto", 20, 50, 0.2, "none")
+    assert (t.max_repeat, t.conflicts, t.ambiguity_iou, t.imbalance_warn_ratio) == (4, "exclude", 0.7, 5.0)
     assert cfg.reports.every_minutes == 60
 
 
@@ -63,6 +64,8 @@ def test_config_is_frozen(tmp_path):
         ("training: {val_fraction: 1.5}", "training.val_fraction: input should be less than 1 (got 1.5)"),
         ("training: {at: '25:00'}", "training.at: expected a time of day as HH:MM (got '25:00')"),
         ("training: {balance: always}", "training.balance: input should be 'none' or 'oversample' (got 'always')"),
+        ("training: {max_repeat: 0}", "training.max_repeat: input should be greater than 0 (got 0)"),
+        ("training: {conflicts: first}", "training.conflicts: input should be 'exclude' or 'latest' (got 'first')"),
         ("model: {conf: 2}", "model.conf: input should be less than or equal to 1 (got 2)"),
         ("model: {imgsz: big}", "model.imgsz: input should be a valid integer (got 'big')"),
         ("model: {backend: tensorrt}", "model.backend: input should be 'auto', 'torch' or 'onnx' (got 'tensorrt')"),

@@ -204,6 +204,7 @@ def test_every_bad_label_ends_in_quarantine_with_its_reason(home, files_in):
 
 
 def test_split_is_stable_across_restarts_and_re_drops(home):
+    configure(home, training={"conflicts": "latest"})  # the re-labelled pictures train with their new labels
     first, new = labelled_images(0, 8), labelled_images(8, 2)
     lab = home / "labeled"
     with running(home):

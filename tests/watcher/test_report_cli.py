@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from storage.db import session_scope, upgrade_database
-from storage.tables import File, Prediction, Report
+from storage.tables import File, Label, Prediction, Report, Sample
 from tests.conftest import run_cli
 from tests.watcher.conftest import CountingNoop, configure, home_engine
 from watcher.config import load_config
@@ -27,6 +27,54 @@ def _seed(home: Path) -> None:
         s.flush()
         s.add(Prediction(file_id=f.id, model_version="v1", predicted_class="동화", confidence=0.77))
     engine.dispose()
+
+
+def _seed_labels(home: Path) -> None:
+    """One labelled cover with a 만화 box and a 동화 box inside it (IoU 0.75), and five more 만화 covers."""
+    engine = home_engine(home)
+    upgrade_database(engine)
+    with session_scope(engine) as s:
+        for i, boxes in enumerate([[("만화", 0.5), ("동화", 0.375)]] + [[("만화", 0.5)]] * 5):
+            f = File(folder="labeled", source_path=f"c{i}.jpg", original_name=f"c{i}.jpg", size=10, sha256=f"{i:064x}",
+                     state="processed", final_path=f"archive/labeled/c{i}.jpg")
+            s.add(f)
+            s.flush()
+            s.add(Sample(image_file_id=f.id, image_sha256=f.sha256, source_format="yolo", width=64, height=48,
+                         boxes=len(boxes)))
+            s.add_all(Label(file_id=f.id, image_sha256=f.sha256, class_name=c, cx=0.5, cy=0.5, w=0.5, h=h,
+                            source_format="yolo") for c, h in boxes)
+    engine.dispose()
+
+
+def _flags(path: Path) -> tuple[int, list[str]]:
+    """Ambiguous boxes and the classes warned about as imbalanced, in a workbook."""
+    issues = pd.read_excel(path, sheet_name="Label issues", usecols="A:D").dropna(how="all")
+    classes = pd.read_excel(path, sheet_name="Classes").set_index("class")
+    return (int((issues["kind"] == "ambiguous_box").sum()),
+            sorted(classes.index[classes["warning"].astype(str).str.contains("fewer")]))
+
+
+def test_the_report_judges_labels_with_the_configs_training_thresholds(home, tmp_path):
+    """`coverwatch report` and the daemon's report pass training.ambiguity_iou and imbalance_warn_ratio on."""
+    _seed_labels(home)  # 만화 6 images, 동화 1: ratio 6
+    out = tmp_path / "r.xlsx"
+    for training, expected in (({"ambiguity_iou": 0.7, "imbalance_warn_ratio": 5.0}, (1, ["동화"])),
+                               ({"ambiguity_iou": 0.8, "imbalance_warn_ratio": 6.0}, (0, []))):
+        configure(home, training=training)
+        proc = run_cli("-c", str(home / "coverwatch.yaml"), "report", "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert _flags(out) == expected
+    configure(home, training={"ambiguity_iou": 0.6, "imbalance_warn_ratio": 2.0})
+    engine = home_engine(home)
+    with session_scope(engine) as s:
+        s.execute(delete(Report))  # else the reports above make the daemon's not due for an hour
+    engine.dispose()
+    d = _daemon(home)
+    try:
+        d.loop_once()
+    finally:
+        d.shutdown()
+    assert _flags(home / "reports" / "latest.xlsx") == (1, ["동화"])
 
 
 def _reports(home: Path) -> list[tuple[str, int]]:
