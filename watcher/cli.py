@@ -193,8 +193,15 @@ def _format_status(s: dict) -> str:
         for w in daemon["workers"]:
             lines.append(f"daemon: running (pid {w['pid']} on {w['host']}, up {w['uptime_seconds']:.0f}s, "
                          f"last rescan {w['last_rescan'] or 'never'})")
-    else:
+    for w in daemon.get("cannot_write", []):
+        lines.append(f"daemon: alive (pid {w['pid']} on {w['host']}), but cannot write the database: no heartbeat "
+                     f"recorded for {w['heartbeat_age_seconds']:.0f}s (a full disk? see its log)")
+    if not daemon["running"]:
         lines.append("daemon: not running")
+    unmoved = [f"{s[k]} {what}, move pending" for k, what in (("move_pending", "processed"),
+                                                               ("quarantine_move_pending", "quarantined")) if s.get(k)]
+    if unmoved:  # decided and recorded, but still in the drop folder (the archive disk is full, say)
+        lines.append(f"files: {'; '.join(unmoved)} (still in the drop folder; moved when it can be)")
     lines.append(f"files: {s['processed']} processed, {s['quarantined']} quarantined, {s['pending']} pending, "
                  f"{s['awaiting_model']} awaiting a model, {s['awaiting_partner']} awaiting a label partner "
                  f"({s['duplicates']} duplicates)")
