@@ -56,3 +56,16 @@ def release_dead_workers(session: Session, host: str, *, me: int, alive: Callabl
     session.execute(update(File).where(File.claimed_by.in_(dead), File.moved_at.is_(None))
                     .values(claimed_by=None, claim_expires_at=None))
     return len(dead)
+
+
+def worker_process_alive(worker: Worker) -> bool:
+    """Is this host's worker process still running? Its pid may have been reused since, by a process that
+    started after the worker registered."""
+    import psutil
+
+    try:
+        started = psutil.Process(worker.pid).create_time()
+    except psutil.Error:
+        return False
+    started_at = worker.started_at if worker.started_at.tzinfo else worker.started_at.replace(tzinfo=timezone.utc)
+    return started <= started_at.timestamp() + 1.0

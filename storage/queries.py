@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select
@@ -60,6 +61,24 @@ def live_workers(session: Session, now: datetime | None = None) -> list[Worker]:
     return [w for w in rows if now - as_utc(w.heartbeat_at) <= HEARTBEAT_STALE]
 
 
+def silent_workers(session: Session, now: datetime | None = None) -> list[Worker]:
+    """Workers of this host whose heartbeat is stale but whose process still runs: alive, but their writes do not
+    reach the database (a full disk). Other hosts' processes cannot be looked at."""
+    from storage.leases import worker_process_alive
+
+    now = now or datetime.now(timezone.utc)
+    rows = session.scalars(select(Worker).where(Worker.stopped_at.is_(None), Worker.host == socket.gethostname()))
+    return [w for w in rows if now - as_utc(w.heartbeat_at) > HEARTBEAT_STALE and worker_process_alive(w)]
+
+
+def move_pending(session: Session) -> dict[str, int]:
+    """Per final state, the files decided and committed but still in their drop folder (the archive disk is
+    full, say): finish_moves will take them there."""
+    unmoved = File.final_path.is_not(None) & File.moved_at.is_(None) & File.location.is_not(None)
+    rows = session.execute(select(File.state, func.count()).where(unmoved).group_by(File.state))
+    return dict(rows.all())
+
+
 def oldest_waiting(session: Session) -> datetime | None:
     waiting = (FileState.pending.value, FileState.awaiting_model.value, FileState.awaiting_partner.value)
     return as_utc(session.scalar(select(func.min(File.created_at)).where(File.state.in_(waiting))))
@@ -72,12 +91,17 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
     champ = champion(session)
     run = active_training(session)
     workers = live_workers(session, now)
+    silent = silent_workers(session, now)
+    unmoved = move_pending(session)
     oldest = oldest_waiting(session)
     last_report = session.scalar(select(Report).order_by(Report.created_at.desc()))
     return {
         "pending": counts[FileState.pending.value],
-        "processed": counts[FileState.processed.value],
-        "quarantined": counts[FileState.quarantined.value],
+        # processed and quarantined: those in their final place; move_pending: decided, still in the drop folder
+        "processed": counts[FileState.processed.value] - unmoved.get(FileState.processed.value, 0),
+        "quarantined": counts[FileState.quarantined.value] - unmoved.get(FileState.quarantined.value, 0),
+        "move_pending": unmoved.get(FileState.processed.value, 0),
+        "quarantine_move_pending": unmoved.get(FileState.quarantined.value, 0),
         "awaiting_model": counts[FileState.awaiting_model.value],
         "awaiting_partner": counts[FileState.awaiting_partner.value],
         "duplicates": duplicate_count(session),
@@ -93,7 +117,13 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
         else {"state": run.state, "epoch": run.epoch, "epochs": run.epochs, "trigger": run.trigger,
               "version": run.version, "losses": run.losses, "eta_seconds": run.eta_seconds},
         "daemon": {
-            "running": bool(workers),
+            "running": bool(workers or silent),
+            # Alive by the process table, but their heartbeats stopped reaching the database.
+            "cannot_write": [
+                {"host": w.host, "pid": w.pid, "role": w.role,
+                 "heartbeat_age_seconds": round((now - as_utc(w.heartbeat_at)).total_seconds(), 1)}
+                for w in silent
+            ],
             "workers": [
                 {
                     "host": w.host,

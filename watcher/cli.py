@@ -1,6 +1,8 @@
 """The `coverwatch` command. Each command is thin: load the config, call one function, print.
 
-Errors the user can fix (CoverwatchError) print one line and exit 2, never a traceback.
+Errors the user can fix (CoverwatchError) print one line and exit 2, never a traceback. A database error that
+may pass by itself (locked, disk full, unreachable) is one line and exit 1, as is a database file deleted under
+the daemon: systemd restarts on 1 and not on 2 (RestartPreventExitStatus=2). No line shows a URL's password.
 """
 
 from __future__ import annotations
@@ -21,11 +23,28 @@ log = logging.getLogger("coverwatch")
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from storage.errors import DatabaseUnavailable
+
         try:
             return super().invoke(ctx)
         except CoverwatchError as exc:
-            click.echo(f"coverwatch: error: {exc}", err=True)
+            click.echo(f"coverwatch: error: {_one_line(exc)}", err=True)
             ctx.exit(2)
+        except DatabaseUnavailable as exc:
+            click.echo(f"coverwatch: error: {_one_line(exc)}", err=True)
+            ctx.exit(1)
+        except SQLAlchemyError as exc:  # SQLAlchemy's own text adds the SQL and its parameters: only the cause
+            click.echo(f"coverwatch: error: database: {_one_line(getattr(exc, 'orig', None) or exc)}", err=True)
+            ctx.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The one place an error becomes the line a user sees: one line, and no password in it."""
+    from storage.db import redact
+
+    return redact("; ".join(part.strip() for part in str(exc).splitlines() if part.strip()))
 
 
 def _set_config(ctx: click.Context, _param, value):
@@ -149,13 +168,14 @@ def requeue(ctx: click.Context, ids: tuple[int, ...], all_: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Counts, queue depth, champion model, training state."""
-    from storage.db import make_engine, session_scope, upgrade_database
+    from storage.db import check_writable, make_engine, session_scope, upgrade_database
     from storage.queries import status_summary
 
     cfg = _config(ctx)
     engine = make_engine(cfg.database_url)
     try:
         upgrade_database(engine)
+        check_writable(engine)  # it would read fine, but nothing can record anything in it
         with session_scope(engine) as s:
             summary = status_summary(s)
     finally:
@@ -177,8 +197,15 @@ def _format_status(s: dict) -> str:
         for w in daemon["workers"]:
             lines.append(f"daemon: running (pid {w['pid']} on {w['host']}, up {w['uptime_seconds']:.0f}s, "
                          f"last rescan {w['last_rescan'] or 'never'})")
-    else:
+    for w in daemon.get("cannot_write", []):
+        lines.append(f"daemon: alive (pid {w['pid']} on {w['host']}), but cannot write the database: no heartbeat "
+                     f"recorded for {w['heartbeat_age_seconds']:.0f}s (a full disk? see its log)")
+    if not daemon["running"]:
         lines.append("daemon: not running")
+    unmoved = [f"{s[k]} {what}, move pending" for k, what in (("move_pending", "processed"),
+                                                               ("quarantine_move_pending", "quarantined")) if s.get(k)]
+    if unmoved:  # decided and recorded, but still in the drop folder (the archive disk is full, say)
+        lines.append(f"files: {'; '.join(unmoved)} (still in the drop folder; moved when it can be)")
     lines.append(f"files: {s['processed']} processed, {s['quarantined']} quarantined, {s['pending']} pending, "
                  f"{s['awaiting_model']} awaiting a model, {s['awaiting_partner']} awaiting a label partner "
                  f"({s['duplicates']} duplicates)")
@@ -301,10 +328,10 @@ def dataset_export(ctx: click.Context, dest: Path) -> None:
 def report(ctx: click.Context, output: Path | None) -> None:
     """Write the Excel report now."""
     from pipeline.report import LabelRules, publish_report, write_report
-    from storage.db import make_engine, upgrade_database
+    from storage.db import CLI_BUSY_TIMEOUT_MS, make_engine, upgrade_database
 
     cfg = _config(ctx)
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS)
     try:
         upgrade_database(engine)
         options = {"home": cfg.home, "low_confidence": cfg.model.review_below,
@@ -416,9 +443,19 @@ def _with_engine(ctx: click.Context, fn):
         engine.dispose()
 
 
+def _redacted_traceback(kind, value, tb) -> None:
+    """A bug's traceback still reaches stderr, without any database password in it."""
+    import traceback
+
+    from storage.db import redact
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+
 def main() -> None:
     # Ultralytics prints banners to stdout on every model load and export; our own log lines say what matters.
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    sys.excepthook = _redacted_traceback
     cli(prog_name="coverwatch")
 
 

@@ -25,12 +25,11 @@ from pipeline.dataset import build_dataset
 from pipeline.ingest import Claim, Layout, ingest_batch
 from pipeline.labelled import expire_partners, ingest_labelled
 from pipeline.steps import Step
-from storage.db import make_engine, session_scope, upgrade_database
+from storage.db import make_engine, session_scope, sqlite_path, upgrade_database
 from storage.files import finish_moves, unfinished_moves
-from storage.leases import acquire_lease, release_dead_workers
-from storage.queries import as_utc
+from storage.leases import acquire_lease, release_dead_workers, worker_process_alive
 from storage.tables import File, FileState, Worker
-from storage.errors import CoverwatchError
+from storage.errors import CoverwatchError, DatabaseLost
 from watcher.config import Config, load_config
 from watcher.errors import ConfigError
 from watcher.events import Hint, NameFilter, start_observer, wants_polling
@@ -96,6 +95,7 @@ class Daemon:
         self._metrics = None
         self.training = None  # pipeline.training.TrainingSupervisor, made on the first loop that serves training
         self._training_cfg = None
+        self._db_file: tuple[int, int] | None = None  # SQLite: (device, inode) of the file opened at start
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -103,6 +103,7 @@ class Daemon:
         observe = observe and self.does_inference
         ensure_folders(self.cfg)
         upgrade_database(self.engine)
+        self._db_file = self._database_file()
         if self.step is None:
             self.step = build_step(self.cfg, self.engine)
         self._register_worker()
@@ -190,6 +191,7 @@ class Daemon:
     def loop_once(self, now: float | None = None) -> int:
         """Drain hints, rescan when due, process what is complete. Returns how many files were taken."""
         now = self.clock() if now is None else now
+        self._check_database_file()
         self.notifier.ping(now)
         if self._reload_requested.is_set():
             self._reload_requested.clear()
@@ -221,6 +223,7 @@ class Daemon:
             ready = self.settler.ready(now, limit=INGEST_BATCH)
             if not ready:
                 break
+            self._check_database_file()
             taken += len(ready)
             self._ingest(ready, now)
             now = self.clock()
@@ -522,6 +525,28 @@ class Daemon:
         except OperationalError as exc:
             log.warning("heartbeat not recorded (%s)", exc.orig)
 
+    def _database_file(self) -> tuple[int, int] | None:
+        path = sqlite_path(self.engine)
+        if path is None:
+            return None
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return (-1, -1)
+        return (st.st_dev, st.st_ino)
+
+    def _check_database_file(self) -> None:
+        """SQLite keeps writing to an open file that was deleted or replaced, and every record would be lost
+        without a word. Stop before taking another file; the restart opens a new database and rescans."""
+        if self._db_file is None or self._database_file() == self._db_file:
+            return
+        self.stop.set()
+        msg = (f"database: {sqlite_path(self.engine)} was deleted or replaced while the daemon ran; stopping "
+               f"without taking more files, so that a restart opens a new database and rescans the folders")
+        log.error("%s", msg)
+        self.notifier.status("stopping: the database file was deleted or replaced")
+        raise DatabaseLost(msg)
+
     def _status_line(self) -> str:
         model = getattr(self.step, "model_version", None)
         return f"{len(self.settler)} files waiting to settle; model {model or 'none'}"
@@ -555,17 +580,8 @@ def build_step(cfg: Config, engine) -> Step:
 
 
 def _process_alive(worker: Worker) -> bool:
-    """Is this host's worker still running? Its pid may have been reused since: by us, or by a process that
-    started after the worker registered."""
-    import psutil
-
-    if worker.pid == os.getpid():
-        return False
-    try:
-        started = psutil.Process(worker.pid).create_time()
-    except psutil.Error:
-        return False
-    return started <= as_utc(worker.started_at).timestamp() + 1.0
+    """Is this host's worker still running? Not when the pid is ours now (reused by us)."""
+    return worker.pid != os.getpid() and worker_process_alive(worker)
 
 
 def _utcnow() -> datetime:

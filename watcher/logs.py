@@ -25,8 +25,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
+class RedactingHandler(logging.StreamHandler):
+    """Whatever a library logs (an exception that quotes a URL), no database password reaches the log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from storage.db import redact
+
+        return redact(super().format(record))
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = RedactingHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
