@@ -196,3 +196,24 @@ def test_the_gpu_example_config_is_valid():
 
     cfg = load_config(Path(configs.__file__).parent / "coverwatch-gpu.yaml", check_dirs=False)
     assert cfg.task == "detect"
+
+
+def test_a_reload_resolves_the_task_defaults_the_same_way(home, caplog):
+    from watcher.daemon import Daemon
+
+    path = home / "coverwatch.yaml"
+    d = Daemon(load_config(path), step=object())
+    try:
+        assert d.cfg.training.base == "yolo11n.yaml"
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("task: detect", "task: classify"), encoding="utf-8")
+        d.reload()
+        assert (d.cfg.task, d.cfg.training.base, d.cfg.training.imgsz) == ("classify", "yolo11n-cls.yaml", 224)
+        path.write_text(text.replace("task: detect", "task: classify").replace("base: auto", "base: yolo11s.yaml"),
+                        encoding="utf-8")
+        with caplog.at_level(logging.ERROR):
+            d.reload()
+        assert d.cfg.training.base == "yolo11n-cls.yaml"  # the running config is kept
+        assert "training.base: yolo11s.yaml is a detection model but task is classify" in caplog.text
+    finally:
+        d.engine.dispose()
