@@ -30,8 +30,8 @@ from sqlalchemy import select
 
 from pipeline.errors import TrainingError
 from storage.db import session_scope
-from storage.queries import champion
-from storage.tables import ModelMetric, ModelVersion
+from storage.queries import as_utc, champion, training_outcome
+from storage.tables import ModelMetric, ModelVersion, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,25 @@ def rollback(engine) -> tuple[str, str]:
 
 
 def list_models(engine) -> list[dict]:
-    """Every version, newest first, with its state, score and decision (for `coverwatch models list`)."""
+    """Every version, newest first, with its state, score and decision (for `coverwatch models list`); a run
+    that failed is listed too, as state `failed` with its error, since it made no model."""
     with session_scope(engine) as s:
-        rows = s.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())).all()
-        return [{"version": m.version, "state": m.state, "task": m.task, "score_name": SCORE.get(m.task),
-                 "score": (m.metrics or {}).get(SCORE.get(m.task, "")), "classes": len(m.classes or []),
-                 "created_at": m.created_at, "promoted_at": m.promoted_at, "decision": m.decision}
-                for m in rows]
+        runs = {r.model_version_id: r.id for r in s.scalars(select(TrainingRun).where(
+            TrainingRun.model_version_id.is_not(None)))}
+        rows = [{"version": m.version, "run": runs.get(m.id), "state": m.state, "task": m.task,
+                 "score_name": SCORE.get(m.task), "score": (m.metrics or {}).get(SCORE.get(m.task, "")),
+                 "classes": len(m.classes or []), "created_at": as_utc(m.created_at),
+                 "promoted_at": as_utc(m.promoted_at), "decision": m.decision, "error": None}
+                for m in s.scalars(select(ModelVersion).order_by(ModelVersion.id.desc()))]
+        for r in s.scalars(select(TrainingRun).where(TrainingRun.state == "failed")):
+            params = r.params or {}
+            rows.append({"version": r.version or f"run {r.id}", "run": r.id, "state": "failed",
+                         "task": params.get("task"), "score_name": SCORE.get(params.get("task")), "score": None,
+                         "classes": len(params.get("classes") or []),
+                         "created_at": as_utc(r.finished_at or r.started_at or r.requested_at), "promoted_at": None,
+                         "decision": None, "error": training_outcome(r, None)["error"]})
+    # Newest first; sorted() is stable, so versions made in one instant keep their id order.
+    return sorted(rows, key=lambda m: m["created_at"], reverse=True)
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:

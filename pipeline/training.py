@@ -28,7 +28,7 @@ from sqlalchemy import or_, select, update
 
 from pipeline.train_queue import due_trigger, request_training, run_summary
 from storage.db import session_scope
-from storage.tables import TrainingRun
+from storage.tables import ModelVersion, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -160,23 +160,34 @@ class TrainingSupervisor:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            log.warning("training run %s did not stop within %.0fs; killing it", self.run_id, timeout)
+            # A finished run's process may still be tearing down its data loaders: nothing is lost by ending it.
+            (log.debug if finished else log.warning)("training run %s did not stop within %.0fs; killing it",
+                                                    self.run_id, timeout)
             proc.kill()
             proc.wait(timeout)
 
     # -- helpers -----------------------------------------------------------------------------------------
 
     def _finished(self, rc: int) -> None:
+        """The process ended: say how the run went in one log line (the job itself logs only to train.log)."""
         run_id, self.proc = self.run_id, None
         with session_scope(self.engine) as s:
             run = s.get(TrainingRun, run_id)
-            if run is None or run.state != "running":
-                return  # the job recorded its own outcome
-            if rc == EXIT_INTERRUPTED:
-                return  # left running on purpose: the next start resumes it
-            run.state, run.finished_at, run.pid = "failed", _utcnow(), None
-            run.error = f"the training process ended with {_exit_text(rc)} without recording a result"
-            log.error("training run %d: %s (see %s)", run_id, run.error, self._log_path(run.version))
+            if run is None:
+                return
+            if run.state == "running":
+                if rc == EXIT_INTERRUPTED:
+                    return  # left running on purpose: the next start resumes it
+                run.state, run.finished_at, run.pid = "failed", _utcnow(), None
+                run.error = f"the training process ended with {_exit_text(rc)} without recording a result"
+            mv = s.get(ModelVersion, run.model_version_id) if run.model_version_id else None
+            state, version, error = run.state, run.version, run.error
+            outcome = f"{mv.state} ({mv.decision})" if mv is not None else None
+        if state == "failed":
+            log.error("training run %d (%s) failed: %s; see %s", run_id, version, _first_line(error),
+                      self._shown(self._log_path(version)))
+        elif state == "done":
+            log.info("training run %d (%s) done: %s", run_id, version, outcome or "no model recorded")
 
     def _start_next(self) -> None:
         run_id = self._claim()
@@ -236,11 +247,20 @@ class TrainingSupervisor:
     def _log_path(self, version: str | None) -> Path:
         return self.settings.models_dir / (version or "unknown") / "train.log"
 
+    def _shown(self, path: Path) -> str:
+        """A path as the user knows it: relative to the home folder when it is inside."""
+        try:
+            return str(path.relative_to(self.settings.home))
+        except ValueError:
+            return str(path)
+
     def _fail(self, run_id: int, error: str) -> None:
+        """Before any process ran: there is no train.log to point to."""
         with session_scope(self.engine) as s:
             run = s.get(TrainingRun, run_id)
             run.state, run.error, run.finished_at = "failed", error, _utcnow()
-        log.error("training run %d failed: %s", run_id, error)
+            version = run.version
+        log.error("training run %d (%s) failed: %s", run_id, version, _first_line(error))
 
 
 def prepare_dataset(engine, settings: TrainingSettings) -> dict:
@@ -283,6 +303,11 @@ def _alive(pid: int | None) -> bool:
     except Exception:  # noqa: BLE001 - gone, or not ours to look at
         return False
     return any(mark in cmd for mark in ("pipeline.train_job", "coverwatch", "watcher"))
+
+
+def _first_line(text: str | None) -> str:
+    text = (text or "").strip()
+    return text.splitlines()[0] if text else "failed"
 
 
 def _exit_text(rc: int) -> str:

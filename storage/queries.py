@@ -55,6 +55,23 @@ def active_training(session: Session) -> TrainingRun | None:
     )
 
 
+def last_finished_training(session: Session) -> tuple[TrainingRun, ModelVersion | None] | None:
+    """The newest run that ended (done or failed) with its model version, if it made one."""
+    row = session.execute(
+        select(TrainingRun, ModelVersion).outerjoin(ModelVersion, ModelVersion.id == TrainingRun.model_version_id)
+        .where(TrainingRun.state.in_(("done", "failed"))).order_by(TrainingRun.id.desc()).limit(1)).first()
+    return None if row is None else (row[0], row[1])
+
+
+def training_outcome(run: TrainingRun, mv: ModelVersion | None) -> dict:
+    """A finished run as plain values: failed with its error's first line, or done with its model's verdict."""
+    error = (run.error or "").strip()
+    return {"run": run.id, "version": run.version, "state": run.state, "trigger": run.trigger,
+            "error": error.splitlines()[0] if error else (None if run.state == "done" else "failed"),
+            "finished_at": as_utc(run.finished_at).isoformat() if run.finished_at else None,
+            "model_state": mv.state if mv else None, "decision": mv.decision if mv else None}
+
+
 def live_workers(session: Session, now: datetime | None = None) -> list[Worker]:
     now = now or datetime.now(timezone.utc)
     rows = session.scalars(select(Worker).where(Worker.stopped_at.is_(None))).all()
@@ -95,6 +112,7 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
     unmoved = move_pending(session)
     oldest = oldest_waiting(session)
     last_report = session.scalar(select(Report).order_by(Report.created_at.desc()))
+    last_run = last_finished_training(session)
     return {
         "pending": counts[FileState.pending.value],
         # processed and quarantined: those in their final place; move_pending: decided, still in the drop folder
@@ -116,6 +134,7 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
         if run is None
         else {"state": run.state, "epoch": run.epoch, "epochs": run.epochs, "trigger": run.trigger,
               "version": run.version, "losses": run.losses, "eta_seconds": run.eta_seconds},
+        "last_training": None if last_run is None else training_outcome(*last_run),
         "daemon": {
             "running": bool(workers or silent),
             # Alive by the process table, but their heartbeats stopped reaching the database.

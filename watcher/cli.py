@@ -3,6 +3,7 @@
 Errors the user can fix (CoverwatchError) print one line and exit 2, never a traceback. A database error that
 may pass by itself (locked, disk full, unreachable) is one line and exit 1, as is a database file deleted under
 the daemon: systemd restarts on 1 and not on 2 (RestartPreventExitStatus=2). No line shows a URL's password.
+A training run that failed (`train --wait`) prints its error in one line and exits 1.
 """
 
 from __future__ import annotations
@@ -219,7 +220,23 @@ def _format_status(s: dict) -> str:
     lines.append(f"champion: {s['champion'] or 'none yet'}" + (f" ({shown})" if shown else ""))
     t = s["training"]
     lines.append("training: idle" if t is None else f"training: {t['state']} epoch {t['epoch'] or 0}/{t['epochs'] or '?'}")
+    if s.get("last_training"):
+        lines.append(_format_last_training(s["last_training"]))
     return "\n".join(lines)
+
+
+def _format_last_training(t: dict) -> str:
+    """`last training: run 1 v0001 failed 2026-12-01 20:40: TypeError: ...` (local time)."""
+    when = ""
+    if t["finished_at"]:
+        from datetime import datetime
+
+        when = " " + datetime.fromisoformat(t["finished_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
+    if t["state"] == "failed":
+        outcome = t["error"]
+    else:
+        outcome = f"{t['model_state']} ({t['decision']})" if t["model_state"] else "no model recorded"
+    return f"last training: run {t['run']} {t['version'] or '-'} {t['state']}{when}: {outcome}"
 
 
 @cli.command()
@@ -351,7 +368,6 @@ def report(ctx: click.Context, output: Path | None) -> None:
 @click.pass_context
 def train(ctx: click.Context, wait: bool) -> None:
     """Train now on the managed dataset; promotes if better (the daemon runs it, or --wait runs it here)."""
-    from pipeline.errors import TrainingError
     from pipeline.train_queue import request_training
     from pipeline.training import run_until_done
     from storage.db import make_engine, upgrade_database
@@ -373,7 +389,9 @@ def train(ctx: click.Context, wait: bool) -> None:
         if a["outcome"] != "ok":
             click.echo(f"attempt {a['n']}: {a['outcome']}: {a['reason']}")
     if out["state"] == "failed":
-        raise TrainingError("training_failed", f"training run {run_id} failed: {out['error']}")
+        # Not a CoverwatchError's exit 2 (a bad config or argument): the run itself failed.
+        click.echo(f"coverwatch: error: training run {run_id} failed: {out['error']}", err=True)
+        ctx.exit(1)
     click.echo(f"{out['version']}: {out['model_state']} ({out['decision']})")
 
 
@@ -404,6 +422,9 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
     if not rows:
         click.echo("no trained models yet")
     for m in rows:
+        if m["state"] == "failed":
+            click.echo(f"{m['version']}  {'failed':<11} {m['created_at']:%Y-%m-%d %H:%M}  {m['error']}")
+            continue
         score = "-" if m["score"] is None else f"{m['score']:.4f}"
         click.echo(f"{m['version']}  {m['state']:<11} {m['score_name']} {score}  {m['classes']} classes  "
                    f"{m['created_at']:%Y-%m-%d %H:%M}  {m['decision'] or ''}")

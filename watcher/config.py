@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from watcher.errors import ConfigError
 
@@ -33,8 +35,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _round_to_stride(value: int, key: str) -> int:
-    if value % STRIDE:
+def _round_to_stride(value: int | None, key: str) -> int | None:
+    if value is not None and value % STRIDE:
         rounded = (value // STRIDE + 1) * STRIDE
         log.warning("%s: %d is not a multiple of %d (the model's stride); using %d", key, value, STRIDE, rounded)
         return rounded
@@ -52,25 +54,32 @@ class WatchConfig(_Section):
     max_pixels: PositiveInt = 89_478_485  # Pillow's own bomb threshold
 
 
+def _auto_is_unset(v: Any) -> Any:
+    """`auto` (or no value) for a task-dependent key: Config fills in the task's default."""
+    return None if v == "auto" else v
+
+
 class ModelConfig(_Section):
-    weights: str = "yolo11n.pt"
-    imgsz: PositiveInt = 640
+    weights: str | None = None  # None/auto: TASK_DEFAULTS[task]
+    imgsz: PositiveInt | None = None
     device: str = "auto"
     backend: Literal["auto", "torch", "onnx"] = "auto"
     batch: PositiveInt = 16
     conf: Annotated[float, Field(ge=0, le=1)] = 0.25
     review_below: Annotated[float, Field(ge=0, le=1)] = 0.4
 
+    _auto = field_validator("weights", "imgsz", mode="before")(_auto_is_unset)
+
     @field_validator("imgsz")
     @classmethod
-    def _stride(cls, v: int) -> int:
+    def _stride(cls, v: int | None) -> int | None:
         return _round_to_stride(v, "model.imgsz")
 
 
 class TrainingConfig(_Section):
-    base: str = "yolo11n.yaml"
+    base: str | None = None  # None/auto: TASK_DEFAULTS[task]
     epochs: PositiveInt = 100
-    imgsz: PositiveInt = 640
+    imgsz: PositiveInt | None = None
     batch: PositiveInt | Literal["auto"] = "auto"
     patience: Annotated[int, Field(ge=0, strict=True)] = 20
     min_new_labels: PositiveInt = 50
@@ -86,9 +95,11 @@ class TrainingConfig(_Section):
     reclassify_days: PositiveInt | None = None
     oom_imgsz_steps: tuple[PositiveInt, ...] = (512, 416, 320)
 
+    _auto = field_validator("base", "imgsz", mode="before")(_auto_is_unset)
+
     @field_validator("imgsz")
     @classmethod
-    def _stride(cls, v: int) -> int:
+    def _stride(cls, v: int | None) -> int | None:
         return _round_to_stride(v, "training.imgsz")
 
     @field_validator("oom_imgsz_steps")
@@ -140,6 +151,19 @@ class Config(_Section):
     home: Path = Path(".")
     config_path: Path | None = None
 
+    @model_validator(mode="after")
+    def _follow_the_task(self) -> Config:
+        """Fill the task-dependent keys left unset; refuse an Ultralytics model named for another task."""
+        defaults = TASK_DEFAULTS[self.task]
+        for section, key in TASK_KEYS:
+            value = getattr(getattr(self, section), key)
+            if value is None:
+                value = defaults[f"{section}.{key}"]
+                object.__setattr__(self, section, getattr(self, section).model_copy(update={key: value}))
+            elif isinstance(value, str):
+                _check_model_task(f"{section}.{key}", value, self.task)
+        return self
+
     def path(self, name: str) -> Path:
         """An absolute folder from the `paths` section: cfg.path("inbox")."""
         return (self.home / getattr(self.paths, name)).resolve()
@@ -156,6 +180,45 @@ class Config(_Section):
 
 
 FOLDERS = tuple(PathsConfig.model_fields)
+
+# The keys whose default depends on `task` (Ultralytics' own defaults: classify trains and predicts at 224).
+TASK_KEYS = (("model", "weights"), ("model", "imgsz"), ("training", "base"), ("training", "imgsz"))
+TASK_DEFAULTS = {
+    "detect": {"model.weights": "yolo11n.pt", "model.imgsz": 640, "training.base": "yolo11n.yaml",
+               "training.imgsz": 640},
+    "classify": {"model.weights": "yolo11n-cls.pt", "model.imgsz": 224, "training.base": "yolo11n-cls.yaml",
+                 "training.imgsz": 224},
+}
+
+# Ultralytics' naming convention: yolo11n.pt, yolov8s-cls.yaml, yolo11m-seg.pt, rtdetr-l.pt... The suffix after
+# the family says the task; no suffix (or -p6, -ghost...) is detect.
+_ULTRALYTICS_NAME = re.compile(r"^(?P<family>yolov?\d+[a-z]{0,2}|rtdetr)(?P<rest>(?:-[a-z0-9]+)*)"
+                               r"(?P<ext>\.(?:pt|ya?ml))$", re.IGNORECASE)
+_TASK_SUFFIX = {"cls": "classify", "seg": "segment", "pose": "pose", "obb": "obb"}
+_TASK_NOUN = {"detect": "a detection", "classify": "a classification", "segment": "a segmentation",
+              "pose": "a pose", "obb": "an oriented-box"}
+
+
+def model_task(name: str) -> str | None:
+    """The task an Ultralytics model name stands for (`yolo11n-cls.pt` -> classify), or None when the name is
+    not one of theirs (a model of one's own, `models/v0003/weights/best.pt`): only its contents could say."""
+    m = _ULTRALYTICS_NAME.match(PurePath(name).name)
+    if m is None:
+        return None
+    tags = [t for t in m["rest"].lower().split("-") if t in _TASK_SUFFIX]
+    return _TASK_SUFFIX[tags[0]] if tags else "detect"
+
+
+def _check_model_task(key: str, name: str, task: str) -> None:
+    found = model_task(name)
+    if found is None or found == task:
+        return
+    m = _ULTRALYTICS_NAME.match(PurePath(name).name)
+    rest = "".join(f"-{t}" for t in m["rest"].split("-")[1:] if t.lower() not in _TASK_SUFFIX)
+    suggestion = m["family"] + ("-cls" if task == "classify" else "") + rest + m["ext"]
+    raise PydanticCustomError("task_mismatch", "{message}", {
+        "message": f"{key}: {name} is {_TASK_NOUN[found]} model but task is {task}; use {suggestion} or remove "
+                   f"the key"})
 
 
 def resolve_config_path(given: str | os.PathLike | None) -> Path:
@@ -215,6 +278,8 @@ _MESSAGES = {
 
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
+    if err["type"] == "task_mismatch":
+        return err["msg"]  # already names its key
     loc = [str(p) for p in err["loc"] if not str(p).startswith(("literal[", "function-after", "constrained-int"))]
     # pydantic names union members in the location ("int", "literal['auto']"); the user wants the key.
     loc = [p for p in loc if p not in {"int", "str", "float", "bool", "list[int]", "none"}]

@@ -230,3 +230,79 @@ def test_a_run_whose_process_is_still_alive_is_not_started_twice(engine, cfg):
     sup.tick(1.0)
     assert started == [1]
     assert [(r.state, r.version) for r in runs(engine)] == [("done", "v0001")]
+
+
+# -- a failed run is visible: the log, status, the model list -----------------------------------------------
+
+
+def test_a_run_that_fails_in_training_is_logged_once_with_its_cause(engine, cfg, caplog):
+    trainer = FakeTrainer(fail=TypeError("cross_entropy_loss(): argument 'input' must be Tensor, not dict"))
+    sup = supervisor(engine, cfg.home, trainer)
+    request_training(engine, "manual")
+    with caplog.at_level("INFO", logger="pipeline.training"):
+        sup.tick(0.0)  # the inline job has already failed when it is "started"
+        sup.tick(1.0)  # the supervisor sees it ended
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.training"]
+    assert lines == ["training run 1 started as v0001",
+                     "training run 1 (v0001) failed: TypeError: cross_entropy_loss(): argument 'input' must be "
+                     "Tensor, not dict; see models/v0001/train.log"]
+    assert [r.levelname for r in caplog.records if r.name == "pipeline.training"] == ["INFO", "ERROR"]
+
+
+def test_a_run_that_cannot_prepare_its_dataset_is_logged_with_its_cause(engine, cfg, caplog):
+    sup = TrainingSupervisor(engine, settings_for(cfg.home), spawn=inline_spawn(engine, FakeTrainer()),
+                             poll_seconds=0)
+    request_training(engine, "manual")
+    with caplog.at_level("INFO", logger="pipeline.training"):
+        sup.tick(0.0)
+    assert [r.getMessage() for r in caplog.records if r.name == "pipeline.training"] == [
+        "training run 1 (v0001) failed: cannot prepare the dataset: no dataset yet: drop labelled images into "
+        "labeled/"]
+
+
+def test_a_finished_run_is_logged_with_its_outcome(engine, cfg, caplog):
+    sup = supervisor(engine, cfg.home)
+    request_training(engine, "manual")
+    with caplog.at_level("INFO", logger="pipeline.training"):
+        sup.tick(0.0)
+        sup.tick(1.0)
+    assert [r.getMessage() for r in caplog.records if r.name == "pipeline.training"][-1] == (
+        "training run 1 (v0001) done: champion (no comparable champion; map50_95 0.5000)")
+
+
+def test_status_shows_the_last_finished_run_failed_or_done(engine, cfg):
+    with session_scope(engine) as s:
+        assert status_summary(s)["last_training"] is None
+    trainer = FakeTrainer(fail=TypeError("boom\nsecond line"))
+    request_training(engine, "manual")
+    supervisor(engine, cfg.home, trainer).tick(0.0)
+    with session_scope(engine) as s:
+        last = status_summary(s)["last_training"]
+    assert {k: last[k] for k in ("run", "version", "state", "error", "model_state", "decision")} == {
+        "run": 1, "version": "v0001", "state": "failed", "error": "TypeError: boom", "model_state": None,
+        "decision": None}
+    assert datetime.fromisoformat(last["finished_at"]).tzinfo is not None
+
+    request_training(engine, "manual")
+    supervisor(engine, cfg.home).tick(0.0)
+    request_training(engine, "manual")  # queued: not finished, so not the last one
+    with session_scope(engine) as s:
+        summary = status_summary(s)
+    last = summary["last_training"]
+    assert (last["run"], last["version"], last["state"], last["error"], last["model_state"]) == (
+        2, "v0002", "done", None, "champion")
+    assert last["decision"].startswith("no comparable champion")
+    assert summary["training"]["state"] == "queued"
+
+
+def test_the_model_list_shows_failed_runs_with_their_error(engine, cfg):
+    from pipeline.registry import list_models
+
+    request_training(engine, "manual")
+    supervisor(engine, cfg.home).tick(0.0)
+    request_training(engine, "manual")
+    supervisor(engine, cfg.home, FakeTrainer(fail=RuntimeError("CUDA error: device-side assert\nmore"))).tick(0.0)
+    rows = list_models(engine)
+    assert [(m["version"], m["state"], m["error"]) for m in rows] == [
+        ("v0002", "failed", "RuntimeError: CUDA error: device-side assert"), ("v0001", "champion", None)]
+    assert rows[0]["run"] == 2 and rows[0]["score"] is None

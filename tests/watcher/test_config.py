@@ -200,3 +200,122 @@ def test_sighup_with_overlapping_folders_keeps_the_running_config(home, caplog):
         rs = final_rows(home, 2)
     assert len(rs) == 2 and not list((home / "inbox").iterdir())
     assert len([p for p in (home / "archive").rglob("*") if p.is_file()]) == 2
+
+
+# -- task-dependent defaults: weights, base and image sizes follow `task` unless set ------------------------
+
+
+@pytest.mark.parametrize(("task", "weights", "base", "imgsz"), [
+    ("detect", "yolo11n.pt", "yolo11n.yaml", 640),
+    ("classify", "yolo11n-cls.pt", "yolo11n-cls.yaml", 224),
+])
+def test_task_dependent_defaults_follow_the_task(tmp_path, task, weights, base, imgsz):
+    cfg = load_config(write(tmp_path, f"task: {task}\n"))
+    assert (cfg.model.weights, cfg.model.imgsz) == (weights, imgsz)
+    assert (cfg.training.base, cfg.training.imgsz) == (base, imgsz)
+
+
+def test_auto_means_follow_the_task(tmp_path):
+    cfg = load_config(write(tmp_path, "task: classify\nmodel: {weights: auto, imgsz: auto}\n"
+                                      "training: {base: auto, imgsz: auto}\n"))
+    assert (cfg.model.weights, cfg.model.imgsz, cfg.training.base, cfg.training.imgsz) == (
+        "yolo11n-cls.pt", 224, "yolo11n-cls.yaml", 224)
+
+
+def test_settings_given_are_kept(tmp_path):
+    cfg = load_config(write(tmp_path, "task: classify\nmodel: {weights: yolo11s-cls.pt, imgsz: 320}\n"
+                                      "training: {base: yolov8m-cls.yaml, imgsz: 256}\n"))
+    assert (cfg.model.weights, cfg.model.imgsz, cfg.training.base, cfg.training.imgsz) == (
+        "yolo11s-cls.pt", 320, "yolov8m-cls.yaml", 256)
+
+
+@pytest.mark.parametrize(("task", "text", "expected"), [
+    ("classify", "training: {base: yolo11n.yaml}",
+     "training.base: yolo11n.yaml is a detection model but task is classify; use yolo11n-cls.yaml or remove the key"),
+    ("classify", "training: {base: yolov8s.yaml}",
+     "training.base: yolov8s.yaml is a detection model but task is classify; use yolov8s-cls.yaml or remove the key"),
+    ("classify", "training: {base: yolo11n.pt}",
+     "training.base: yolo11n.pt is a detection model but task is classify; use yolo11n-cls.pt or remove the key"),
+    ("classify", "model: {weights: yolo11n.pt}",
+     "model.weights: yolo11n.pt is a detection model but task is classify; use yolo11n-cls.pt or remove the key"),
+    ("classify", "model: {weights: /opt/weights/yolo11s.pt}",
+     "model.weights: /opt/weights/yolo11s.pt is a detection model but task is classify; use yolo11s-cls.pt or "
+     "remove the key"),
+    ("detect", "training: {base: yolo11n-cls.yaml}",
+     "training.base: yolo11n-cls.yaml is a classification model but task is detect; use yolo11n.yaml or remove "
+     "the key"),
+    ("detect", "model: {weights: yolov8n-cls.pt}",
+     "model.weights: yolov8n-cls.pt is a classification model but task is detect; use yolov8n.pt or remove the key"),
+    ("detect", "training: {base: yolo11n-seg.yaml}",
+     "training.base: yolo11n-seg.yaml is a segmentation model but task is detect; use yolo11n.yaml or remove the "
+     "key"),
+    ("classify", "model: {weights: yolo11n-pose.pt}",
+     "model.weights: yolo11n-pose.pt is a pose model but task is classify; use yolo11n-cls.pt or remove the key"),
+    ("detect", "training: {base: yolo11n-obb.yaml}",
+     "training.base: yolo11n-obb.yaml is an oriented-box model but task is detect; use yolo11n.yaml or remove "
+     "the key"),
+])
+def test_a_model_of_another_task_is_a_config_error(tmp_path, task, text, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, f"task: {task}\n{text}\n"))
+    assert str(err.value) == f"{tmp_path / 'coverwatch.yaml'}: {expected}"
+
+
+@pytest.mark.parametrize("name", ["models/v0003/weights/best.pt", "best.pt", "covers-v2.pt", "my-cls-net.yaml",
+                                  "/srv/models/genre.pt"])
+@pytest.mark.parametrize("task", ["detect", "classify"])
+def test_names_that_are_not_ultralytics_variants_are_not_judged(tmp_path, task, name):
+    cfg = load_config(write(tmp_path, f"task: {task}\nmodel: {{weights: {name}}}\ntraining: {{base: {name}}}\n"))
+    assert cfg.model.weights == name and cfg.training.base == name
+
+
+def test_the_training_settings_get_the_resolved_values(tmp_path):
+    from watcher.config import training_settings
+
+    settings = training_settings(load_config(write(tmp_path, "task: classify\n")))
+    assert (settings.task, settings.base, settings.imgsz) == ("classify", "yolo11n-cls.yaml", 224)
+
+
+def test_a_fresh_init_config_changed_only_to_classify_resolves_for_classify(tmp_path):
+    from watcher.home import init_home
+
+    path = init_home(tmp_path / "home")
+    text = path.read_text(encoding="utf-8")
+    assert text.count("task: detect") == 1
+    path.write_text(text.replace("task: detect", "task: classify"), encoding="utf-8")
+    cfg = load_config(path)
+    assert (cfg.model.weights, cfg.model.imgsz, cfg.training.base, cfg.training.imgsz) == (
+        "yolo11n-cls.pt", 224, "yolo11n-cls.yaml", 224)
+    detect = load_config(write(tmp_path, text))
+    assert (detect.model.weights, detect.model.imgsz, detect.training.base, detect.training.imgsz) == (
+        "yolo11n.pt", 640, "yolo11n.yaml", 640)
+
+
+def test_the_gpu_example_config_is_valid():
+    from pathlib import Path
+
+    import configs
+
+    cfg = load_config(Path(configs.__file__).parent / "coverwatch-gpu.yaml", check_dirs=False)
+    assert cfg.task == "detect"
+
+
+def test_a_reload_resolves_the_task_defaults_the_same_way(home, caplog):
+    from watcher.daemon import Daemon
+
+    path = home / "coverwatch.yaml"
+    d = Daemon(load_config(path), step=object())
+    try:
+        assert d.cfg.training.base == "yolo11n.yaml"
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("task: detect", "task: classify"), encoding="utf-8")
+        d.reload()
+        assert (d.cfg.task, d.cfg.training.base, d.cfg.training.imgsz) == ("classify", "yolo11n-cls.yaml", 224)
+        path.write_text(text.replace("task: detect", "task: classify").replace("base: auto", "base: yolo11s.yaml"),
+                        encoding="utf-8")
+        with caplog.at_level(logging.ERROR):
+            d.reload()
+        assert d.cfg.training.base == "yolo11n-cls.yaml"  # the running config is kept
+        assert "training.base: yolo11s.yaml is a detection model but task is classify" in caplog.text
+    finally:
+        d.engine.dispose()

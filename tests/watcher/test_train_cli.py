@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 
 from storage.db import session_scope
-from storage.tables import ModelVersion
+from storage.tables import ModelVersion, TrainingRun
 from tests.conftest import run_cli
 
 
@@ -28,7 +28,7 @@ def test_train_queues_a_run_and_merges_a_second_request(home):
 
 def test_train_wait_without_a_dataset_says_why_in_one_line(home):
     r = cli(home, "train", "--wait")
-    assert r.returncode == 2
+    assert r.returncode == 1  # the run failed (2 is for a bad config or arguments)
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == (
         "coverwatch: error: training run 1 failed: cannot prepare the dataset: no dataset yet: drop labelled "
@@ -76,3 +76,35 @@ def test_models_errors_are_one_line(home, engine):
     assert r.returncode == 2
     assert r.stderr.strip() == "coverwatch: error: no model version 'v0042' (see `coverwatch models list`)"
     assert cli(home, "models", "list").stdout.strip() == "no trained models yet"
+
+
+def test_train_wait_exits_1_when_the_run_fails_and_status_and_models_list_show_it(home):
+    r = cli(home, "train", "--wait")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("coverwatch: error: training run 1 failed: ")
+    last = json.loads(cli(home, "status", "--json").stdout)["last_training"]
+    assert (last["run"], last["version"], last["state"]) == (1, "v0001", "failed")
+    assert last["error"].startswith("cannot prepare the dataset: no dataset yet")
+    plain = cli(home, "status").stdout.splitlines()
+    assert [x for x in plain if x.startswith("last training: ")] == [
+        f"last training: run 1 v0001 failed {local_minute(last['finished_at'])}: {last['error']}"]
+    listed = cli(home, "models", "list").stdout.splitlines()
+    assert len(listed) == 1 and listed[0].split()[:2] == ["v0001", "failed"]
+    assert listed[0].endswith("cannot prepare the dataset: no dataset yet: drop labelled images into labeled/")
+    rows = json.loads(cli(home, "models", "list", "--json").stdout)
+    assert [(m["version"], m["state"], m["run"]) for m in rows] == [("v0001", "failed", 1)]
+
+
+def local_minute(iso: str) -> str:
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def test_status_shows_a_run_that_failed_in_training(home, engine):
+    done = datetime.now(timezone.utc)
+    with session_scope(engine) as s:
+        s.add(TrainingRun(state="failed", trigger="labels", version="v0001", finished_at=done,
+                          error="TypeError: cross_entropy_loss(): argument 'input' must be Tensor, not dict"))
+    plain = cli(home, "status").stdout.splitlines()
+    assert f"last training: run 1 v0001 failed {done.astimezone():%Y-%m-%d %H:%M}: TypeError: cross_entropy_loss(): " \
+           "argument 'input' must be Tensor, not dict" in plain
+    assert "training: idle" in plain
