@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import procs, pytest_sessionfinish  # noqa: F401 - the `procs` fixture and the leftover guard
+
 # Ultralytics must never download or pip-install from a test (set before anything imports it).
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
