@@ -28,11 +28,9 @@ from sqlalchemy import func, select  # noqa: E402
 from storage.db import make_engine, session_scope, upgrade_database  # noqa: E402
 from storage.queries import live_workers  # noqa: E402
 from storage.tables import File  # noqa: E402
+from bench._data import coco_images  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
 from watcher.home import init_home  # noqa: E402
-
-COCO = ROOT.parent / "shared" / "datasets" / "coco128" / "images" / "train2017"
-
 
 def prepare(root: Path, url: str, n: int) -> tuple[Path, Path]:
     home = root / "home"
@@ -41,7 +39,7 @@ def prepare(root: Path, url: str, n: int) -> tuple[Path, Path]:
     cfg.write_text(text.replace("database: sqlite:///coverwatch.db", f"database: {url}"))
     staging = root / "staging"
     staging.mkdir()
-    images = sorted(COCO.glob("*.jpg"))
+    images = coco_images()
     for i in range(n):
         (staging / f"{i:05d}.jpg").write_bytes(images[i % len(images)].read_bytes() + f"#{i}".encode())
     return home, staging

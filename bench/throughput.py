@@ -1,6 +1,6 @@
 """Images per second on the same images: Ultralytics' own predict loop, coverwatch, and the bare ONNX forward pass.
 
-    .venv/bin/python bench/throughput.py                      # both tasks, coco128 repeated to 512 images
+    .venv/bin/python bench/throughput.py                      # both tasks, coco128 (or coco24) repeated to 512 images
     .venv/bin/python bench/throughput.py --task detect -n 256 --detect-weights models/v3/weights/best.pt
 
 (a) `YOLO(weights).predict(paths, batch=16)`, PyTorch on the CPU: what the user's notes did.
@@ -27,7 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-COCO_IMAGES = ROOT.parent / "shared" / "datasets" / "coco128" / "images" / "train2017"
+
+from bench._data import coco_images  # noqa: E402
+
 SIZES = {"detect": 640, "classify": 224}
 BATCH = 16
 
@@ -185,10 +187,10 @@ def prepare_models(workdir: Path, tasks: list[str], given: dict[str, Path | None
 
 
 def inbox_of(workdir: Path, n: int) -> list[Path]:
-    """coco128 copied (not linked: the step refuses links) and repeated to n files, each copy made unique by a
+    """coco128 (coco24 in a bare clone, see bench/_data.py) copied (not linked: the step refuses links) and repeated to n files, each copy made unique by a
     trailer after the JPEG end marker (decoders ignore it). Byte-identical copies would be recorded by (b) as
     duplicates of the first, without inference, and (b) would be timed on 128 images where (a) and (c) do n."""
-    sources = sorted(COCO_IMAGES.glob("*.jpg"))
+    sources = coco_images()
     inbox = workdir / "inbox"
     inbox.mkdir(exist_ok=True)
     paths = []
@@ -224,7 +226,7 @@ def bench_task(workdir: Path, task: str, weights: Path, paths: list[Path], repea
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=["detect", "classify", "both"], default="both")
-    p.add_argument("-n", type=int, default=512, help="images per measurement (coco128 repeated)")
+    p.add_argument("-n", type=int, default=512, help="images per measurement (coco128 or coco24 repeated)")
     p.add_argument("--detect-weights", type=Path)
     p.add_argument("--classify-weights", type=Path)
     p.add_argument("--repeat", type=int, default=2, help="rounds; the best of each measurement is shown")

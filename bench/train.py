@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/train.py [--imgsz 320] [--epochs 3] [--batch 16] [--model yolo11n.yaml] [--device auto]
 
-Copies coco128 (from ../shared/datasets/coco128, or --coco) into a temp folder split 100 train / 28 val, trains
+Copies coco128 (from ../shared/datasets/coco128, else the 24 images tests/data/coco24 carries, or --coco) into a
+temp folder split about 78% train / 22% val (100 / 28 for coco128), trains
 from the architecture YAML (no download), and prints the device name, then per epoch the wall time and the
 training images per second (train images / epoch time, validation included, as a user waits for it). The first
 epoch carries the warm-up (data caching, cuDNN autotune); compare the later ones across machines.
@@ -24,16 +25,17 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
 
+from bench._data import coco_dir, coco_images  # noqa: E402
 from pipeline.backoff import AttemptSpec  # noqa: E402
 from pipeline.trainer import UltralyticsTrainer, resolve_device  # noqa: E402
 
 
-def copy_coco(src: Path, dest: Path, n_train: int = 100) -> tuple[Path, int]:
+def copy_coco(src: Path | None, dest: Path) -> tuple[Path, int]:
     import yaml
 
-    images = sorted((src / "images" / "train2017").glob("*.jpg"))
-    if not images:
-        sys.exit(f"coco128 not found under {src}")
+    src = coco_dir(src)
+    images = coco_images(src)
+    n_train = round(len(images) * 100 / 128)  # coco128's usual 100 / 28
     for i, image in enumerate(images):
         split = "train" if i < n_train else "val"
         for sub, path in (("images", image), ("labels", src / "labels" / "train2017" / f"{image.stem}.txt")):
@@ -59,7 +61,7 @@ def device_name(device) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--coco", type=Path, default=ROOT.parent / "shared" / "datasets" / "coco128")
+    p.add_argument("--coco", type=Path, default=None, help="a coco128-like folder (default: see bench/_data.py)")
     p.add_argument("--model", default="yolo11n.yaml")
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--epochs", type=int, default=3)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a home folder per test, engines closed afterwards, coco128 images copied in."""
+"""Shared fixtures: a home folder per test, engines closed afterwards, the carried coco images copied in."""
 
 from __future__ import annotations
 
@@ -11,21 +11,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import procs, pytest_sessionfinish  # noqa: F401 - the `procs` fixture and the leftover guard
+
 # Ultralytics must never download or pip-install from a test (set before anything imports it).
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
 
 ROOT = Path(__file__).resolve().parents[1]
-COCO = ROOT.parent / "shared" / "datasets" / "coco128"
+# The suite carries its own data (24 coco128 images with labels; see tests/data/coco24/LICENSE.md): a fresh clone
+# has nothing beside it.
+COCO = ROOT / "tests" / "data" / "coco24"
 COCO_IMAGES = COCO / "images" / "train2017"
 COCO_LABELS = COCO / "labels" / "train2017"
 
 
 def coco_images(n: int | None = None) -> list[Path]:
+    """The first `n` carried images (all by default); asking for more than are carried is the test's bug."""
     images = sorted(COCO_IMAGES.glob("*.jpg"))
     if not images:
-        pytest.skip(f"coco128 not found at {COCO}")
+        raise FileNotFoundError(f"the carried test images are missing: {COCO_IMAGES}")
+    if n is not None and n > len(images):
+        raise ValueError(f"{n} images asked for, {len(images)} carried in {COCO_IMAGES}")
     return images[:n] if n else images
 
 

@@ -1,4 +1,4 @@
-"""Files exactly as labelImg writes them (yolo_io.py and pascal_voc_io.py), made from coco128."""
+"""Files exactly as labelImg writes them (yolo_io.py and pascal_voc_io.py), made from the carried coco images."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def coco_boxes(image: Path) -> list[tuple[int, float, float, float, float]]:
 
 
 def labelled_images(start: int, n: int) -> list[Path]:
-    """coco128 images that have at least one box, from the `start`-th one."""
+    """Carried coco images that have at least one box, from the `start`-th one."""
     return [p for p in coco_images() if coco_boxes(p)][start:start + n]
 
 

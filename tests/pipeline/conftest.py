@@ -1,4 +1,4 @@
-"""Tiny real YOLO models, trained once per test session on coco128 (about 10 s each on 2 CPU cores).
+"""Tiny real YOLO models, trained once per test session on the carried coco24 (a few seconds each on 2 CPU cores).
 
 `train_tiny_detect` and `train_tiny_classify` are plain functions so bench/throughput.py makes its models the
 same way. Each returns a `models/<version>/weights/best.pt` laid out as the registry lays it out.
@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import COCO, COCO_IMAGES, COCO_LABELS, coco_images
 
-CROP_CLASSES = {0: "person", 2: "car", 56: "chair"}  # the three most frequent coco128 classes with crops
+CROP_CLASSES = {0: "person", 2: "car", 56: "chair"}  # coco24 carries 40+, 16 and 35 crops of them
 
 
 def _yolo_env(workdir: Path) -> None:
@@ -33,7 +33,7 @@ def _install(run_dir: Path, models: Path, version: str) -> Path:
 
 
 def copy_coco(dest: Path) -> Path:
-    """coco128 is read-only and Ultralytics writes a labels cache beside the labels: train on a copy."""
+    """The carried set stays untouched and Ultralytics writes a labels cache beside the labels: train on a copy."""
     shutil.copytree(COCO_IMAGES, dest / "images" / "train2017")
     shutil.copytree(COCO_LABELS, dest / "labels" / "train2017")
     text = (COCO / "data.yaml").read_text()
@@ -43,7 +43,7 @@ def copy_coco(dest: Path) -> Path:
 
 def train_tiny_detect(workdir: Path, *, imgsz: int = 96, wake_imgsz: int | None = None, version: str = "det-v1"
                       ) -> Path:
-    """yolo11n.yaml, 1 epoch on coco128 at `imgsz`, made usable at `wake_imgsz` (see `_wake_up`)."""
+    """yolo11n.yaml, 1 epoch on coco24 at `imgsz`, made usable at `wake_imgsz` (see `_wake_up`)."""
     from ultralytics import YOLO
 
     _yolo_env(workdir)
@@ -106,7 +106,7 @@ def _tensor(paths: list[Path], imgsz: int):
 
 
 def make_crops(dest: Path, *, per_class: int = 40) -> Path:
-    """A class-folder dataset (train/<class>/, val/<class>/) of coco128 box crops of three classes."""
+    """A class-folder dataset (train/<class>/, val/<class>/) of coco24 box crops of three classes."""
     from PIL import Image
 
     counts = dict.fromkeys(CROP_CLASSES, 0)
@@ -138,7 +138,7 @@ def _pixel_box(cx: float, cy: float, w: float, h: float, iw: int, ih: int) -> tu
 
 
 def train_tiny_classify(workdir: Path, *, imgsz: int = 32, version: str = "cls-v1") -> Path:
-    """yolo11n-cls.yaml, 1 epoch at `imgsz` on three classes of coco128 crops."""
+    """yolo11n-cls.yaml, 1 epoch at `imgsz` on three classes of coco24 crops."""
     from ultralytics import YOLO
 
     _yolo_env(workdir)

@@ -85,8 +85,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def jpeg() -> bytes:
-    if not JPEG_PATH.exists():
-        pytest.skip(f"coco128 not found at {JPEG_PATH}")
     return JPEG_PATH.read_bytes()
 
 

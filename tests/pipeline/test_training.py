@@ -207,12 +207,11 @@ def test_run_job_reports_an_interruption_with_its_exit_code(engine, cfg):
         assert s.scalar(select(ModelVersion)) is None
 
 
-def test_a_run_whose_process_is_still_alive_is_not_started_twice(engine, cfg):
-    import subprocess
+def test_a_run_whose_process_is_still_alive_is_not_started_twice(engine, cfg, procs):
     import sys
 
     # A training job left running by a daemon that was killed: its command line names pipeline.train_job.
-    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.train_job"])
+    job = procs.popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.train_job"])
     try:
         request_training(engine, "manual")
         with session_scope(engine) as s:

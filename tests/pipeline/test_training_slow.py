@@ -1,4 +1,4 @@
-"""The real Ultralytics path at tiny sizes on coco128 (CPU): labelled drops to a champion, resume, rejection."""
+"""The real Ultralytics path at tiny sizes on coco24 (CPU): labelled drops to a champion, resume, rejection."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_labelled_drops_trigger_a_real_run_recorded_with_metrics(home, monkeypat
 
 
 def tiny_dataset(root: Path, n_train: int = 16, n_val: int = 8) -> dict:
-    """A coco128 subset laid out like a managed dataset snapshot."""
+    """A coco24 subset laid out like a managed dataset snapshot."""
     images = labelled_images(0, n_train + n_val)
     for i, image in enumerate(images):
         split = "train" if i < n_train else "val"

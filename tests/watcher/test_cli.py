@@ -121,10 +121,10 @@ def test_doctor_fails_on_an_unwritable_home(tmp_path):
     assert not checks[0].ok and "not writable" in checks[0].detail
 
 
-def test_run_starts_watching_and_status_answers(tmp_path):
+def test_run_starts_watching_and_status_answers(tmp_path, procs):
     run_cli("init", str(tmp_path))
     cfg = str(tmp_path / "coverwatch.yaml")
-    proc = subprocess.Popen([sys.executable, "-m", "watcher", "--log-format", "json", "-c", cfg, "run"],
+    proc = procs.popen([sys.executable, "-m", "watcher", "--log-format", "json", "-c", cfg, "run"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

@@ -39,11 +39,10 @@ def write_jpegs(folder, start, n):
         (folder / f"{i:05d}.jpg").write_bytes(images[i % len(images)].read_bytes() + f"#{i}".encode())
 
 
-def start(home, log):
+def start(procs, home, log):
     with open(log.with_suffix(".stderr"), "ab") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.watcher.daemon_proc", str(home), str(log)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=err)
-    return proc
+        return procs.popen([sys.executable, "-m", "tests.watcher.daemon_proc", str(home), str(log)], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=err)
 
 
 def alive(home, pid):
@@ -62,7 +61,7 @@ def alive(home, pid):
         engine.dispose()
 
 
-def test_kill_9_during_a_burst_loses_nothing_and_records_nothing_twice(home, tmp_path):
+def test_kill_9_during_a_burst_loses_nothing_and_records_nothing_twice(home, tmp_path, procs):
     configure(home, watch={"settle_seconds": 0.1, "rescan_seconds": 2})
     log = tmp_path / "calls.log"
     rng = random.Random(7)
@@ -70,12 +69,12 @@ def test_kill_9_during_a_burst_loses_nothing_and_records_nothing_twice(home, tmp
     for round_ in range(5):
         write_jpegs(home / "inbox" / f"r{round_}", total, 200)
         total += 200
-        proc = start(home, log)
+        proc = start(procs, home, log)
         time.sleep(rng.uniform(1.5, 3.5))  # start-up takes about a second: kill at any point after
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         kills += 1
-    proc = start(home, log)
+    proc = start(procs, home, log)
     try:
         wait_for(lambda: alive(home, proc.pid), timeout=60, interval=0.2)
 

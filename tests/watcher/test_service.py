@@ -54,14 +54,12 @@ def listener(tmp_path):
     lst.close()
 
 
-def start(home, tmp_path, listener, **env):
+def start(procs, home, tmp_path, listener, **env):
     full = {**os.environ, "NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "400000", "LOG_LEVEL": "INFO", **env}
     full.pop("WATCHDOG_PID", None)
-    err = open(tmp_path / "daemon.stderr", "ab")  # noqa: SIM115 - closed by the caller through proc.stderr_file
-    proc = subprocess.Popen([sys.executable, "-m", "tests.watcher.daemon_proc", str(home), str(tmp_path / "calls")],
-                            cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=err)
-    proc.stderr_file = err
-    return proc
+    with open(tmp_path / "daemon.stderr", "ab") as err:  # the daemon has its own copy of the descriptor
+        return procs.popen([sys.executable, "-m", "tests.watcher.daemon_proc", str(home), str(tmp_path / "calls")],
+                           cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=err)
 
 
 def _size(path):
@@ -72,13 +70,12 @@ def stop(proc, timeout=20):
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     proc.wait(timeout)
-    proc.stderr_file.close()
     return time.monotonic() - t0
 
 
-def test_ready_watchdog_while_busy_and_stopping(home, tmp_path, listener):
+def test_ready_watchdog_while_busy_and_stopping(home, tmp_path, listener, procs):
     configure(home, watch={"settle_seconds": 0.1})
-    proc = start(home, tmp_path, listener, SLOW_STEP_SECONDS="1.5")
+    proc = start(procs, home, tmp_path, listener, SLOW_STEP_SECONDS="1.5")
     try:
         wait_for(lambda: listener.seen("READY=1"), timeout=60)
         assert any(m.startswith("STATUS=") for _, m in listener.messages)
@@ -95,9 +92,9 @@ def test_ready_watchdog_while_busy_and_stopping(home, tmp_path, listener):
     assert took < 10
 
 
-def test_sigterm_during_a_batch_loses_nothing(home, tmp_path, listener):
+def test_sigterm_during_a_batch_loses_nothing(home, tmp_path, listener, procs):
     configure(home, watch={"settle_seconds": 0.1})
-    proc = start(home, tmp_path, listener, SLOW_STEP_SECONDS="3")
+    proc = start(procs, home, tmp_path, listener, SLOW_STEP_SECONDS="3")
     write_jpegs(home / "inbox", 0, 300)
     try:
         wait_for(lambda: _size(tmp_path / "calls") > 0, timeout=60)  # a batch is in flight
@@ -109,7 +106,7 @@ def test_sigterm_during_a_batch_loses_nothing(home, tmp_path, listener):
     done = {r.original_name for r in rs if r.state == "processed"}
     assert not (in_inbox & done) and len(in_inbox | done) == 300  # each file in exactly one place
     # Start again: everything left is finished, nothing recorded twice.
-    proc = start(home, tmp_path, listener)
+    proc = start(procs, home, tmp_path, listener)
     try:
         wait_for(lambda: len([r for r in rows(home) if r.moved_at]) == 300, timeout=120, interval=0.3)
     finally:
@@ -118,9 +115,9 @@ def test_sigterm_during_a_batch_loses_nothing(home, tmp_path, listener):
     assert len(rs) == 300 and {r.state for r in rs} == {"processed"}
 
 
-def test_sighup_reloads_and_rejects_a_bad_config(home, tmp_path, listener):
+def test_sighup_reloads_and_rejects_a_bad_config(home, tmp_path, listener, procs):
     configure(home, watch={"settle_seconds": 0.1})
-    proc = start(home, tmp_path, listener)
+    proc = start(procs, home, tmp_path, listener)
     try:
         wait_for(lambda: alive(home, proc.pid), timeout=60)
         # A good config: a new inbox folder is watched without a restart.
@@ -145,10 +142,10 @@ def test_sighup_reloads_and_rejects_a_bad_config(home, tmp_path, listener):
     assert len(line) == 1 and "watch.settle_seconds" in line[0]
 
 
-def test_status_exit_code_follows_the_daemon(home, tmp_path, listener):
+def test_status_exit_code_follows_the_daemon(home, tmp_path, listener, procs):
     cfg = str(home / "coverwatch.yaml")
     assert run_cli("-c", cfg, "status").returncode == 3
-    proc = start(home, tmp_path, listener)
+    proc = start(procs, home, tmp_path, listener)
     try:
         wait_for(lambda: alive(home, proc.pid), timeout=60)
         r = run_cli("-c", cfg, "status")

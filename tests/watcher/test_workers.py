@@ -7,19 +7,19 @@ from tests.watcher.conftest import configure, predictions, rows, wait_for
 from tests.watcher.test_crash import alive, start, write_jpegs
 
 
-def test_three_workers_one_killed_every_file_once(home, tmp_path):
+def test_three_workers_one_killed_every_file_once(home, tmp_path, procs):
     configure(home, watch={"settle_seconds": 0.2, "rescan_seconds": 2, "claim_seconds": 4})
     n = 2000
     logs = [tmp_path / f"calls-{i}.log" for i in range(3)]
-    procs = [start(home, log) for log in logs]
+    workers = [start(procs, home, log) for log in logs]
     try:
-        for p in procs:
+        for p in workers:
             wait_for(lambda p=p: alive(home, p.pid), timeout=90, interval=0.2)
         write_jpegs(home / "inbox" / "a", 0, n // 2)
         write_jpegs(home / "inbox" / "b", n // 2, n // 2)
         wait_for(lambda: len(rows(home)) > n // 4, timeout=120, interval=0.2)
-        procs[0].send_signal(signal.SIGKILL)  # midway, claims in hand
-        procs[0].wait(10)
+        workers[0].send_signal(signal.SIGKILL)  # midway, claims in hand
+        workers[0].wait(10)
 
         def settled():
             rs = rows(home)
@@ -27,11 +27,11 @@ def test_three_workers_one_killed_every_file_once(home, tmp_path):
 
         wait_for(settled, timeout=240, interval=0.5)
     finally:
-        for p in procs[1:]:
+        for p in workers[1:]:
             p.send_signal(signal.SIGTERM)
-        for p in procs[1:]:
+        for p in workers[1:]:
             p.wait(30)
-    assert all(p.returncode == 0 for p in procs[1:])
+    assert all(p.returncode == 0 for p in workers[1:])
     rs = rows(home)
     assert len(rs) == n and {r.state for r in rs} == {"processed"}
     assert Counter(r.source_path for r in rs).most_common(1)[0][1] == 1
