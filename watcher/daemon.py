@@ -523,7 +523,7 @@ def build_step(cfg: Config, engine) -> Step:
     return ClassifyStep(task=cfg.task, weights=weights, imgsz=cfg.model.imgsz, batch=cfg.model.batch,
                         conf=cfg.model.conf, backend=cfg.model.backend, device=cfg.model.device,
                         review_dir=cfg.path("review"), review_below=cfg.model.review_below,
-                        max_pixels=cfg.watch.max_pixels, allowed_roots=roots,
+                        max_pixels=cfg.watch.max_pixels, max_aspect=cfg.watch.max_aspect, allowed_roots=roots,
                         model_source=lambda: champion_weights(engine, cfg.home))
 
 
