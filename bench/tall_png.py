@@ -9,6 +9,11 @@ for model.imgsz 96, as in the issue. Each run is `python -m watcher process` in 
 the kernel's figure for that child (wait4's ru_maxrss). A run on one ordinary coco128 photo gives the floor
 (Python, torch, the model). Before the fix the tall PNG was classified and the resize of its short side to 96
 made a 96 x 7,680,000 image; now it is `extreme_aspect`, and past that check only the crop is resized.
+
+Measured on the 2-core development machine (tiny yolo11n-cls, ONNX Runtime on the CPU):
+    before (e6237f1)          photo 1366 MiB   tall PNG 4195 MiB (processed)
+    after                     photo 1260 MiB   tall PNG 1259 MiB (extreme_aspect)
+    after, --max-aspect 1e5   photo 1261 MiB   tall PNG 1260 MiB (processed: the bounded resize alone)
 """
 
 from __future__ import annotations
@@ -33,12 +38,12 @@ def _env(workdir: Path) -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(workdir / "yolo-config"))
 
 
-def make_home(workdir: Path, weights: Path, imgsz: int, max_aspect: float | None) -> Path:
+def make_home(workdir: Path, code: Path, weights: Path, imgsz: int, max_aspect: float | None) -> Path:
     import yaml
 
     home = workdir / "home"
     subprocess.run([sys.executable, "-m", "watcher", "init", str(home)], check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+                   env={**os.environ, "PYTHONPATH": str(code)})
     cfg = home / "coverwatch.yaml"
     raw = yaml.safe_load(cfg.read_text())
     raw["task"] = "classify"
@@ -65,8 +70,11 @@ def process_peak_mb(home: Path, code: Path) -> tuple[float, int, str]:
 def states(home: Path) -> list[tuple[str, str, str | None]]:
     import sqlite3
 
-    with sqlite3.connect(home / "coverwatch.db") as db:
-        return db.execute("SELECT original_name, state, reason FROM files ORDER BY id").fetchall()
+    try:
+        with sqlite3.connect(home / "coverwatch.db") as db:
+            return db.execute("SELECT original_name, state, reason FROM files ORDER BY id").fetchall()
+    except sqlite3.Error:
+        return []
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         for label, drop in (("one coco128 photo (the floor)", "photo"), ("1x80000 PNG", "tall")):
             run = work / drop
             run.mkdir()
-            home = make_home(run, weights, args.imgsz, args.max_aspect)
+            home = make_home(run, args.code.resolve(), weights, args.imgsz, args.max_aspect)
             if drop == "photo":
                 shutil.copy(sorted(COCO_IMAGES.glob("*.jpg"))[0], home / "inbox" / "photo.jpg")
             else:
