@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+import time
 
 import pytest
 import yaml
@@ -168,3 +169,107 @@ def test_process_logs_a_newline_name_on_one_line(home):
     assert "evil\\nWARNING forged line\\x1b[31m.heic" in line
     assert not any(ln.startswith("WARNING forged") for ln in r.stderr.splitlines())
     assert "\x1b" not in r.stderr
+
+
+def test_fetch_removes_stale_temp_files_of_killed_fetches(home):
+    """`fetch` killed with -9 leaves its hidden .part file; the next fetch removes ours once stale, and only ours."""
+    inbox = home / "inbox"
+    old, fresh, foreign = inbox / ".cover.jpg.0123abcd.part", inbox / ".big.jpg.89abcdef.part", inbox / ".notes.part"
+    for p in (old, fresh, foreign):
+        p.write_bytes(b"half a download")
+    two_hours_ago = time.time() - 7200
+    for p in (old, foreign):
+        os.utime(p, (two_hours_ago, two_hours_ago))
+    r = run_cli("-c", str(home / "coverwatch.yaml"), "fetch", "http://127.0.0.1:1/x.jpg")  # refused: nothing new
+    assert r.returncode == 2, r.stderr
+    assert sorted(p.name for p in inbox.iterdir()) == sorted([fresh.name, foreign.name])
+    assert "removed 1 partial download" in r.stderr
+
+
+def _deep_file(base, levels: int, name: str) -> str:
+    """A file below `levels` folders of 200 bytes each, made with dir fds (the whole path reaches no syscall)."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    parts = []
+    try:
+        for i in range(levels):
+            d = f"{i:02d}" + "d" * 198
+            os.mkdir(d, dir_fd=fd)
+            new = os.open(d, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+            parts.append(d)
+        out = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, coco_images(1)[0].read_bytes())
+        os.close(out)
+    finally:
+        os.close(fd)
+    return os.path.join(str(base), *parts, name)
+
+
+def test_paths_too_long_for_the_system_are_logged_once_each(home, caplog):
+    from watcher.config import load_config
+    from watcher.daemon import Daemon
+    from tests.watcher.conftest import CountingStep
+
+    inbox = home / "inbox"
+    deep_dir = _deep_file(inbox, 21, "lost.jpg")  # the folder itself is past 4,096 bytes
+    # A file whose own path is past the limit, in a folder that is not.
+    levels = (4096 - len(os.fsencode(str(inbox)))) // 201
+    (inbox / "x").mkdir()
+    deep_name = _deep_file(inbox / "x", levels, "n" * 250 + ".jpg")
+    assert len(os.fsencode(deep_dir)) > 4096 and len(os.fsencode(deep_name)) >= 4096
+    shutil.copy(coco_images(2)[1], inbox / "fine.jpg")
+    caplog.set_level(logging.WARNING, logger="watcher.daemon")
+    d = Daemon(load_config(home / "coverwatch.yaml"), step=CountingStep())
+    assert d.process_pending() == 1
+    d2 = Daemon(load_config(home / "coverwatch.yaml"), step=CountingStep())
+    caplog.clear()
+    d2.initialize(observe=False)  # its first rescan
+    try:
+        d2.rescan(1e9)
+        d2.rescan(2e9)
+    finally:
+        d2.shutdown()
+    said = [r.getMessage() for r in caplog.records if "longer than the system allows" in r.getMessage()]
+    assert len(said) == 2, said  # one line per path, not one per rescan
+    assert {r.source_path: r.state for r in rows(home)} == {"fine.jpg": "processed"}
+
+
+def test_process_counts_each_file_once_when_a_batch_is_retried(home):
+    """`process` said "processed 1024 files" for 700: a batch that is retried was counted again."""
+    from pipeline.steps import Result
+    from watcher.config import load_config
+    from watcher.daemon import Daemon
+
+    class FailsOnce:
+        calls = 0
+
+        def __call__(self, items):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("the model's first call failed")
+            return [Result() for _ in items]
+
+    for i, p in enumerate(coco_images(5)):
+        shutil.copy(p, home / "inbox" / f"{i}.jpg")
+    step = FailsOnce()
+    assert Daemon(load_config(home / "coverwatch.yaml"), step=step).process_pending() == 5
+    assert step.calls == 2
+    assert sorted(r.state for r in rows(home)) == ["processed"] * 5
+
+
+def test_sighup_with_a_changed_task_says_it_needs_a_restart(home, caplog):
+    from tests.watcher.conftest import wait_for
+
+    caplog.set_level(logging.INFO, logger="watcher.daemon")
+    with running(home) as d:
+        assert (d.cfg.task, d.cfg.watch.settle_seconds) == ("detect", 0.2)
+        configure(home, task="classify", watch={"settle_seconds": 0.3}, model={"imgsz": 320, "conf": 0.5})
+        d._reload_requested.set()  # what the SIGHUP handler does
+        wait_for(lambda: d.cfg.watch.settle_seconds == 0.3)
+        assert d.cfg.task == "detect" and d.cfg.model.imgsz == 640  # what the running model was made for
+        assert d.cfg.model.conf == 0.5  # thresholds do change live
+    said = [r for r in caplog.records if "reloaded" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert "task, model.imgsz: a change there needs a restart (still using task=detect, model.imgsz=640)" in \
+        said[0].getMessage()
