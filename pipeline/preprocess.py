@@ -23,6 +23,7 @@ from pipeline.decode import MAX_ASPECT, open_checked, to_rgb  # the same opening
 PAD_VALUE = 114  # Ultralytics' LetterBox padding
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _DRAFT_FORMATS = ("JPEG", "MPO")
+CROP_FIRST_ASPECT = 4  # classify: at most imgsz x 4*imgsz pixels are ever resized to
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +93,9 @@ def letterbox(rgb: np.ndarray, imgsz: int, stride: int | None = None) -> tuple[n
 def center_crop(rgb: np.ndarray | Image.Image, imgsz: int) -> np.ndarray:
     """Ultralytics' classify_transforms(imgsz) up to ToTensor: torchvision Resize(imgsz) + CenterCrop(imgsz) on PIL.
 
-    Only the part that survives the crop is resized (Pillow's `box`, same sampling grid, same filter support):
-    the output is imgsz x imgsz whatever the aspect ratio, where resizing the whole image first made a 1x80000
-    PNG 96 x 7,680,000 pixels (2 GB) at imgsz 96.
+    Past `CROP_FIRST_ASPECT`, only the part that survives the crop is resized (Pillow's `box`: the same sampling
+    grid and filter support, values within 1 of the full resize): resizing the whole image made a 1x80000 PNG
+    96 x 7,680,000 pixels (2 GB) at imgsz 96. Up to it, the full resize, bit for bit what Ultralytics does.
     """
     img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
     w, h = img.size
@@ -102,7 +103,9 @@ def center_crop(rgb: np.ndarray | Image.Image, imgsz: int) -> np.ndarray:
     new_long = int(imgsz * long / short)  # torchvision truncates
     size = (imgsz, new_long) if w <= h else (new_long, imgsz)
     left, top = int(round((size[0] - imgsz) / 2.0)), int(round((size[1] - imgsz) / 2.0))
-    if size == (w, h):
+    if size == (w, h) or new_long <= CROP_FIRST_ASPECT * imgsz:
+        if size != (w, h):
+            img = img.resize(size, Image.BILINEAR)
         return np.asarray(img.crop((left, top, left + imgsz, top + imgsz)))
     sx, sy = w / size[0], h / size[1]  # source pixels per resized pixel
     box = (left * sx, top * sy, (left + imgsz) * sx, (top + imgsz) * sy)
