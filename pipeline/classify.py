@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline import model_loader as ml
+from pipeline.decode import MAX_ASPECT
 from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
 from pipeline.review import WHOLE_IMAGE, write_review
@@ -84,10 +85,11 @@ class ClassifyStep:
     def __init__(self, *, task: str, weights: str | Path, imgsz: int, batch: int, conf: float, backend: str = "auto",
                  device: str = "auto", review_dir: Path | None, review_below: float, max_pixels: int,
                  allowed_roots: list[Path], model_source: ModelSource | None = None, workers: int = 2,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, max_aspect: float = MAX_ASPECT):
         self.task, self.weights, self.imgsz, self.batch, self.conf = task, weights, imgsz, max(1, batch), conf
         self.backend, self.device = backend, device
         self.review_dir, self.review_below, self.max_pixels = review_dir, review_below, max_pixels
+        self.max_aspect = max_aspect
         self.allowed_roots = [Path(r) for r in allowed_roots]
         self.model_source, self.clock = model_source, clock
         self.workers = workers
@@ -222,7 +224,8 @@ class ClassifyStep:
     def _prepare(self, task: str, stride: int, item: Item) -> _Prepared | Rejected | Exception:
         t0 = time.perf_counter()
         try:
-            image = decode_for_model(read_file(item.path), max_pixels=self.max_pixels, task=task, imgsz=self.imgsz)
+            image = decode_for_model(read_file(item.path), max_pixels=self.max_pixels, task=task, imgsz=self.imgsz,
+                                     max_aspect=self.max_aspect)
             if task == "detect":
                 rgb = image.rgb
                 x, geometry = letterbox(rgb, self.imgsz, stride)

@@ -44,6 +44,7 @@ from pipeline.labels import Box
 from pipeline.quality import Balance, LabelledImage, Quality, assess_labels, plan_oversampling, unsettled
 from storage.db import session_scope
 from storage.files import fsync_dir
+from storage.names import portable
 from storage.tables import DatasetVersion, File, Label, Sample
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def _load(s, home: Path, val_fraction: float) -> tuple[list[_Item], list[Labelle
 
 
 def _snapshot_name(original: str, sha: str) -> str:
-    p = Path(original)
+    p = Path(portable(original))  # a name that is not UTF-8: %XX, as in the archive
     stem = p.stem.encode()[:120].decode(errors="ignore")  # room for the hash within NAME_MAX
     return f"{stem}_{sha[:12]}{p.suffix.lower()}"
 

@@ -25,6 +25,7 @@ FORBIDDEN_EXTENSIONS = frozenset(
      ".npy", ".npz", ".h5", ".py", ".pyc", ".sh", ".exe", ".dll", ".so", ".bat", ".ps1", ".jar"}
 )
 PIL_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "MPO"}
+MAX_ASPECT = 20.0  # watch.max_aspect's default
 
 
 def check_entry(path: Path, *, max_bytes: int, allowed: frozenset[str] = IMAGE_EXTENSIONS) -> os.stat_result:
@@ -72,15 +73,15 @@ class DecodedImage:
     height: int
 
 
-def decode_image(data: bytes | Path, *, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes | Path, *, max_pixels: int, max_aspect: float = MAX_ASPECT) -> DecodedImage:
     """Decode to RGB uint8 with EXIF orientation; reject bombs before decoding and truncation after."""
     import io
 
     src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    return to_rgb(open_checked(src, max_pixels=max_pixels))
+    return to_rgb(open_checked(src, max_pixels=max_pixels, max_aspect=max_aspect))
 
 
-def open_checked(src, *, max_pixels: int, before_load=None) -> Image.Image:
+def open_checked(src, *, max_pixels: int, max_aspect: float = MAX_ASPECT, before_load=None) -> Image.Image:
     """Open and fully load an image, with every check and reason code; `before_load(img)` may ask for a
     smaller decode (JPEG draft) once the header is known. The one place images from drop folders are opened."""
     try:
@@ -91,6 +92,9 @@ def open_checked(src, *, max_pixels: int, before_load=None) -> Image.Image:
             w, h = img.size
             if w * h > max_pixels:
                 raise Rejected("decompression_bomb", f"{w}x{h} = {w * h} pixels > watch.max_pixels {max_pixels}")
+            if max(w, h) > max_aspect * min(w, h):
+                raise Rejected("extreme_aspect", f"{w}x{h}: {max(w, h) / max(1, min(w, h)):.0f}:1 > "
+                                                 f"watch.max_aspect {max_aspect:g}")
             if img.format not in PIL_FORMATS:
                 raise Rejected("unsupported_format", f"{img.format} images are not accepted")
             if before_load is not None:

@@ -18,6 +18,7 @@ REASONS = {
     "truncated_image": "the image data ends early or is corrupt",
     "not_an_image": "the content is not an image, whatever its extension says",
     "decompression_bomb": "the image declares more pixels than watch.max_pixels",
+    "extreme_aspect": "one side of the image is more than watch.max_aspect times the other",
     "unsupported_format": "not an image or label type coverwatch accepts",
     "forbidden_type": "model, pickle or executable files are never loaded from a drop folder",
     "symlink": "symbolic links are never followed",

@@ -2,7 +2,9 @@
 
 The body goes to a hidden `.NAME.XXXXXXXX.part` file, which the watcher ignores, and is renamed to its final name
 only once it is complete, within `max_bytes`, fsynced, and identified by Pillow as an image format that coverwatch
-accepts. Any failure removes the temp file, so the inbox only ever holds whole images.
+accepts. Any failure removes the temp file, so the inbox only ever holds whole images; a fetch killed with -9
+cannot, so each fetch first removes such temp files left by earlier ones (ours by name, untouched for 30 minutes:
+a live download writes at least once per `timeout`).
 
 The name comes from the URL the user gave (as curl -O and wget do, so a server cannot choose it): the last path
 segment, percent-decoded and stripped of separators, control characters and leading dots, with the extension of
@@ -19,6 +21,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import threading
 import time
 import unicodedata
@@ -45,6 +48,8 @@ _CHUNK = 64 * 1024
 _MAX_NAME_BYTES = 200
 _URL_SAFE = "/%:@!$&'()*+,;=~"
 _USER_AGENT = "coverwatch-fetch"
+STALE_PART_SECONDS = 30 * 60
+_OUR_PART = re.compile(r"\..+\.[0-9a-f]{8}\.part", re.DOTALL)  # what _create_temp makes
 
 
 def fetch_to_inbox(url: str, inbox: Path, *, max_bytes: int, timeout: float = 30.0, max_redirects: int = 5,
@@ -55,6 +60,7 @@ def fetch_to_inbox(url: str, inbox: Path, *, max_bytes: int, timeout: float = 30
     download, redirects included.
     """
     inbox = Path(inbox)
+    remove_stale_parts(inbox)
     base = _safe_name(_check_url(url).path.rpartition("/")[2])
     try:
         tmp, fd = _create_temp(inbox, base)
@@ -125,6 +131,29 @@ def _unique_path(inbox: Path, name: str) -> Path:
         n += 1
         candidate = inbox / f"{stem}-{n}{suffix}"
     return candidate
+
+
+def remove_stale_parts(inbox: Path, *, older_than: float = STALE_PART_SECONDS) -> int:
+    """Remove the temp files of fetches that were killed (regular files named as ours, not touched for
+    `older_than` seconds); returns how many."""
+    cutoff, removed = time.time() - older_than, 0
+    try:
+        entries = list(os.scandir(inbox))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not _OUR_PART.fullmatch(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue  # gone already, or not ours to remove
+    if removed:
+        log.info("removed %d partial downloads left by fetches that did not finish", removed)
+    return removed
 
 
 def _create_temp(inbox: Path, base: str) -> tuple[Path, int]:

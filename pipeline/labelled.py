@@ -40,6 +40,7 @@ from pipeline.samples import Decisions, NewSample, commit_decisions
 from pipeline.steps import read_file
 from storage.db import session_scope
 from storage.files import finish_moves
+from storage.names import shown
 from storage.tables import ClassList, File, FileState
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,8 @@ def _class_folder_name(s: Session, root: Path, folder: str, has_classes: bool) -
     labelled = s.scalar(select(File.id).where(
         File.folder == FOLDER, File.source_path.startswith(folder + "/", autoescape=True),
         or_(lower.endswith(".txt"), lower.endswith(".xml"))).limit(1))
-    return None if labelled is not None else normalise_name(PurePosixPath(folder).name)
+    # A class name is text for people: bytes of the folder name that are not UTF-8 become U+FFFD.
+    return None if labelled is not None else normalise_name(shown(PurePosixPath(folder).name))
 
 
 def _in_flight(s: Session, root: Path, folders: set[str]) -> set[str]:

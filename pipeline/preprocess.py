@@ -18,11 +18,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipeline.decode import open_checked, to_rgb  # the same opening, checks and conversions as decode
+from pipeline.decode import MAX_ASPECT, open_checked, to_rgb  # the same opening, checks and conversions as decode
 
 PAD_VALUE = 114  # Ultralytics' LetterBox padding
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _DRAFT_FORMATS = ("JPEG", "MPO")
+CROP_FIRST_ASPECT = 4  # classify: at most imgsz x 4*imgsz pixels are ever resized to
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,8 @@ class ModelImage:
         return None if self.image is None else np.asarray(self.image)
 
 
-def decode_for_model(data: bytes, *, max_pixels: int, task: str, imgsz: int) -> ModelImage:
+def decode_for_model(data: bytes, *, max_pixels: int, task: str, imgsz: int, max_aspect: float = MAX_ASPECT
+                     ) -> ModelImage:
     """Decode like pipeline.decode.decode_image (same checks, same reason codes), drafting big JPEGs down."""
     stored: list[tuple[int, int]] = []  # the size as stored, before any draft shrinks the decode
 
@@ -47,7 +49,7 @@ def decode_for_model(data: bytes, *, max_pixels: int, task: str, imgsz: int) -> 
         if img.format in _DRAFT_FORMATS:
             img.draft("RGB", draft_request(*img.size, task, imgsz))
 
-    img = open_checked(io.BytesIO(data), max_pixels=max_pixels, before_load=draft)
+    img = open_checked(io.BytesIO(data), max_pixels=max_pixels, max_aspect=max_aspect, before_load=draft)
     (w, h), orientation = stored[0], img.getexif().get(0x0112, 1)
     # The common case (an upright RGB photo) stays a Pillow image, which center_crop resizes without a copy to
     # numpy and back (~0.5 ms of ~5); anything else goes through decode's own conversions.
@@ -89,16 +91,25 @@ def letterbox(rgb: np.ndarray, imgsz: int, stride: int | None = None) -> tuple[n
 
 
 def center_crop(rgb: np.ndarray | Image.Image, imgsz: int) -> np.ndarray:
-    """Ultralytics' classify_transforms(imgsz) up to ToTensor: torchvision Resize(imgsz) + CenterCrop(imgsz) on PIL."""
+    """Ultralytics' classify_transforms(imgsz) up to ToTensor: torchvision Resize(imgsz) + CenterCrop(imgsz) on PIL.
+
+    Past `CROP_FIRST_ASPECT`, only the part that survives the crop is resized (Pillow's `box`: the same sampling
+    grid and filter support, values within 1 of the full resize): resizing the whole image made a 1x80000 PNG
+    96 x 7,680,000 pixels (2 GB) at imgsz 96. Up to it, the full resize, bit for bit what Ultralytics does.
+    """
     img = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     new_long = int(imgsz * long / short)  # torchvision truncates
     size = (imgsz, new_long) if w <= h else (new_long, imgsz)
-    if size != (w, h):
-        img = img.resize(size, Image.BILINEAR)
     left, top = int(round((size[0] - imgsz) / 2.0)), int(round((size[1] - imgsz) / 2.0))
-    return np.asarray(img.crop((left, top, left + imgsz, top + imgsz)))
+    if size == (w, h) or new_long <= CROP_FIRST_ASPECT * imgsz:
+        if size != (w, h):
+            img = img.resize(size, Image.BILINEAR)
+        return np.asarray(img.crop((left, top, left + imgsz, top + imgsz)))
+    sx, sy = w / size[0], h / size[1]  # source pixels per resized pixel
+    box = (left * sx, top * sy, (left + imgsz) * sx, (top + imgsz) * sy)
+    return np.asarray(img.resize((imgsz, imgsz), Image.BILINEAR, box=box))
 
 
 def to_nchw(batch: np.ndarray) -> np.ndarray:

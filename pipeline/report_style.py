@@ -28,7 +28,7 @@ from pipeline.report_xml import RowSpool, column_letter, formula_cell, number_ce
 EXCEL_MAX_ROWS = 1_048_576  # header included
 MAX_WIDTH = 60
 _EPOCH = datetime(1899, 12, 30)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")  # surrogates: bytes of a name that are not UTF-8
 _MAX_TEXT = 32_767  # Excel's limit for one cell
 _MAX_LINK = 250  # HYPERLINK's string arguments stop at 255 characters in Excel
 _NUMBER_WIDTH = {"pct": 7, "float": 8, "int": 9, "date": 19}  # numbers are not measured one by one

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from sqlalchemy import insert
 
-from pipeline.decode import DecodedImage, decode_image, open_for_reading
+from pipeline.decode import MAX_ASPECT, DecodedImage, decode_image, open_for_reading
 from pipeline.errors import ModelUnavailable, Rejected
 from storage.tables import Detection, Prediction
 
@@ -82,12 +82,13 @@ def read_file(path: Path) -> bytes:
         os.close(fd)
 
 
-def decode_batch(items: list[Item], *, max_pixels: int, pool: ThreadPoolExecutor) -> list[DecodedImage | Rejected]:
+def decode_batch(items: list[Item], *, max_pixels: int, pool: ThreadPoolExecutor, max_aspect: float = MAX_ASPECT
+                 ) -> list[DecodedImage | Rejected]:
     """Decode in a thread pool (Pillow releases the GIL while decoding); failures come back as Rejected."""
 
     def one(item: Item) -> DecodedImage | Rejected:
         try:
-            return decode_image(read_file(item.path), max_pixels=max_pixels)
+            return decode_image(read_file(item.path), max_pixels=max_pixels, max_aspect=max_aspect)
         except Rejected as exc:
             return exc
 
@@ -97,13 +98,13 @@ def decode_batch(items: list[Item], *, max_pixels: int, pool: ThreadPoolExecutor
 class DecodeStep:
     """Decode safely and record the image size: the step before any model exists."""
 
-    def __init__(self, max_pixels: int, workers: int = 2):
-        self.max_pixels = max_pixels
+    def __init__(self, max_pixels: int, workers: int = 2, max_aspect: float = MAX_ASPECT):
+        self.max_pixels, self.max_aspect = max_pixels, max_aspect
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
 
     def __call__(self, items: list[Item]) -> list[Outcome]:
         t0 = time.perf_counter()
-        decoded = decode_batch(items, max_pixels=self.max_pixels, pool=self.pool)
+        decoded = decode_batch(items, max_pixels=self.max_pixels, pool=self.pool, max_aspect=self.max_aspect)
         ms = (time.perf_counter() - t0) * 1000 / max(1, len(items))
         return [d if isinstance(d, Rejected) else Result(width=d.width, height=d.height, decode_ms=ms) for d in decoded]
 

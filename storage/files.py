@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from storage.names import portable
 from storage.tables import File
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,10 @@ def _fit(stem: str, suffix: str, tag: str) -> str:
 def unique_destination(home: Path, rel: str, taken: set[str]) -> str:
     """A path relative to `home` like `rel` that names no existing file and no path in `taken`.
 
-    `taken` holds destinations already planned (in this batch or in the database) but not yet moved.
+    `taken` holds destinations already planned (in this batch or in the database) but not yet moved. Bytes of
+    the name that are not UTF-8 become %XX: a file we place gets a name every tool (and the report) can hold.
     """
-    p = PurePosixPath(rel)
+    p = PurePosixPath(portable(rel))
     suffix = p.suffix if len(p.suffix) <= 16 else ""
     stem = p.name[: len(p.name) - len(suffix)] if suffix else p.name
     for n in range(0, 100_000):

@@ -7,6 +7,9 @@ from datetime import datetime, timezone
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from storage.names import from_db, shown, to_db
 
 
 def utcnow() -> datetime:
@@ -15,6 +18,29 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+class FsText(TypeDecorator):
+    """A path or file name as `os` gives it, bytes that are not UTF-8 included (see storage.names)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else to_db(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else from_db(value)
+
+
+class ShownText(TypeDecorator):
+    """Text for people that may quote a file name: a byte that is not UTF-8 is stored as U+FFFD."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else shown(value)
 
 
 class FileState(str, enum.Enum):
@@ -38,19 +64,19 @@ class File(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     folder: Mapped[str] = mapped_column(String(16))  # inbox | labeled
-    source_path: Mapped[str] = mapped_column(Text)  # relative to the drop folder, as dropped
-    original_name: Mapped[str] = mapped_column(Text)
+    source_path: Mapped[str] = mapped_column(FsText)  # relative to the drop folder, as dropped
+    original_name: Mapped[str] = mapped_column(FsText)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     state: Mapped[str] = mapped_column(String(32), default=FileState.pending.value, index=True)
     reason: Mapped[str | None] = mapped_column(String(64))
-    detail: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(ShownText)
     duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("files.id"))
     # Where the file is now and where it goes, both relative to home. The destination is decided and
     # committed before the move; a restart finishes every row whose location differs from it.
-    location: Mapped[str | None] = mapped_column(Text)
-    final_path: Mapped[str | None] = mapped_column(Text, unique=True)
+    location: Mapped[str | None] = mapped_column(FsText)
+    final_path: Mapped[str | None] = mapped_column(FsText, unique=True)
     moved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Work claims, for several daemons on one inbox: the worker registering or processing a file holds it until
@@ -149,7 +175,7 @@ class ClassList(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
-    folder: Mapped[str] = mapped_column(Text, index=True)  # relative to labeled/; "" for labeled/ itself
+    folder: Mapped[str] = mapped_column(FsText, index=True)  # relative to labeled/; "" for labeled/ itself
     names: Mapped[list] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -183,7 +209,7 @@ class LabelEvent(Base):
     kind: Mapped[str] = mapped_column(String(32), index=True)  # class_added | duplicate_lines | relabelled
     file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"))
     image_sha256: Mapped[str | None] = mapped_column(String(64))
-    detail: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(ShownText)
     data: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

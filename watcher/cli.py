@@ -139,6 +139,7 @@ def requeue(ctx: click.Context, ids: tuple[int, ...], all_: bool) -> None:
     from storage.db import make_engine, session_scope, upgrade_database
     from storage.files import finish_moves
     from storage.files import requeue as requeue_rows
+    from storage.names import shown
     from storage.tables import File
 
     if bool(ids) == all_:
@@ -155,7 +156,7 @@ def requeue(ctx: click.Context, ids: tuple[int, ...], all_: bool) -> None:
             moved = [s.get(File, i) for i in found]
             finish_moves(s, cfg.home, moved)
             for row in moved:
-                click.echo(f"requeued {row.id} {row.original_name} (was {row.reason})")
+                click.echo(f"requeued {row.id} {shown(row.original_name)} (was {row.reason})")
     finally:
         engine.dispose()
     missing = set(ids) - found

@@ -52,6 +52,8 @@ class WatchConfig(_Section):
     claim_seconds: PositiveFloat = 120.0
     max_bytes: PositiveInt = 50 * 1024 * 1024
     max_pixels: PositiveInt = 89_478_485  # Pillow's own bomb threshold
+    # A 1x80000 PNG is 390 bytes; classify's resize of the short side to imgsz would make it gigabytes.
+    max_aspect: Annotated[float, Field(ge=1)] = 20.0
 
 
 def _auto_is_unset(v: Any) -> Any:

@@ -6,6 +6,7 @@ the stop event; `loop_once(now)` takes the clock so a test can drive a single it
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import logging
 import os
@@ -47,6 +48,10 @@ INGEST_BATCH = 256  # files per bookkeeping transaction; the step batches its ow
 MAX_BACKOFF = 60.0
 EXPIRE_SECONDS = 1.0  # how often labelled files waiting for a partner are checked for their timeout
 DATASET_REBUILD_SECONDS = 3.0  # at most one dataset rebuild this often, and only after labels changed
+PATH_MAX = 4096  # Linux, with the terminating NUL: a longer path reaches no system call
+# Keys a running daemon cannot change on SIGHUP (the loaded model and its decoding were made from them).
+RESTART_KEYS = {"task": (), "model": ("weights", "imgsz", "batch", "backend", "device"),
+                "watch": ("max_pixels", "max_aspect"), "metrics": ("port",)}
 
 
 class Daemon:
@@ -91,6 +96,8 @@ class Daemon:
         self._batch = False  # `coverwatch process`: the drop is taken as it is, no grace for class folders
         self.awaiting_partner = 0  # after process_pending: labelled files still waiting for a partner
         self._reload_requested = threading.Event()
+        self._said_too_long: set[str] = set()
+        self._finished: set[str] | None = None  # process mode: files taken to a final or waiting state
         self.notifier = Notifier.from_environment()
         self._metrics = None
         self.training = None  # pipeline.training.TrainingSupervisor, made on the first loop that serves training
@@ -144,7 +151,8 @@ class Daemon:
         """
         self._batch = True
         self.initialize(observe=False)
-        done = 0
+        # Each file once: a batch that is retried (a failing step, a locked database) is taken again.
+        self._finished = finished = set()
         try:
             while len(self.settler) and not self.stop.is_set():
                 if all(self._failures.get(p, 0) > 3 for p in self.settler.paths()):
@@ -152,17 +160,17 @@ class Daemon:
                 due = self.settler.next_due()
                 if due is not None and due > self.clock():
                     time.sleep(min(due - self.clock(), 1.0))
-                taken = self.loop_once()
-                done += taken
-                if progress and taken:
-                    progress(taken)
+                before = len(finished)
+                self.loop_once()
+                if progress and len(finished) > before:
+                    progress(len(finished) - before)
             if self.does_inference:  # the timeouts of files left waiting by earlier runs, and a current dataset
                 self._next_expire = self._next_dataset = 0.0
                 self._labelled_upkeep(self.clock())
                 self.awaiting_partner = self._count_awaiting_partner()
         finally:
             self.shutdown()
-        return done
+        return len(finished)
 
     def shutdown(self) -> None:
         self.notifier.stopping()
@@ -269,6 +277,7 @@ class Daemon:
             self.notifier.status(self._status_line())
             return
         old_roots, old_polling = self.roots, self.cfg.watch.polling
+        new, kept = _keep_restart_keys(self.cfg, new)
         self.cfg = new
         self.settler.settle = new.watch.settle_seconds
         self.roots = {name: new.path(name) for name in DROP_FOLDERS}
@@ -281,7 +290,11 @@ class Daemon:
             self.polling = wants_polling(new.watch.polling, list(self.roots.values()))
             self._start_observer()
         self._next_rescan = 0.0  # look at the (maybe new) folders right away
-        log.info("config reloaded from %s", new.config_path)
+        if kept:
+            log.warning("config reloaded from %s, except %s: a change there needs a restart (still using %s)",
+                        new.config_path, ", ".join(kept), ", ".join(f"{k}={v}" for k, v in kept.items()))
+        else:
+            log.info("config reloaded from %s", new.config_path)
         self.notifier.status(self._status_line())
 
     def recover(self) -> None:
@@ -315,6 +328,8 @@ class Daemon:
                     self.settler.retry_later(str(p), delay, now)
                 else:
                     self._failures.pop(str(p), None)
+                    if self._finished is not None:
+                        self._finished.add(str(p))
 
     def _ingest_labelled(self, paths: list[Path]):
         w = self.cfg.watch
@@ -474,15 +489,27 @@ class Daemon:
         """Every candidate file below root; symlinked folders are not entered (links are files to us)."""
         try:
             entries = list(os.scandir(root))
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                self._too_long(str(root))
             return
         for entry in entries:
             if not self.names(entry.name):
                 continue
-            if entry.is_dir(follow_symlinks=False):
+            if len(os.fsencode(entry.path)) >= PATH_MAX:
+                self._too_long(entry.path)  # no system call takes it: it cannot even be moved to quarantine
+            elif entry.is_dir(follow_symlinks=False):
                 yield from self._walk(Path(entry.path))
             else:
                 yield Path(entry.path)
+
+    def _too_long(self, path: str) -> None:
+        """One warning per path, not one per rescan."""
+        if path not in self._said_too_long:
+            self._said_too_long.add(path)
+            shown = path if len(path) <= 200 else f"{path[:100]}...{path[-100:]}"
+            log.warning("%s: path longer than the system allows (%d bytes); it is left alone: move it higher up",
+                        shown, PATH_MAX - 1)
 
     def _wait(self) -> None:
         """Sleep until the next file is due, an event arrives, or a periodic job is due."""
@@ -562,6 +589,23 @@ class Daemon:
         faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
+def _keep_restart_keys(old: Config, new: Config) -> tuple[Config, dict[str, object]]:
+    """`new`, with the running values of the keys that only a restart changes; and those that differed."""
+    kept: dict[str, object] = {}
+    update: dict[str, object] = {}
+    for section, keys in RESTART_KEYS.items():
+        if not keys:
+            if getattr(old, section) != getattr(new, section):
+                kept[section], update[section] = getattr(old, section), getattr(old, section)
+            continue
+        was, now = getattr(old, section), getattr(new, section)
+        differ = {k: getattr(was, k) for k in keys if getattr(was, k) != getattr(now, k)}
+        if differ:
+            kept.update({f"{section}.{k}": v for k, v in differ.items()})
+            update[section] = now.model_copy(update=differ)
+    return (new.model_copy(update=update) if update else new), kept
+
+
 def build_step(cfg: Config, engine) -> Step:
     """The classifier of the config: the registry's champion when there is one, else `model.weights` (a path,
     relative to the home folder, or a pretrained name that Ultralytics downloads into models/ when online)."""
@@ -575,7 +619,7 @@ def build_step(cfg: Config, engine) -> Step:
     return ClassifyStep(task=cfg.task, weights=weights, imgsz=cfg.model.imgsz, batch=cfg.model.batch,
                         conf=cfg.model.conf, backend=cfg.model.backend, device=cfg.model.device,
                         review_dir=cfg.path("review"), review_below=cfg.model.review_below,
-                        max_pixels=cfg.watch.max_pixels, allowed_roots=roots,
+                        max_pixels=cfg.watch.max_pixels, max_aspect=cfg.watch.max_aspect, allowed_roots=roots,
                         model_source=lambda: champion_weights(engine, cfg.home))
 
 

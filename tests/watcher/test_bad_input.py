@@ -138,3 +138,63 @@ def test_process_refuses_overlapping_folders(home):
     assert len(lines) == 1 and lines[0].endswith(
         "paths.archive (inbox) is the same folder as paths.inbox (inbox): the folders must not overlap"), r.stderr
     assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == before  # no database, no moves
+
+
+# -- issue 14 item 8: a memory bomb below max_pixels ---------------------------------------------------------
+
+
+def test_extreme_aspect_ratios_are_quarantined_and_the_boundary_is_not(home):
+    """A 1x80000 PNG is a few hundred bytes; classify resizes the short side to imgsz (96 x 7,680,000 at 96)."""
+    inbox = home / "inbox"
+    with running(home):
+        for name, size in {"tall.png": (1, 80_000), "wide21.png": (21, 1), "edge20.png": (20, 1),
+                           "edge1x20.png": (1, 20)}.items():
+            Image.new("RGB", size, (200, 30, 30)).save(inbox / name, optimize=True)
+        rs = final_rows(home, 4)
+    got = {r.original_name: (r.state, r.reason) for r in rs}
+    assert got == {"tall.png": ("quarantined", "extreme_aspect"), "wide21.png": ("quarantined", "extreme_aspect"),
+                   "edge20.png": ("processed", None), "edge1x20.png": ("processed", None)}
+    assert "1x80000" in {r.original_name: r for r in rs}["tall.png"].detail
+
+
+def test_max_aspect_reaches_the_classifier(home):
+    from storage.db import make_engine
+    from watcher.config import load_config
+    from watcher.daemon import build_step
+
+    configure(home, watch={"max_aspect": 30})
+    cfg = load_config(home / "coverwatch.yaml")
+    engine = make_engine(cfg.database_url)
+    try:
+        step = build_step(cfg, engine)
+        try:
+            assert (cfg.watch.max_aspect, step.max_aspect) == (30, 30)
+        finally:
+            step.close()
+    finally:
+        engine.dispose()
+
+
+def test_classify_preprocess_allocates_about_the_model_input_whatever_the_aspect(tmp_path):
+    """center_crop on a 1x80000 image (no aspect check on this path) at imgsz 64: resizing the whole image
+    first made it 64 x 5,120,000 x 3 bytes (about 1 GB); only the crop is resized now. Peak RSS, in a fresh
+    process so that nothing else this session allocated counts."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import resource
+        from PIL import Image
+        from pipeline.preprocess import center_crop
+        img = Image.new("RGB", (1, 80_000), (1, 2, 3))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        x = center_crop(img, 64)
+        x = center_crop(img.transpose(Image.Transpose.TRANSPOSE), 64)
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(x.shape, grew)
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    shape, grew_kib = r.stdout.rsplit(" ", 1)
+    assert shape == "(64, 64, 3)"
+    assert int(grew_kib) < 50 * 1024, f"center_crop grew the peak RSS by {int(grew_kib) // 1024} MiB"
