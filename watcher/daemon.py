@@ -22,7 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from pipeline.dataset import build_dataset
-from pipeline.ingest import Claim, Layout, ingest_batch
+from pipeline.ingest import Claim, Layout, forget_vanished, ingest_batch
 from pipeline.labelled import expire_partners, ingest_labelled
 from pipeline.steps import Step
 from storage.db import make_engine, session_scope, upgrade_database
@@ -234,6 +234,8 @@ class Daemon:
             with session_scope(self.engine) as s:
                 finish_moves(s, self.cfg.home, unfinished_moves(s), self._moves)
                 self._free_dead_workers(s)
+                if n := forget_vanished(s, self.cfg.home, Claim(self.worker_id, self.cfg.watch.claim_seconds)):
+                    log.warning("%d files waiting in the drop folders are gone (deleted or renamed): vanished", n)
                 waiting = self._accounted_locations(s)
         except OperationalError as exc:
             log.warning("rescan could not read the database (%s); trying again soon", exc.orig)
