@@ -289,3 +289,22 @@ def test_a_file_rewritten_while_pending_is_classified_as_it_is_archived(home):
     assert len(predictions(home)) == 1
     [old] = [r for r in rows(home) if r.id != row.id]  # the content that was classified first is gone
     assert (old.state, old.reason, old.location) == ("quarantined", "replaced", None)
+
+
+def test_a_labelled_file_that_cannot_be_moved_stays_and_the_rest_goes_on(home, monkeypatch):
+    """The labelled path moves through the same finish_moves: a stuck image stays, its label and the other
+    pairs are archived, and a restart does not exit on it."""
+    from tests.labelimg import coco_drop, coco_names, labelled_images
+
+    images = labelled_images(0, 3)
+    drop = home / "labeled/drop"
+    coco_drop(drop, images, coco_names())
+    stuck = drop / images[0].name
+    deny_unlink(monkeypatch, stuck)
+    for _ in range(2):
+        process(home)
+        by_path = {r.source_path: r for r in rows(home)}
+        row = by_path[f"drop/{stuck.name}"]
+        assert (row.state, row.reason, row.moved_at) == ("processed", "cannot_move", None) and stuck.exists()
+        assert sorted(p.name for p in drop.iterdir()) == [stuck.name]
+        assert all(r.moved_at is not None for p, r in by_path.items() if p != f"drop/{stuck.name}")
