@@ -121,8 +121,10 @@ def _place(src: Path, dst: Path) -> None:
                 os.fsync(f.fileno())
         os.rename(tmp, dst)
     except OSError:
-        if os.path.lexists(tmp):
+        try:
             os.unlink(tmp)  # a half copy (disk full, unreadable source) is nobody's file
+        except OSError:
+            pass
         raise
 
 

@@ -308,3 +308,24 @@ def test_a_labelled_file_that_cannot_be_moved_stays_and_the_rest_goes_on(home, m
         assert (row.state, row.reason, row.moved_at) == ("processed", "cannot_move", None) and stuck.exists()
         assert sorted(p.name for p in drop.iterdir()) == [stuck.name]
         assert all(r.moved_at is not None for p, r in by_path.items() if p != f"drop/{stuck.name}")
+
+
+def test_a_copy_that_fails_half_way_leaves_no_temp_file(home, monkeypatch):
+    """Across devices the move copies: a copy cut short (disk full) must not leave its half behind."""
+    import shutil
+
+    Image.new("RGB", (20, 20), "red").save(home / "inbox/one.png")
+
+    def cross_device(*a, **k):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    def half_copy(src, dst, **k):
+        Path(dst).write_bytes(Path(src).read_bytes()[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "link", cross_device)
+    monkeypatch.setattr(shutil, "copy2", half_copy)
+    process(home)
+    assert [p.name for p in (home / "archive").rglob("*") if p.is_file()] == []
+    [row] = rows(home)
+    assert (row.state, row.reason, row.moved_at) == ("processed", None, None)  # disk full: retried, not stuck
