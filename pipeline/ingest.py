@@ -324,7 +324,7 @@ def forget_vanished(s: Session, home: Path, claim: Claim = Claim()) -> int:
 
 
 def _changed(f: _Found) -> str | None:
-    """"vanished" or "changed" when the file is not what was hashed any more; None when it still is."""
+    """Whether the file is still what was hashed: None when it is, else "vanished" or "changed"."""
     try:
         st = os.lstat(f.path)
     except (FileNotFoundError, NotADirectoryError):

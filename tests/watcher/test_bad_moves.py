@@ -239,20 +239,27 @@ def test_pending_rows_left_for_vanished_files_are_resolved_at_start(home):
     try:
         upgrade_database(engine)
         with session_scope(engine) as s:
-            s.add_all(File(folder="inbox", source_path=f"e1/{p.name}", original_name=p.name, size=p.stat().st_size,
-                           sha256=sha(p), location=f"inbox/e1/{p.name}", state="pending") for p in paths)
+            stale = [File(folder="inbox", source_path=f"e1/{p.name}", original_name=p.name, size=p.stat().st_size,
+                          sha256=sha(p), location=f"inbox/e1/{p.name}", state="pending") for p in paths]
+            s.add_all(stale)
+            s.flush()
+            # Two of the real files were registered already, as copies of the stale rows.
+            s.add_all(File(folder="inbox", source_path=f"e2/{p.name}", original_name=p.name, size=p.stat().st_size,
+                           sha256=sha(p), location=f"inbox/e2/{p.name}", state="pending", duplicate_of=old.id)
+                      for p, old in list(zip(paths, stale))[:2])
             s.add(File(folder="inbox", source_path="deleted.png", original_name="deleted.png", size=1, sha256="0" * 64,
                        location="inbox/deleted.png", state="awaiting_model"))  # its content never comes back
     finally:
         engine.dispose()
-    stale = [r for r in rows(home) if r.state in ("pending", "awaiting_model")]
-    assert len(stale) == 4 and not (home / "inbox/e1").exists()
+    assert len([r for r in rows(home) if r.state in ("pending", "awaiting_model")]) == 6
+    assert not (home / "inbox/e1").exists()
     process(home)
     rs = rows(home)
     assert sorted((r.source_path, r.state, r.reason) for r in rs) == sorted(
         [(f"e1/{p.name}", "quarantined", "vanished") for p in paths]
         + [(f"e2/{p.name}", "processed", None) for p in paths] + [("deleted.png", "quarantined", "vanished")])
-    assert all(r.duplicate_of is None for r in rs)
+    assert all(r.duplicate_of is None for r in rs) and len(predictions(home)) == 3
+    assert not any((home / "inbox").rglob("*.png"))
 
 
 # -- item 11: a file rewritten in place while pending ---------------------------------------------------
