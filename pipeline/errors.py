@@ -26,6 +26,8 @@ REASONS = {
     "unreadable": "the file cannot be read (permissions)",
     "replaced": "a new file took this one's name before it was processed; the new content is processed on its own",
     "vanished": "the file disappeared from the drop folder before it could be processed",
+    "cannot_move": "the file was processed but cannot be moved out of the drop folder (immutable, read-only "
+                   "mount, permissions: see detail); it stays where it is and the move is retried with back-off",
     "processing_error": "the model step failed on this file every time it was tried (see detail); "
                         "`coverwatch requeue` sends it through again",
     # labelled drops (pipeline.labels, pipeline.labelled)

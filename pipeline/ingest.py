@@ -8,6 +8,11 @@
 A crash between any two of these leaves either a `pending` row with its file still in the drop folder (redone
 from B) or a committed destination (the move is finished at start-up). Disk full or a locked database: the
 transaction rolls back, the files stay where they are, and the caller retries later.
+
+C looks at each file again: one that is gone (deleted, or renamed: its new name is a new file) ends as
+`vanished`; one whose size, mtime or ctime changed since it was hashed is not committed but started over (the
+next pass registers its new content, the old row ends as `replaced`), so what is archived is what was
+classified. A vanished or replaced row is never the "first copy" that a later file with its content defers to.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class _Found:
     rel: str  # relative to the drop folder
     size: int = 0
     mtime_ns: int = 0
+    ctime_ns: int = 0
     sha256: str | None = None
     rejected: Rejected | None = None
     row: File | None = None
@@ -146,7 +152,7 @@ def _look(path: Path, root: Path, max_bytes: int, report: BatchReport) -> _Found
     f = _Found(path, rel)
     try:
         st = check_entry(path, max_bytes=max_bytes, allowed=IMAGE_EXTENSIONS)
-        f.size, f.mtime_ns = st.st_size, st.st_mtime_ns
+        f.size, f.mtime_ns, f.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
         f.sha256 = sha256_file(path)
     except FileNotFoundError:
         return None  # gone before we got to it: nothing to account for
@@ -154,7 +160,7 @@ def _look(path: Path, root: Path, max_bytes: int, report: BatchReport) -> _Found
         f.rejected = exc
         try:
             st = os.lstat(path)
-            f.size, f.mtime_ns = st.st_size, st.st_mtime_ns
+            f.size, f.mtime_ns, f.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
         except OSError:
             return None
     except OSError as exc:
@@ -172,7 +178,7 @@ def _register(s: Session, layout: Layout, folder: str, found: list[_Found], clai
         for r in s.scalars(select(File).where(File.location.in_(list(locations)), File.moved_at.is_(None))
                            .with_for_update(skip_locked=True))
     }
-    first_by_sha = _first_rows(s, {f.sha256 for f in found if f.sha256})
+    first_by_sha = _first_rows(s, {f.sha256 for f in found if f.sha256}, layout.home, claim)
     new: list[tuple[str, _Found]] = []
     for loc, f in locations.items():
         old = left_behind.get(loc)
@@ -269,18 +275,63 @@ def _claimable(row: File, claim: Claim) -> bool:
     return expires < datetime.now(timezone.utc)
 
 
-def _first_rows(s: Session, shas: set[str]) -> dict[str, File]:
+UNSEEN = ("vanished", "replaced")  # quarantined before their content was looked at: nobody's first copy
+
+
+def _first_rows(s: Session, shas: set[str], home: Path, claim: Claim) -> dict[str, File]:
+    """The first row of each content, that later copies end as. A live one whose file is gone is resolved
+    as vanished here and passed over: a file with its content is new, not a copy of nothing."""
     if not shas:
         return {}
     rows = s.scalars(
         select(File)
-        .where(File.sha256.in_(list(shas)), File.duplicate_of.is_(None), File.state != FileState.requeued.value)
+        .where(File.sha256.in_(list(shas)), File.duplicate_of.is_(None), File.state != FileState.requeued.value,
+               ~((File.state == FileState.quarantined.value) & File.reason.in_(UNSEEN)))
         .order_by(File.id)
     )
     out: dict[str, File] = {}
+    now = datetime.now(timezone.utc)
     for r in rows:
-        out.setdefault(r.sha256, r)
+        if r.sha256 in out:
+            continue
+        if r.state in LIVE and _gone(home, r) and _claimable(r, claim):
+            _vanish(r, now)
+            continue
+        out[r.sha256] = r
     return out
+
+
+def _gone(home: Path, row: File) -> bool:
+    return row.location is not None and row.final_path is None and not os.path.lexists(home / row.location)
+
+
+def _vanish(row: File, now: datetime) -> None:
+    log.warning("%s: vanished before it was processed", row.location)
+    row.state, row.reason, row.location = FileState.quarantined.value, "vanished", None
+    row.moved_at = row.processed_at = now
+    row.claimed_by = row.claim_expires_at = None
+
+
+def forget_vanished(s: Session, home: Path, claim: Claim = Claim()) -> int:
+    """Resolve live rows (pending or waiting) whose file is no longer in its drop folder: deleted, or renamed
+    while the daemon was down or by an older version. Returns how many."""
+    now = datetime.now(timezone.utc)
+    rows = s.scalars(select(File).where(File.state.in_(LIVE), File.location.is_not(None), File.final_path.is_(None)))
+    gone = [r for r in rows if _claimable(r, claim) and _gone(home, r)]
+    for r in gone:
+        _vanish(r, now)
+    return len(gone)
+
+
+def _changed(f: _Found) -> str | None:
+    """Whether the file is still what was hashed: None when it is, else "vanished" or "changed"."""
+    try:
+        st = os.lstat(f.path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "vanished"
+    except OSError:
+        return None  # cannot tell: the move will say
+    return "changed" if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (f.size, f.mtime_ns, f.ctime_ns) else None
 
 
 def _quarantine(row: File, exc: Rejected) -> None:
@@ -314,10 +365,20 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> li
         if row.claimed_by != claim.worker or row.final_path is not None:
             log.warning("%s: taken over by worker %s; dropping this result", row.source_path, row.claimed_by)
             continue
+        change = _changed(f)
+        if change == "vanished" and row.state in LIVE:
+            _vanish(row, now)
+            report.quarantined += 1
+            continue
+        if change == "changed":
+            log.info("%s changed while it was being processed; starting over", row.source_path)
+            row.claim_expires_at = claim.expires()
+            report.retry.append(f.path)
+            continue
         row.claimed_by = row.claim_expires_at = None
         outcome = outcomes.get(row.id)
         if row.duplicate_of is not None and row.state == FileState.pending.value:
-            if not _settle_duplicate(s, row):
+            if not _settle_duplicate(s, row, layout.home, claim):
                 row.claimed_by, row.claim_expires_at = claim.worker, claim.expires()
                 report.retry.append(f.path)
                 continue
@@ -367,9 +428,16 @@ def _count(report: BatchReport, row: File, *, quiet: bool = False) -> None:
         log.warning("quarantined %s: %s", row.source_path, row.reason)
 
 
-def _settle_duplicate(s: Session, row: File) -> bool:
-    """A duplicate ends as its first copy did, without a second inference. False: the first is not done yet."""
+def _settle_duplicate(s: Session, row: File, home: Path, claim: Claim) -> bool:
+    """A duplicate ends as its first copy did, without a second inference. False: the first is not done yet,
+    or it vanished (or was replaced) unseen and this row now defers to another first copy, or is the first."""
     first = s.get(File, row.duplicate_of)
+    if first.state in LIVE and _gone(home, first) and _claimable(first, claim):
+        _vanish(first, datetime.now(timezone.utc))
+    if first.state == FileState.quarantined.value and first.reason in UNSEEN:
+        other = _first_rows(s, {row.sha256}, home, claim).get(row.sha256)
+        row.duplicate_of = None if other is None or other.id == row.id else other.id
+        return False  # pending still: the next pass settles it against `other`, or classifies it
     if first.state in FINAL:
         row.state, row.reason = first.state, first.reason
         row.detail = f"same content as file {first.id} ({first.original_name})"

@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -23,6 +24,8 @@ from storage.tables import File
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes, on every Linux file system we care about
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # passes once space is freed: retried on every pass, as before
+MOVE_NOTE = "cannot move to "  # how a failed move is noted in `detail` (and found again to clear it)
 
 
 def fsync_dir(path: Path) -> None:
@@ -113,52 +116,133 @@ def _place(src: Path, dst: Path) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
             raise
     tmp = dst.with_name(f".{dst.name[:200]}.coverwatch-tmp")
-    shutil.copy2(src, tmp, follow_symlinks=False)
-    if tmp.is_file():
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    os.rename(tmp, dst)
+    try:
+        shutil.copy2(src, tmp, follow_symlinks=False)
+        if tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.rename(tmp, dst)
+    except OSError:
+        try:
+            os.unlink(tmp)  # a half copy (disk full, unreadable source) is nobody's file
+        except OSError:
+            pass
+        raise
 
 
-def finish_moves(session: Session, home: Path, rows: Iterable[File]) -> list[File]:
+class MoveBackoff:
+    """When a move that failed for a lasting reason (EPERM, EACCES, EROFS: `chattr +i`, a read-only mount) is
+    tried again: `first` seconds after the first failure, doubling up to `most`. Disk full is not backed off.
+
+    Kept in memory: a restart tries each such move once at start-up, then backs off again.
+    """
+
+    def __init__(self, first: float = 60.0, most: float = 3600.0, clock=time.monotonic):
+        self.first, self.most, self.clock = first, most, clock
+        self._next: dict[int, tuple[int, float]] = {}  # row id -> (failures, when to try again)
+
+    def due(self, row_id: int) -> bool:
+        entry = self._next.get(row_id)
+        return entry is None or self.clock() >= entry[1]
+
+    def failed(self, row_id: int) -> float:
+        n = self._next.get(row_id, (0, 0.0))[0] + 1
+        delay = min(self.most, self.first * 2 ** (n - 1))
+        self._next[row_id] = (n, self.clock() + delay)
+        return delay
+
+    def done(self, row_id: int) -> None:
+        self._next.pop(row_id, None)
+
+
+def finish_moves(session: Session, home: Path, rows: Iterable[File],
+                 backoff: MoveBackoff | None = None) -> list[File]:
     """Move each row's file to its committed destination and record it. Returns rows that failed.
 
     In three passes, so that a batch costs one fsync per destination folder rather than one per file: every
-    file gets its new name, the folders are synced, and only then are the old names dropped.
+    file gets its new name, the folders are synced, and only then are the old names dropped. A file that
+    cannot be moved for a lasting reason stays where it is, noted `cannot_move`, and is tried again when
+    `backoff` says so (every call without one); it never stops the other moves.
     """
     failed, placed, folders = [], [], set()
     now = datetime.now(timezone.utc)
     for row in rows:
         if row.final_path is None or row.location == row.final_path:
             continue
+        if backoff is not None and not backoff.due(row.id):
+            continue
         try:
-            if _link_into_place(home, row.location, row.final_path):
-                folders.add((home / row.final_path).parent)
+            made = _link_into_place(home, row.location, row.final_path)
         except FileNotFoundError:
             log.warning("%s: vanished before it could be moved to %s", row.location, row.final_path)
             row.detail = (row.detail + "; " if row.detail else "") + "file vanished before its move"
             row.location = None
             _moved(row, now)
         except OSError as exc:
-            log.warning("cannot move %s to %s (%s); will retry", row.location, row.final_path, exc.strerror)
+            _cannot_move(row, exc, backoff)
             failed.append(row)
         else:
-            placed.append(row)
+            if made:
+                folders.add((home / row.final_path).parent)
+            placed.append((row, made))
     try:
         for folder in folders:
             fsync_dir(folder)
     except OSError as exc:
         log.warning("cannot sync %d archive folders (%s); the moves are retried", len(folders), exc.strerror)
-        return failed + placed
-    for row in placed:
-        _drop_source(home, row.location)
+        return failed + [row for row, _ in placed]
+    for row, made in placed:
+        try:
+            _drop_source(home, row.location)
+        except OSError as exc:
+            _take_back(home, row, made)
+            _cannot_move(row, exc, backoff)
+            failed.append(row)
+            continue
         row.location = row.final_path
         _moved(row, now)
+        if backoff is not None:
+            backoff.done(row.id)
     return failed
+
+
+def _take_back(home: Path, row: File, made: bool) -> None:
+    """The source cannot be dropped: remove the destination name again, so the file is only where it was.
+    Only a name this call made, or another name of the very same file: the source keeps the content."""
+    src, dst = home / row.location, home / row.final_path
+    try:
+        if made or os.path.samestat(os.lstat(src), os.lstat(dst)):
+            os.unlink(dst)
+    except OSError as exc:
+        log.warning("%s: left at %s as well (%s)", row.location, row.final_path, exc.strerror)
+
+
+def _cannot_move(row: File, exc: OSError, backoff: MoveBackoff | None) -> None:
+    if exc.errno in DISK_FULL:
+        log.warning("cannot move %s to %s (%s); will retry", row.location, row.final_path, exc.strerror)
+        return
+    if row.reason is None or row.reason == "cannot_move":  # a quarantined file keeps why it was quarantined
+        row.reason = "cannot_move"
+    row.detail = _without_note(row.detail)
+    note = f"{MOVE_NOTE}{row.final_path}: {exc.strerror or exc}"
+    row.detail = f"{row.detail}; {note}" if row.detail else note
+    later = f"in {backoff.failed(row.id):.0f} s" if backoff is not None else "on the next pass"
+    log.warning("cannot move %s to %s (%s); it stays where it is, tried again %s", row.location, row.final_path,
+                exc.strerror or exc, later)
+
+
+def _without_note(detail: str | None) -> str | None:
+    if detail is None or detail.startswith(MOVE_NOTE):
+        return None
+    return detail.split("; " + MOVE_NOTE)[0]
 
 
 def _moved(row: File, now: datetime) -> None:
     row.moved_at = now
+    if MOVE_NOTE in (row.detail or ""):  # it was stuck before: the move is done now
+        row.detail = _without_note(row.detail)
+        if row.reason == "cannot_move":
+            row.reason = None
     if row.state == "requeued":
         row.final_path = None  # the inbox is not a final place: the file's next row owns it now
 

@@ -23,12 +23,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from pipeline.dataset import build_dataset
-from pipeline.ingest import Claim, Layout, ingest_batch
+from pipeline.ingest import Claim, Layout, forget_vanished, ingest_batch
 from pipeline.labelled import expire_partners, ingest_labelled
 from pipeline.steps import Step
 from storage.db import make_engine, session_scope, sqlite_path, upgrade_database
-from storage.files import finish_moves, unfinished_moves
+from storage.files import MoveBackoff, finish_moves, unfinished_moves
 from storage.leases import acquire_lease, release_dead_workers, worker_process_alive
+from storage.queries import as_utc
 from storage.tables import File, FileState, Worker
 from storage.errors import CoverwatchError, DatabaseLost
 from watcher.config import Config, load_config
@@ -83,6 +84,7 @@ class Daemon:
         self.polling = False
         self.worker_id: int | None = None
         self._failures: dict[str, int] = defaultdict(int)
+        self._moves = MoveBackoff()  # moves that failed for a lasting reason: tried again less and less often
         self._next_rescan = 0.0
         self._next_heartbeat = 0.0
         self._last_rescan: datetime | None = None
@@ -242,8 +244,10 @@ class Daemon:
         """Reconcile the folders with the database: every file not accounted for becomes a candidate."""
         try:
             with session_scope(self.engine) as s:
-                finish_moves(s, self.cfg.home, unfinished_moves(s))
+                finish_moves(s, self.cfg.home, unfinished_moves(s), self._moves)
                 self._free_dead_workers(s)
+                if n := forget_vanished(s, self.cfg.home, Claim(self.worker_id, self.cfg.watch.claim_seconds)):
+                    log.warning("%d files waiting in the drop folders are gone (deleted or renamed): vanished", n)
                 waiting = self._accounted_locations(s)
         except OperationalError as exc:
             log.warning("rescan could not read the database (%s); trying again soon", exc.orig)
@@ -303,7 +307,7 @@ class Daemon:
             rows = unfinished_moves(s)
             if rows:
                 log.info("finishing %d moves interrupted by a restart", len(rows))
-                finish_moves(s, self.cfg.home, rows)
+                finish_moves(s, self.cfg.home, rows, self._moves)
 
     # -- helpers -----------------------------------------------------------------------------------------
 
