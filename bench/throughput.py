@@ -66,7 +66,7 @@ def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> f
     from pipeline.report import publish_report
     from pipeline.steps import Item
     from storage.db import make_engine, upgrade_database
-    from watcher.config import load_config
+    from watcher.config import dataset_options, load_config
     from watcher.daemon import Daemon, build_step
     from watcher.home import init_home
 
@@ -86,7 +86,8 @@ def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> f
     cfg = load_config(cfg_path)
     engine = make_engine(cfg.database_url)
     upgrade_database(engine)
-    publish_report(engine, cfg.path("reports"), home=cfg.home, keep=cfg.reports.keep)  # this hour's report
+    publish_report(engine, cfg.path("reports"), home=cfg.home, keep=cfg.reports.keep,  # this hour's report
+                   labels=dataset_options(cfg.training))
     step = build_step(cfg, engine)
     step([Item(0, paths[0], "")])  # loads the model, exports it to ONNX (cached beside the weights), runs it once
     daemon = Daemon(cfg, step=step, engine=engine)

@@ -26,9 +26,11 @@ import numpy as np
 
 from pipeline import model_loader as ml
 from pipeline.decode import MAX_ASPECT
+from pipeline.device import resolve_device
 from pipeline.errors import ModelUnavailable, Rejected
+from pipeline.labels import WHOLE_IMAGE, corners
 from pipeline.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
-from pipeline.review import WHOLE_IMAGE, write_review
+from pipeline.review import write_review
 from pipeline.steps import Item, Outcome, Result, read_file
 from pipeline.threads import ThreadChooser
 
@@ -183,7 +185,7 @@ class ClassifyStep:
                        ThreadChooser(list(forwards)))
 
     def _backend(self, model: ml.LoadedModel) -> tuple[str, dict[int, Callable]]:
-        device = ml.resolve_device(self.device)
+        device = resolve_device(self.device)
         backend = self.backend if self.backend != "auto" else ("onnx" if device == "cpu" else "torch")
         if backend == "onnx":
             try:
@@ -296,7 +298,7 @@ def classify_answer(probs: np.ndarray, names: list[str]) -> _Answer:
     """Top-1 and top-5 from a softmax row (the exported head applies softmax)."""
     top = np.argsort(-probs, kind="stable")[:5]
     top5 = [[names[i], float(probs[i])] for i in top]
-    return _Answer(top5[0][0], top5[0][1], top5, [], [(int(top[0]), *WHOLE_IMAGE)])
+    return _Answer(top5[0][0], top5[0][1], top5, [], [(int(top[0]), *corners(*WHOLE_IMAGE))])
 
 
 def nms_rows(pred: np.ndarray, conf: float, nc: int) -> np.ndarray:

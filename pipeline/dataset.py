@@ -17,7 +17,7 @@ and keeps its own to the end. Images are hard links into archive/ (copies across
 costs only its label files. The split is by content hash, so the same picture always lands in the same split.
 
 Example:
-    >>> build = build_dataset(engine, home, home / "dataset", val_fraction=0.2)
+    >>> build = build_dataset(engine, home, home / "dataset", options)   # pipeline.settings.DatasetOptions
     >>> build.path.name, build.train_images, build.quality.ratio
     ('v000003', 40, 2.5)
 """
@@ -40,8 +40,9 @@ from sqlalchemy import select, update
 
 from pipeline.classes import class_names
 from pipeline.errors import DatasetError
-from pipeline.labels import Box
+from pipeline.labels import WHOLE_IMAGE, Box
 from pipeline.quality import Balance, LabelledImage, Quality, assess_labels, plan_oversampling, unsettled
+from pipeline.settings import DatasetOptions
 from storage.db import session_scope
 from storage.files import fsync_dir
 from storage.names import portable
@@ -50,7 +51,6 @@ from storage.tables import DatasetVersion, File, Label, Sample
 log = logging.getLogger(__name__)
 
 SNAPSHOT = re.compile(r"v\d{6}")
-WHOLE_IMAGE = (0.5, 0.5, 1.0, 1.0)
 
 
 def split_of(sha256: str, val_fraction: float) -> str:
@@ -80,27 +80,27 @@ class DatasetBuild:
     excluded: list[str] = field(default_factory=list)  # image keys left out: their drops disagree
 
 
-def build_dataset(engine, home: Path, dataset_dir: Path, *, val_fraction: float, balance: str = "none",
-                  iou_threshold: float = 0.7, warn_ratio: float = 5.0, max_repeat: int = 4,
-                  conflicts: str = "exclude", retain_seconds: float = 86400.0, keep: int = 3) -> DatasetBuild | None:
+def build_dataset(engine, home: Path, dataset_dir: Path, options: DatasetOptions, *, retain_seconds: float = 86400.0,
+                  keep: int = 3) -> DatasetBuild | None:
     """Build a new snapshot from the current labels and switch to it; None when nothing changed (or no labels).
 
-    `conflicts`: "exclude" leaves out images whose drops gave different classes until a drop confirms one
-    (`quality.unsettled`); "latest" trains them with their last drop's labels.
+    `options.conflicts`: "exclude" leaves out images whose drops gave different classes until a drop confirms
+    one (`quality.unsettled`); "latest" trains them with their last drop's labels.
     """
     with session_scope(engine) as s:
         names = class_names(s)
-        items, history = _load(s, home, val_fraction)
-    quality = assess_labels(history, names=names, iou_threshold=iou_threshold, warn_ratio=warn_ratio,
-                            balance=balance)
-    left_out = unsettled(quality) if conflicts == "exclude" else set()
+        items, history = _load(s, home, options.val_fraction)
+    quality = assess_labels(history, names=names, iou_threshold=options.ambiguity_iou,
+                            warn_ratio=options.imbalance_warn_ratio, balance=options.balance)
+    left_out = unsettled(quality) if options.conflicts == "exclude" else set()
     excluded = sorted(left_out)
     items = [i for i in items if i.sha not in left_out]
     if not items:
         return None
     train = [(i.sha, [b.class_name for b in i.boxes]) for i in items if i.split == "train"]
-    plan = plan_oversampling(train, max_repeat=max_repeat if balance == "oversample" else 1)
-    fingerprint = _fingerprint(names, items, plan if balance == "oversample" else None)
+    oversampling = options.balance == "oversample"
+    plan = plan_oversampling(train, max_repeat=options.max_repeat if oversampling else 1)
+    fingerprint = _fingerprint(names, items, plan if oversampling else None)
     with session_scope(engine) as s:
         last = s.scalar(select(DatasetVersion).order_by(DatasetVersion.id.desc()).limit(1))
         current = _current(dataset_dir)
@@ -108,7 +108,7 @@ def build_dataset(engine, home: Path, dataset_dir: Path, *, val_fraction: float,
             return None
     tmp = dataset_dir / f".build-{uuid.uuid4().hex[:12]}"
     try:
-        oversample = plan if balance == "oversample" else None
+        oversample = plan if oversampling else None
         _write_snapshot(tmp, items, names, oversample)
         build = _switch(engine, home, dataset_dir, tmp, items, names, quality, plan, oversample is not None,
                         excluded, fingerprint)

@@ -27,6 +27,10 @@ from pipeline.errors import Rejected
 # How far (normalised) a box may run past the edge before it is an error rather than rounding; within it,
 # the box is clipped to the image, as Ultralytics would do anyway.
 EDGE_TOLERANCE = 0.01
+# A class with no box (a classify drop, a class folder) labels the whole picture. Stored, trained and judged in
+# YOLO's normalised centre form (cx, cy, w, h); `corners` gives the (x1, y1, x2, y2) that inference boxes and
+# review/ labels use.
+WHOLE_IMAGE = (0.5, 0.5, 1.0, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,16 @@ class ParsedLabel:
     boxes: list[Box] = field(default_factory=list)
     duplicates: int = 0  # exact duplicate boxes dropped
     clipped: int = 0  # boxes past the edge by less than EDGE_TOLERANCE, clipped
+
+
+def corners(cx: float, cy: float, w: float, h: float) -> tuple[float, float, float, float]:
+    """Normalised centre form -> normalised corners (x1, y1, x2, y2)."""
+    return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+
+
+def centre(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float, float, float]:
+    """Normalised corners -> YOLO's normalised centre form (cx, cy, w, h)."""
+    return (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
 
 
 def normalise_name(name: str) -> str:
@@ -117,7 +131,7 @@ def _parse_yolo(text: str, names: list[str]) -> ParsedLabel:
             raise Rejected("class_out_of_range", f"{where}: class id {cid}, classes.txt has {len(names)} names")
         if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)):
             raise Rejected("coordinate_out_of_range", f"{where}: {' '.join(fields[1:])} not all within 0..1")
-        _add_box(out, names[cid], cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, where, exact=(cx, cy, w, h))
+        _add_box(out, names[cid], *corners(cx, cy, w, h), where, exact=(cx, cy, w, h))
     return out
 
 
@@ -134,8 +148,7 @@ def _add_box(out: ParsedLabel, name: str, x1: float, y1: float, x2: float, y2: f
         return
     if c != [x1, y1, x2, y2]:
         out.clipped += 1
-    x1, y1, x2, y2 = c
-    out.boxes.append(Box(name, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))
+    out.boxes.append(Box(name, *centre(*c)))
 
 
 def _dedupe(parsed: ParsedLabel) -> ParsedLabel:

@@ -226,17 +226,3 @@ def physical_cores() -> int:
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
     except ImportError:
         return os.cpu_count() or 1
-
-
-def resolve_device(device: str) -> str:
-    """`auto` -> `cuda:0` when torch sees a GPU, else `cpu`; `0` -> `cuda:0`."""
-    device = str(device).strip().lower()
-    if device.isdigit():
-        return f"cuda:{device}"
-    if device == "cuda":
-        return "cuda:0"
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"

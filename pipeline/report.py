@@ -2,9 +2,9 @@
 
 Example:
     >>> write_report(engine, home / "reports" / "now.xlsx", home=home, low_confidence=0.4,
-    ...              labels=LabelRules(ambiguity_iou=0.7, imbalance_warn_ratio=5.0))
+    ...              labels=dataset_options(cfg.training))     # watcher.config: the thresholds that judge labels
     PosixPath('.../reports/now.xlsx')
-    >>> publish_report(engine, home / "reports", home=home, keep=48)   # dated file + latest.xlsx, pruned
+    >>> publish_report(engine, home / "reports", home=home, keep=48, labels=...)   # dated + latest.xlsx, pruned
 
 The workbook is streamed (XlsxWriter's constant_memory; the database read in chunks), so a history of a
 million predictions costs time, not memory. It is written to a temporary name and renamed, so a reader never
@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
@@ -32,7 +31,6 @@ from pipeline.report_data import (
     model_metrics,
     primary_metric,
     quality_issues,
-    quality_matrix,
     scalar_metrics,
     training_attempts,
 )
@@ -46,6 +44,7 @@ from pipeline.report_sheets import (
     training_sheet,
 )
 from pipeline.report_style import EXCEL_MAX_ROWS, Book
+from pipeline.settings import DatasetOptions
 from storage.db import session_scope
 from storage.errors import CoverwatchError
 from storage.files import fsync_dir
@@ -69,22 +68,6 @@ STATE_WORDS = {"processed": "files processed", "quarantined": "files quarantined
                "requeued": "files requeued (history)"}
 
 
-@dataclass(frozen=True)
-class LabelRules:
-    """The `training:` settings that judge the labels; the caller passes the config's, so the report flags what
-    the dataset build flags."""
-
-    ambiguity_iou: float = 0.7
-    imbalance_warn_ratio: float = 5.0
-    balance: str = "none"
-    conflicts: str = "exclude"
-
-    @classmethod
-    def of(cls, training) -> LabelRules:
-        """From a config's `training` section (or anything with those attributes)."""
-        return cls(**{k: getattr(training, k) for k in cls.__dataclass_fields__})
-
-
 class ReportError(CoverwatchError):
     """Raised when the workbook cannot be written (folder missing or read-only, disk full)."""
 
@@ -92,13 +75,13 @@ class ReportError(CoverwatchError):
 
 
 def write_report(engine: Engine, out_path: Path, *, home: Path, now: datetime | None = None,
-                 tz: tzinfo | None = None, low_confidence: float = 0.4, labels: LabelRules = LabelRules(),
+                 labels: DatasetOptions, tz: tzinfo | None = None, low_confidence: float = 0.4,
                  max_rows_per_sheet: int = EXCEL_MAX_ROWS, chunk_rows: int = 5000) -> Path:
     """Write the workbook to `out_path` atomically, record it in the `reports` table, return the path.
 
     `home` resolves the paths stored in the database (archive links, model folders); `tz` is the zone the
     dates are shown in (default: this machine's); `low_confidence` colours confidences below it; `labels`
-    carries the config's thresholds for ambiguous boxes and imbalance.
+    carries the config's thresholds for ambiguous boxes and imbalance (the dataset build's own options).
     """
     now = now or datetime.now(timezone.utc)
     out_path = Path(out_path)
@@ -155,7 +138,7 @@ def _prune(folder: Path, keep: int) -> None:
             log.warning("could not remove old report %s: %s", old, exc)
 
 
-def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: int, rules: LabelRules) -> int:
+def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: int, rules: DatasetOptions) -> int:
     """Every sheet, in the order a reader meets them; the Summary (first) is filled last."""
     with engine.connect() as conn, Session(conn) as s:
         counts = report_counts(s)
@@ -165,22 +148,18 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
         per_class = class_counts(s, book.low_confidence)
         runs = training_runs_with_models(s)
         reasons = quarantine_reasons(s)
-        quality = label_quality(s, iou_threshold=rules.ambiguity_iou, warn_ratio=rules.imbalance_warn_ratio,
-                                balance=rules.balance)
-        events = label_events(conn)
+        quality = label_quality(s, rules)
 
         summary_ws = book.sheet("Summary")
         preds = predictions_sheet(book, conn, chunk_rows)
         dets = detections_sheet(book, conn, chunk_rows)
-        order = _class_order(registered, per_class)
-        classes = class_rows(order, set(registered), per_class, quality, dataset_balance(conn))
+        order = _class_order(registered, quality.counts, per_class)
+        classes = class_rows(order, set(registered), per_class, quality, dataset_balance(s))
         classes_sheet(book, classes)
-        issues = events + quality_issues(quality, rules.conflicts)
-        label_issues_sheet(book, issues, quality_matrix(quality, order), "same object")
-        figures = model_metrics(conn)
-        metric = primary_metric([scalar_metrics(r.metrics) for r, _mv in runs]
-                                + [f.get(None, {}) for f in figures.values()])
-        training_sheet(book, runs, champ, metric, attempts=training_attempts(conn), figures=figures)
+        issues = label_events(s) + quality_issues(quality, rules.conflicts)
+        label_issues_sheet(book, issues, order, quality.matrix(order), "same object")
+        metric = primary_metric(champ, runs)
+        training_sheet(book, runs, champ, metric, attempts=training_attempts(s), figures=model_metrics(s))
         quarantine = quarantine_sheet(book, conn, chunk_rows)
 
         items = _summary_items(book, now, counts, status, champ, metric)
@@ -190,9 +169,9 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
     return preds.rows
 
 
-def _class_order(registered: list[str], counts: dict) -> list[str]:
+def _class_order(registered: list[str], labelled: dict, predicted: dict) -> list[str]:
     """The user's classes in dataset order, then any other class seen (labels, then predictions), by name."""
-    others = sorted(set(counts) - set(registered), key=lambda c: (not counts[c].get("labels"), c))
+    others = sorted((set(labelled) | set(predicted)) - set(registered), key=lambda c: (c not in labelled, c))
     return registered + others
 
 
@@ -213,7 +192,7 @@ def _summary_items(book: Book, now, counts: dict, status: dict, champ, metric: s
     return items
 
 
-def _warnings(status, counts, classes, issues, reasons, runs, book: Book, rules: LabelRules) -> list[str]:
+def _warnings(status, counts, classes, issues, reasons, runs, book: Book, rules: DatasetOptions) -> list[str]:
     """What a person should act on, in plain words."""
     out = []
     if status["champion"] is None:

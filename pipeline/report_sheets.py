@@ -6,12 +6,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 from PIL import Image
 from sqlalchemy import Connection
 
 from pipeline.errors import REASONS
-from pipeline.report_data import per_class_metrics, run_attempts, scalar_metrics
+from pipeline.report_data import per_class_metrics, scalar_metrics
 from pipeline.report_style import Book, Column, Table, write_blocks
 from storage.queries import latest_detections_stmt, latest_predictions_stmt, quarantined_stmt
 
@@ -83,12 +82,13 @@ def classes_sheet(book: Book, rows: list[dict]) -> Table:
     return table
 
 
-def label_issues_sheet(book: Book, issues: list[dict], matrix: pd.DataFrame, meaning: str) -> list[Table]:
-    """Ambiguous boxes and conflicting labels; beside them, the class co-occurrence matrix (`meaning`: what
-    counts as together, "same object" or "same image")."""
+def label_issues_sheet(book: Book, issues: list[dict], classes: list[str], matrix: list[list[int]],
+                       meaning: str) -> list[Table]:
+    """Ambiguous boxes and conflicting labels; beside them, the class co-occurrence matrix over `classes`
+    (`meaning`: what counts as together, "same object" or "same image")."""
     keys = ("kind", "original_name", "image_sha256", "detail", "time")
-    matrix_cols = [Column(f"co-occurrence ({meaning})"), *(Column(str(c), "int") for c in matrix.columns)]
-    matrix_rows = [[str(cls), *(int(v) for v in row)] for cls, row in zip(matrix.index, matrix.to_numpy())]
+    matrix_cols = [Column(f"co-occurrence ({meaning})"), *(Column(c, "int") for c in classes)]
+    matrix_rows = [[c, *row] for c, row in zip(classes, matrix)]
     return write_blocks(book, "Label issues", [(ISSUES, [[i[k] for k in keys] for i in issues]),
                                                (matrix_cols, matrix_rows)])
 
@@ -98,23 +98,19 @@ def training_sheet(book: Book, runs: Sequence, champion, metric: str | None, *, 
     """One row per run and per attempt inside it (out-of-memory retries), the champion's per-class metrics
     beside them, and a line chart of `metric` across runs.
 
-    `attempts` (run id -> tries) and `figures` (model version id -> class -> metrics) come from their own
-    tables where they exist; the runs' JSON fills in where they do not.
+    `attempts`: run id -> its tries (`training_attempts`); `figures`: model version id -> class -> metrics
+    (`model_metrics`).
     """
-    overall = {run.id: scalar_metrics(run.metrics) or figures.get(run.model_version_id, {}).get(None, {})
-               for run, _mv in runs}
+    overall = {run.id: scalar_metrics(run.metrics) for run, _mv in runs}
     names = list(dict.fromkeys(k for m in overall.values() for k in m))
     columns = [*RUNS, *(Column(n, "float") for n in names)]
     rows = []
     for run, mv in runs:
         rows.append(_run_row(run, mv, names, overall[run.id]))
-        for i, a in enumerate(attempts.get(run.id) or run_attempts(run.params, run.metrics), 1):
-            rows.append([run.id, a.get("n") or i, a.get("outcome") or a.get("state"), None, None, None, None,
-                         a.get("started"), a.get("finished"), None, a.get("epoch"), a.get("epochs"),
-                         a.get("batch"), a.get("imgsz"), a.get("base") or a.get("model"), a.get("device"),
-                         a.get("error")])
-    per_names, per_rows = per_class_metrics(champion.metrics if champion else None,
-                                            figures.get(champion.id) if champion else None)
+        for a in attempts.get(run.id, []):
+            rows.append([run.id, a["n"], a["outcome"], None, None, None, None, a["started"], a["finished"], None,
+                         None, None, a["batch"], a["imgsz"], a["model"], None, a["error"]])
+    per_names, per_rows = per_class_metrics(figures.get(champion.id) if champion else None)
     per_cols = [Column("class (champion)"), *(Column(n, "float") for n in per_names)]
     tables = write_blocks(book, "Training runs", [(columns, rows), (per_cols, per_rows)])
     if metric in names and any(r[len(RUNS) + names.index(metric)] is not None for r in rows):
@@ -133,7 +129,7 @@ def _run_row(run, mv, names: list[str], metrics: dict[str, float]) -> list:
         promoted = "yes (champion)" if mv.state == "champion" else "yes" if mv.promoted_at else "no"
     return [run.id, 0, run.state, run.trigger, mv.version if mv else None, promoted, run.requested_at,
             run.started_at, run.finished_at, minutes, run.epoch, run.epochs, params.get("batch"),
-            params.get("imgsz"), params.get("base") or params.get("model"), params.get("device"), run.error,
+            params.get("imgsz"), params.get("base"), params.get("device"), run.error,
             *(metrics.get(n) for n in names)]
 
 
@@ -154,7 +150,6 @@ def summary_sheet(book: Book, ws, items: list[tuple[str, object]], images: list[
     table = Table(book, "Summary", [Column("item"), Column("value", "any")], ws=ws, filter=False)
     for r, item in enumerate(items, 1):  # never paged: it is short, and it says where the rest went
         table.write_row(r, item)
-    table.rows, table._row = len(items), len(items) + 1
     table.close()
     row = 1
     for path in images:

@@ -22,8 +22,9 @@ from datetime import date, datetime, timezone, tzinfo
 from pathlib import Path
 
 import xlsxwriter
+from xlsxwriter.utility import xl_col_to_name
 
-from pipeline.report_xml import RowSpool, column_letter, formula_cell, number_cell, splice, text_cell
+from pipeline.report_xml import RowSpool, formula_cell, number_cell, splice, style_of, text_cell
 
 EXCEL_MAX_ROWS = 1_048_576  # header included
 MAX_WIDTH = 60
@@ -32,6 +33,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]") 
 _MAX_TEXT = 32_767  # Excel's limit for one cell
 _MAX_LINK = 250  # HYPERLINK's string arguments stop at 255 characters in Excel
 _NUMBER_WIDTH = {"pct": 7, "float": 8, "int": 9, "date": 19}  # numbers are not measured one by one
+STYLED = ("pct", "date", "float", "int", "link")  # the kinds written with a cell format
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,6 @@ class Book:
             "link": add({"font_color": "#0563C1", "underline": 1}),
             "low": add({"bg_color": "#FFC7CE", "font_color": "#9C0006"}),
         }
-        # Style numbers for the spooled rows, fixed now rather than when XlsxWriter first writes a cell.
-        self.styles = {k: self.fmt[k]._get_xf_index() for k in ("pct", "date", "float", "int", "link")}
 
     def sheet(self, name: str):
         return self.wb.add_worksheet(name[:31])
@@ -142,8 +142,9 @@ def clean_text(value) -> str:
 class Table:
     """A header row and rows after it on one sheet, continued on "Name (2)", ... past `book.max_rows`.
 
-    A table of its own sheet (`Book.table`) spools its rows as XML (see report_xml); tables sharing a sheet
-    (`write_blocks`) and the Summary write cells through XlsxWriter.
+    A table of its own sheet (`Book.table`) spools its rows as XML (see report_xml); its columns carry their
+    kind's format, which is how the spooled cells learn their style number. Tables sharing a sheet
+    (`write_blocks`) and the Summary write cells through XlsxWriter (`write_row`).
     """
 
     def __init__(self, book: Book, name: str, columns: Sequence[Column], *, ws=None, first_col: int = 0,
@@ -154,11 +155,12 @@ class Table:
         self.sheets: list[str] = []
         self.rows = 0  # data rows written in all
         self._ws, self._row, self._spool = None, 0, None
-        self._letters = [column_letter(first_col + i) for i in range(len(self.columns))]
-        styles = book.styles
-        self._plan = [(i, self._letters[i], "number" if c.kind in ("int", "float", "pct") else c.kind,
-                       f' s="{styles[c.kind]}"' if c.kind in ("int", "float", "pct") else "")
-                      for i, c in enumerate(self.columns)]
+        if self.spooled and any(c.kind == "any" for c in self.columns):
+            raise ValueError(f"{name}: a spooled table's cells take their column's format; 'any' has none")
+        self._letters = [xl_col_to_name(first_col + i) for i in range(len(self.columns))]
+        numbers = ("int", "float", "pct")
+        self._plan = [(i, self._letters[i], "number" if c.kind in numbers else c.kind,
+                       style_of(c.kind) if c.kind in numbers else "") for i, c in enumerate(self.columns)]
         # Room for the header and its filter button; numbers are not measured one by one.
         self._widths = [max(display_width(c.name) + 3, _NUMBER_WIDTH.get(c.kind, 0)) for c in self.columns]
         self._open(ws)
@@ -176,7 +178,7 @@ class Table:
         if self.spooled:
             self._spool_row(self._row, row)
         else:
-            self.write_row(self._row, row)
+            self._write_cells(self._row, row)
         self._row += 1
         self.rows += 1
 
@@ -201,7 +203,7 @@ class Table:
         self._spool.last_row = n
 
     def _spool_other(self, i: int, ref: str, value, cells: list[str]) -> None:
-        kind, styles = _kind(self.columns[i], value), self.book.styles
+        kind = _kind(self.columns[i], value)
         if kind is None:
             return
         if kind == "text":
@@ -209,18 +211,25 @@ class Table:
             cells.append(text_cell(ref, text))
             self._track(i, text)
         elif kind == "date":
-            cells.append(number_cell(ref, self.book.excel_date(value), styles["date"]))
+            cells.append(number_cell(ref, self.book.excel_date(value), "date"))
             self._track_width(i, 19)
         elif kind == "link":
             path = clean_text(value)
             link = self._link(path)
-            cells.append(formula_cell(ref, link[1:], path, styles["link"]) if link else text_cell(ref, path))
+            cells.append(formula_cell(ref, link[1:], path, "link") if link else text_cell(ref, path))
             self._track(i, path)
         else:
-            cells.append(number_cell(ref, value, styles.get(kind)))
+            cells.append(number_cell(ref, value, kind if kind in STYLED else None))
 
     def write_row(self, r: int, row: Sequence) -> None:
-        """Row `r` (0-based, the header is 0) through XlsxWriter."""
+        """Row `r` (0-based, the header is 0) through XlsxWriter, on this table's one sheet (never paged: for
+        the short tables of `write_blocks` and the Summary)."""
+        self._write_cells(r, row)
+        if r >= self._row:
+            self.rows += r + 1 - self._row
+            self._row = r + 1
+
+    def _write_cells(self, r: int, row: Sequence) -> None:
         ws, fmt, c0 = self._ws, self.book.fmt, self.first_col
         for i, (col, value) in enumerate(zip(self.columns, row)):
             kind = _kind(col, value)
@@ -279,13 +288,17 @@ class Table:
             ws.write_string(0, self.first_col + i, col.name, self.book.fmt["header"])
         if self.spooled:
             self._spool = self.book.spool(ws.get_name())
+            for i, col in enumerate(self.columns):
+                if col.kind in STYLED:
+                    self._spool.styled.setdefault(col.kind, self.first_col + i + 1)
         self._row = 1
 
     def _finish(self) -> None:
         ws, c0, last = self._ws, self.first_col, self._row - 1
         ncols = len(self.columns)
-        for i, w in enumerate(self._widths):
-            ws.set_column(c0 + i, c0 + i, min(MAX_WIDTH, w + 1))
+        for i, (col, w) in enumerate(zip(self.columns, self._widths)):
+            styled = self.spooled and col.kind in STYLED
+            ws.set_column(c0 + i, c0 + i, min(MAX_WIDTH, w + 1), self.book.fmt[col.kind] if styled else None)
         if self.filter:
             ws.autofilter(0, c0, max(last, 1), c0 + ncols - 1)
         for i, col in enumerate(self.columns):
@@ -332,8 +345,6 @@ def write_blocks(book: Book, name: str, blocks: Sequence[tuple[Sequence[Column],
         for table, (_cols, rows) in zip(tables, blocks):
             if r < len(rows):
                 table.write_row(r + 1, rows[r])
-    for table, (_cols, rows) in zip(tables, blocks):
-        table._row = len(rows) + 1
-        table.rows = len(rows)
+    for table in tables:
         table.close()
     return tables

@@ -4,14 +4,13 @@ XlsxWriter spends ~7 µs on a cell; 100,000 predictions with 300,000 boxes are t
 minute. A row written here as one string costs about what one XlsxWriter cell does. XlsxWriter still makes
 everything else (styles, header, frozen pane, filter, widths, charts, pictures); `splice` then puts the rows
 into each big sheet's <sheetData>, after its header row, and fixes the sheet's <dimension>. Only the OOXML
-format is relied on, plus one XlsxWriter call (Format._get_xf_index) to learn a cell format's style number
-before the workbook is closed.
+format is relied on: a spooled cell names its style by kind (` s="pct"`), and `splice` swaps in the style
+number XlsxWriter gave that kind's column format (`worksheet.set_column(..., format)`, in the sheet's <cols>).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -21,17 +20,10 @@ _NS = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
        "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
        "p": "http://schemas.openxmlformats.org/package/2006/relationships"}
 _DIMENSION = re.compile(rb'<dimension ref="[^"]*"/>')
+_COL_STYLE = re.compile(rb'<col min="(\d+)" max="(\d+)"[^>]*? style="(\d+)"')
+_CHUNK = 1 << 20
 _SPECIAL = re.compile(r'[&<>"]')
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
-
-
-def column_letter(i: int) -> str:
-    s = ""
-    i += 1
-    while i:
-        i, rem = divmod(i - 1, 26)
-        s = chr(65 + rem) + s
-    return s
 
 
 def escape(text: str) -> str:
@@ -43,14 +35,18 @@ def text_cell(ref: str, text: str) -> str:
     return f'<c r="{ref}" t="inlineStr"><is><t{space}>{escape(text)}</t></is></c>'
 
 
-def number_cell(ref: str, value, style: int | None) -> str:
-    s = f' s="{style}"' if style else ""
-    return f'<c r="{ref}"{s}><v>{value!r}</v></c>'
+def style_of(kind: str | None) -> str:
+    """The style attribute of a spooled cell: its kind for now, the style number once spliced. Text is escaped
+    (`"` is `&quot;`), so the attribute never occurs inside a cell's value."""
+    return f' s="{kind}"' if kind else ""
 
 
-def formula_cell(ref: str, formula: str, cached: str, style: int | None) -> str:
-    s = f' s="{style}"' if style else ""
-    return f'<c r="{ref}"{s} t="str"><f>{escape(formula)}</f><v>{escape(cached)}</v></c>'
+def number_cell(ref: str, value, kind: str | None) -> str:
+    return f'<c r="{ref}"{style_of(kind)}><v>{value!r}</v></c>'
+
+
+def formula_cell(ref: str, formula: str, cached: str, kind: str | None) -> str:
+    return f'<c r="{ref}"{style_of(kind)} t="str"><f>{escape(formula)}</f><v>{escape(cached)}</v></c>'
 
 
 class RowSpool:
@@ -59,6 +55,7 @@ class RowSpool:
     def __init__(self, folder: Path):
         self.fh = tempfile.TemporaryFile(dir=folder, prefix=".report-rows-")
         self.last_row = 1  # the header, written by XlsxWriter
+        self.styled: dict[str, int] = {}  # cell kind -> a column (1-based) formatted as that kind
         self._buf: list[str] = []
 
     def add(self, row_xml: str) -> None:
@@ -91,9 +88,32 @@ def splice(base: Path, out: Path, spools: dict[str, RowSpool]) -> None:
             target.compress_type = zipfile.ZIP_DEFLATED
             with zout.open(target, "w", force_zip64=True) as fh:
                 fh.write(head)
-                spool.fh.seek(0)
-                shutil.copyfileobj(spool.fh, fh, 1 << 20)
+                _copy_rows(spool, _styles(head, spool.styled), fh)
                 fh.write(sep + tail)
+
+
+def _styles(head: bytes, styled: dict[str, int]) -> list[tuple[bytes, bytes]]:
+    """(kind attribute, number attribute) for each kind of cell in the spool, from the sheet's <cols>."""
+    by_col = {}
+    for m in _COL_STYLE.finditer(head):
+        for col in range(int(m[1]), int(m[2]) + 1):
+            by_col[col] = m[3].decode()
+    return [(style_of(kind).encode(), style_of(by_col.get(col, "0")).encode()) for kind, col in styled.items()]
+
+
+def _copy_rows(spool: RowSpool, styles: list[tuple[bytes, bytes]], out) -> None:
+    """The spooled rows with their style numbers, a chunk at a time; a chunk ends after a `>`, so no style
+    attribute is cut in two."""
+    spool.fh.seek(0)
+    rest = b""
+    while chunk := spool.fh.read(_CHUNK):
+        chunk = rest + chunk
+        end = chunk.rfind(b">") + 1
+        chunk, rest = chunk[:end], chunk[end:]
+        for kind, number in styles:
+            chunk = chunk.replace(kind, number)
+        out.write(chunk)
+    out.write(rest)
 
 
 def _dimension(tag: bytes, last_row: int) -> bytes:

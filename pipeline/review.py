@@ -21,12 +21,12 @@ from pathlib import Path
 from PIL import ImageOps
 
 from pipeline.decode import pillow_open
+from pipeline.labels import centre
 from pipeline.steps import read_file
 
 log = logging.getLogger(__name__)
 
-Box = tuple[int, float, float, float, float]  # class id, x1, y1, x2, y2 (normalised)
-WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
+Box = tuple[int, float, float, float, float]  # class id, x1, y1, x2, y2 (normalised corners)
 
 
 def write_review(folder: Path, source: Path, *, names: list[str], boxes: list[Box], orientation: int,
@@ -56,7 +56,7 @@ def write_review(folder: Path, source: Path, *, names: list[str], boxes: list[Bo
 
 def label_line(cls: int, x1: float, y1: float, x2: float, y2: float) -> str:
     """labelImg's YOLO line: `%d %.6f %.6f %.6f %.6f` = class, centre x, centre y, width, height."""
-    return "%d %.6f %.6f %.6f %.6f\n" % (cls, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
+    return "%d %.6f %.6f %.6f %.6f\n" % (cls, *centre(x1, y1, x2, y2))
 
 
 def _folder_for(folder: Path, names: list[str], version: str) -> Path:

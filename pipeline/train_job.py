@@ -26,7 +26,8 @@ from pathlib import Path
 from pipeline import registry
 from pipeline.backoff import AttemptSpec, TrainingInterrupted, is_out_of_memory, next_attempt
 from pipeline.errors import TrainingError
-from pipeline.training import DB_ENV, EXIT_INTERRUPTED, TrainingSettings
+from pipeline.settings import TrainingSettings
+from pipeline.training import DB_ENV, EXIT_INTERRUPTED
 from storage.db import make_engine, session_scope
 from storage.queries import champion
 from storage.tables import TrainingAttempt, TrainingRun

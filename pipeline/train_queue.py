@@ -19,17 +19,14 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 from datetime import datetime, time as dtime, timezone
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from pipeline.settings import TrainingSettings
 from storage.db import session_scope
 from storage.tables import ModelVersion, Sample, TrainingRun
-
-if TYPE_CHECKING:
-    from pipeline.training import TrainingSettings
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,10 @@ import time
 from pathlib import Path
 
 from pipeline.backoff import AttemptSpec, TrainingInterrupted
+from pipeline.device import resolve_device
 from pipeline.registry import Evaluation
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device) -> str | list:
-    """training.device: auto -> "0" with CUDA, else "cpu"; anything else as given."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "0" if torch.cuda.is_available() else "cpu"
 
 
 class UltralyticsTrainer:

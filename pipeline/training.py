@@ -19,13 +19,14 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import or_, select, update
 
+from pipeline.settings import TrainingSettings
 from pipeline.train_queue import due_trigger, request_training, run_summary
 from storage.db import session_scope
 from storage.tables import ModelVersion, TrainingRun
@@ -34,54 +35,6 @@ log = logging.getLogger(__name__)
 
 DB_ENV = "COVERWATCH_TRAIN_DATABASE"  # the URL goes by environment, not argv: `ps` must not show a password
 EXIT_INTERRUPTED = 75  # the job stopped on request; resume it
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    """Plain values from the `training:` section plus the folders a run needs."""
-
-    home: Path
-    dataset_dir: Path
-    models_dir: Path
-    task: str = "detect"
-    base: str = "yolo11n.yaml"
-    epochs: int = 100
-    imgsz: int = 640
-    batch: int | str = "auto"
-    patience: int = 20
-    min_new_labels: int = 50
-    val_fraction: float = 0.2
-    balance: str = "none"
-    ambiguity_iou: float = 0.7
-    imbalance_warn_ratio: float = 5.0
-    max_repeat: int = 4
-    conflicts: str = "exclude"
-    device: str | int | list = "auto"
-    at: str | None = None
-    promote_min_delta: float = 0.0
-    reclassify_days: int | None = None
-    oom_imgsz_steps: tuple[int, ...] = (512, 416, 320)
-    workers: int = 8  # dataloader processes (Ultralytics caps them by the CPU count)
-
-    @classmethod
-    def from_values(cls, *, home: Path, dataset_dir: Path, models_dir: Path, task: str, training: dict,
-                    **extra) -> TrainingSettings:
-        known = {k: v for k, v in training.items() if k in cls.__dataclass_fields__}
-        known["oom_imgsz_steps"] = tuple(known.get("oom_imgsz_steps", cls.oom_imgsz_steps))
-        return cls(home=Path(home), dataset_dir=Path(dataset_dir), models_dir=Path(models_dir), task=task,
-                   **known, **extra)
-
-    def as_params(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_params(cls, params: dict) -> TrainingSettings:
-        p = {k: v for k, v in params.items() if k in cls.__dataclass_fields__}
-        for k in ("home", "dataset_dir", "models_dir"):
-            p[k] = Path(p[k])
-        p["oom_imgsz_steps"] = tuple(p.get("oom_imgsz_steps", ()))
-        return cls(**p)
 
 
 # -- the training process --------------------------------------------------------------------------------
@@ -271,10 +224,7 @@ def prepare_dataset(engine, settings: TrainingSettings) -> dict:
     from pipeline.errors import TrainingError
     from storage.tables import DatasetVersion
 
-    build_dataset(engine, settings.home, settings.dataset_dir, val_fraction=settings.val_fraction,
-                  balance=settings.balance, iou_threshold=settings.ambiguity_iou,
-                  warn_ratio=settings.imbalance_warn_ratio, max_repeat=settings.max_repeat,
-                  conflicts=settings.conflicts)
+    build_dataset(engine, settings.home, settings.dataset_dir, settings.dataset)
     try:
         snapshot = Path(yaml.safe_load((settings.dataset_dir / "data.yaml").read_text(encoding="utf-8"))["path"])
     except (OSError, TypeError, KeyError, yaml.YAMLError):

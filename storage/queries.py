@@ -12,7 +12,6 @@ from storage.tables import (
     Detection,
     File,
     FileState,
-    Label,
     ModelVersion,
     Prediction,
     Report,
@@ -215,8 +214,8 @@ def report_counts(session: Session) -> dict:
 
 
 def class_counts(session: Session, low_confidence: float) -> dict[str, dict[str, int]]:
-    """Per class name: labels (current), labelled_images, predictions and low_confidence (latest predictions),
-    detections (boxes of the latest predictions)."""
+    """Per class name: predictions and low_confidence (latest predictions), detections (boxes of the latest
+    predictions). The labels' counts are `pipeline.quality`'s."""
     out: dict[str, dict[str, int]] = {}
 
     def put(key: str, rows) -> None:
@@ -224,11 +223,6 @@ def class_counts(session: Session, low_confidence: float) -> dict[str, dict[str,
             if name is not None:
                 out.setdefault(name, {})[key] = n
 
-    current = Label.replaced_at.is_(None)
-    put("labels", session.execute(select(Label.class_name, func.count()).where(current).group_by(Label.class_name)))
-    put("labelled_images", session.execute(
-        select(Label.class_name, func.count(func.distinct(Label.image_sha256))).where(current)
-        .group_by(Label.class_name)))
     latest = Prediction.id.in_(_latest_prediction_ids())
     put("predictions", session.execute(
         select(Prediction.predicted_class, func.count()).where(latest).group_by(Prediction.predicted_class)))

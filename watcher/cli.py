@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from storage.errors import CoverwatchError
-from watcher.config import Config, load_config, resolve_config_path
+from watcher.config import Config, dataset_options, load_config, resolve_config_path
 
 log = logging.getLogger("coverwatch")
 
@@ -325,13 +325,10 @@ def dataset_export(ctx: click.Context, dest: Path) -> None:
     from storage.db import make_engine, upgrade_database
 
     cfg = _config(ctx)
-    t = cfg.training
     engine = make_engine(cfg.database_url)
     try:
         upgrade_database(engine)
-        build_dataset(engine, cfg.home, cfg.path("dataset"), val_fraction=t.val_fraction, balance=t.balance,
-                      iou_threshold=t.ambiguity_iou, warn_ratio=t.imbalance_warn_ratio, max_repeat=t.max_repeat,
-                      conflicts=t.conflicts)  # bring it up to date
+        build_dataset(engine, cfg.home, cfg.path("dataset"), dataset_options(cfg.training))  # bring it up to date
     finally:
         engine.dispose()
     export_dataset(cfg.path("dataset"), dest)
@@ -345,7 +342,7 @@ def dataset_export(ctx: click.Context, dest: Path) -> None:
 @click.pass_context
 def report(ctx: click.Context, output: Path | None) -> None:
     """Write the Excel report now."""
-    from pipeline.report import LabelRules, publish_report, write_report
+    from pipeline.report import publish_report, write_report
     from storage.db import CLI_BUSY_TIMEOUT_MS, make_engine, upgrade_database
 
     cfg = _config(ctx)
@@ -353,7 +350,7 @@ def report(ctx: click.Context, output: Path | None) -> None:
     try:
         upgrade_database(engine)
         options = {"home": cfg.home, "low_confidence": cfg.model.review_below,
-                   "labels": LabelRules.of(cfg.training)}
+                   "labels": dataset_options(cfg.training)}
         if output is None:
             path = publish_report(engine, cfg.path("reports"), keep=cfg.reports.keep, **options)
         else:

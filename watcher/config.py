@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import fields
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from pipeline.settings import DatasetOptions, TrainingSettings
 from watcher.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,9 @@ class ModelConfig(_Section):
 
 
 class TrainingConfig(_Section):
+    """The one place the `training:` keys and their defaults are declared; `training_settings` and
+    `dataset_options` hand them to pipeline as frozen values."""
+
     base: str | None = None  # None/auto: TASK_DEFAULTS[task]
     epochs: PositiveInt = 100
     imgsz: PositiveInt | None = None
@@ -378,9 +383,14 @@ def _check_dirs(cfg: Config) -> None:
             raise ConfigError(f"paths.{name}: {p} exists and is not a directory")
 
 
-def training_settings(cfg: Config):
-    """The plain values `pipeline.training` works with, from a loaded config."""
-    from pipeline.training import TrainingSettings
+def dataset_options(training: TrainingConfig) -> DatasetOptions:
+    """How the dataset is built and its labels judged: the one value the dataset build and the report take."""
+    return DatasetOptions(**{f.name: getattr(training, f.name) for f in fields(DatasetOptions)})
 
-    return TrainingSettings.from_values(home=cfg.home, dataset_dir=cfg.path("dataset"), models_dir=cfg.path("models"),
-                                        task=cfg.task, training=cfg.training.model_dump())
+
+def training_settings(cfg: Config, **extra) -> TrainingSettings:
+    """The plain values `pipeline.training` works with, from a loaded config (`extra`: e.g. workers)."""
+    t = cfg.training
+    rest = t.model_dump(exclude={f.name for f in fields(DatasetOptions)})
+    return TrainingSettings(home=cfg.home, dataset_dir=cfg.path("dataset"), models_dir=cfg.path("models"),
+                            task=cfg.task, dataset=dataset_options(t), **rest, **extra)

@@ -32,7 +32,7 @@ from storage.leases import acquire_lease, release_dead_workers, worker_process_a
 from storage.queries import as_utc
 from storage.tables import File, FileState, Worker
 from storage.errors import CoverwatchError, DatabaseLost
-from watcher.config import Config, load_config
+from watcher.config import Config, dataset_options, load_config
 from watcher.errors import ConfigError
 from watcher.events import Hint, NameFilter, start_observer, wants_polling
 from watcher.home import ensure_folders
@@ -355,9 +355,7 @@ class Daemon:
                 self._labels_changed |= report.processed > 0
             if self._labels_changed and now >= self._next_dataset:
                 self._next_dataset = now + DATASET_REBUILD_SECONDS
-                build_dataset(self.engine, self.cfg.home, self.cfg.path("dataset"), val_fraction=t.val_fraction,
-                              balance=t.balance, iou_threshold=t.ambiguity_iou, warn_ratio=t.imbalance_warn_ratio,
-                              max_repeat=t.max_repeat, conflicts=t.conflicts)
+                build_dataset(self.engine, self.cfg.home, self.cfg.path("dataset"), dataset_options(t))
                 self._labels_changed = False
         except (OSError, OperationalError) as exc:
             log.warning("labelled upkeep failed (%s); trying again soon", exc)
@@ -422,7 +420,7 @@ class Daemon:
             return
         from datetime import timedelta
 
-        from pipeline.report import LabelRules, publish_report  # pandas and XlsxWriter: loaded when first needed
+        from pipeline.report import publish_report  # XlsxWriter: loaded when first needed
         from storage.queries import last_report_time
 
         every = timedelta(minutes=self.cfg.reports.every_minutes)
@@ -437,7 +435,7 @@ class Daemon:
                 self._next_report = now + every
                 return
             publish_report(self.engine, self.cfg.path("reports"), home=self.cfg.home, keep=self.cfg.reports.keep,
-                           low_confidence=self.cfg.model.review_below, labels=LabelRules.of(self.cfg.training),
+                           low_confidence=self.cfg.model.review_below, labels=dataset_options(self.cfg.training),
                            now=now)
         except Exception:  # noqa: BLE001 - a report is never worth stopping the daemon for
             log.exception("the Excel report could not be written; trying again in %s minutes",

@@ -21,6 +21,7 @@ from storage.db import make_engine, session_scope
 from storage.tables import DatasetVersion, Label, LabelEvent, Sample
 from tests.labelimg import (coco_drop, coco_names, expected_boxes, labelled_images, same_boxes, voc_xml,
                             write_classes, yolo_text)
+from tests.pipeline.training_fakes import options_for
 
 KOREAN = ["만화", "동화", "상상화"]
 
@@ -32,9 +33,10 @@ def ingest(cfg, engine, folder: str):
     return ingest_labelled(engine, layout, root, paths, max_bytes=50_000_000, max_pixels=89_478_485, pair_timeout=30)
 
 
-def build(cfg, engine, **kw):
-    kw.setdefault("val_fraction", 0.25)
-    return build_dataset(engine, cfg.home, cfg.path("dataset"), **kw)
+def build(cfg, engine, *, retain_seconds: float = 86400.0, keep: int = 3, **training):
+    training.setdefault("val_fraction", 0.25)
+    return build_dataset(engine, cfg.home, cfg.path("dataset"), options_for(**training),
+                         retain_seconds=retain_seconds, keep=keep)
 
 
 def synthetic_drop(cfg, folder: str, names: list[str], per_class: dict[str, int], seed: int = 0) -> None:
@@ -315,7 +317,7 @@ def cover_classes(snapshot: Path) -> list[str] | None:
 def test_one_cover_given_different_classes_in_different_drops(cfg, engine, tmp_path, kind):
     """exclude (the default) leaves it out until a drop repeats one of its classes; latest trains the last one.
     Either way the report lists it with every class it was given."""
-    from pipeline.report import LabelRules, write_report
+    from pipeline.report import write_report
 
     synthetic_drop(cfg, "base", KOREAN, {"만화": 2, "동화": 1})  # registers the classes: class folders count at once
     ingest(cfg, engine, "base")
@@ -330,7 +332,7 @@ def test_one_cover_given_different_classes_in_different_drops(cfg, engine, tmp_p
     assert [c["classes"] for c in b.quality.conflicts] == [["동화", "만화"]]
     for conflicts, fate in (("exclude", "left out of training"), ("latest", "trained as 동화")):
         report = write_report(engine, tmp_path / f"{conflicts}.xlsx", home=cfg.home,
-                              labels=LabelRules(conflicts=conflicts))
+                              labels=options_for(conflicts=conflicts))
         issues = pd.read_excel(report, sheet_name="Label issues", usecols="A:D").dropna(how="all")
         [row] = issues[issues["kind"] == "conflicting_labels"].to_dict("records")
         assert row["original_name"] == "x.png" and "labelled 동화, 만화 in different drops" in row["detail"]
@@ -342,7 +344,8 @@ def test_one_cover_given_different_classes_in_different_drops(cfg, engine, tmp_p
 
 
 def test_the_configs_balance_settings_reach_the_training_runs_dataset(cfg, engine):
-    """training.balance, max_repeat and conflicts from the YAML, through TrainingSettings, into prepare_dataset."""
+    """training.balance, max_repeat and conflicts from the YAML, through TrainingSettings.dataset, into
+    prepare_dataset."""
     from pipeline.training import prepare_dataset
     from watcher.config import load_config, training_settings
 
@@ -352,7 +355,8 @@ def test_the_configs_balance_settings_reach_the_training_runs_dataset(cfg, engin
     raw.setdefault("training", {}).update(balance="oversample", max_repeat=2, conflicts="latest", val_fraction=0.25)
     cfg.config_path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     settings = training_settings(load_config(cfg.config_path))
-    assert (settings.balance, settings.max_repeat, settings.conflicts) == ("oversample", 2, "latest")
+    assert (settings.dataset.balance, settings.dataset.max_repeat, settings.dataset.conflicts) == (
+        "oversample", 2, "latest")
     prepare_dataset(engine, settings)
     with session_scope(engine) as s:
         balance = s.scalars(select(DatasetVersion)).one().stats["balance"]

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pipeline.errors import Rejected
-from pipeline.labels import Box, parse_classes, parse_label
+from pipeline.labels import WHOLE_IMAGE, Box, centre, corners, parse_classes, parse_label
 from pipeline.pairing import ClassFolder, Member, Pair, Reject, Wait, plan_pairs
 from tests.labelimg import voc_xml, yolo_text
 
@@ -169,3 +169,12 @@ QUIET = T0 - timedelta(seconds=1)  # a classify home: folders quiet for a second
 ])
 def test_pairing_in_a_classify_home(members, kw, expected):
     assert jobs(members, grace_cutoff=QUIET, **kw) == expected
+
+
+def test_the_whole_image_is_one_box_in_both_forms():
+    """A class with no box: YOLO's centre form in the dataset, corners for inference and review/ labels."""
+    from pipeline.review import label_line
+
+    assert WHOLE_IMAGE == (0.5, 0.5, 1.0, 1.0) and corners(*WHOLE_IMAGE) == (0.0, 0.0, 1.0, 1.0)
+    assert label_line(2, *corners(*WHOLE_IMAGE)) == "2 0.500000 0.500000 1.000000 1.000000\n"
+    assert centre(*corners(0.3, 0.55, 0.4, 0.7)) == pytest.approx((0.3, 0.55, 0.4, 0.7))

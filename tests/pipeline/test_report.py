@@ -19,7 +19,9 @@ from sqlalchemy import select
 
 from pipeline.report import ReportError, publish_report, write_report
 from storage.db import session_scope
-from storage.tables import ClassName, Detection, File, Label, ModelVersion, Prediction, Report, Sample, TrainingRun
+from storage.tables import (ClassName, Detection, File, Label, ModelMetric, ModelVersion, Prediction, Report, Sample,
+                            TrainingAttempt, TrainingRun)
+from tests.pipeline.training_fakes import options_for
 
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
 SHEETS = ["Summary", "Predictions", "Detections", "Classes", "Label issues", "Training runs", "Quarantine"]
@@ -85,26 +87,30 @@ def seeded(engine, home: Path) -> Path:
         first = _sample(s, _file(s, "conflict.jpg", folder="labeled", sha256="c" * 64), replaced=True)
         _label(s, first, "만화", replaced=True)
         _label(s, _sample(s, _file(s, "conflict again.jpg", folder="labeled", sha256="c" * 64)), "동화")
+        # What pipeline.train_job and pipeline.registry record: the overall figures on the run and the version,
+        # per class in model_metrics, every try in training_attempts.
         v1 = ModelVersion(version="v1", task="detect", path="models/v1/weights/best.pt", state="champion",
                           classes=CLASSES, created_at=T0, promoted_at=T0 + timedelta(minutes=50),
-                          metrics={"metrics/mAP50-95(B)": 0.61, "metrics/mAP50(B)": 0.8,
-                                   "per_class": {"만화": {"precision": 0.9, "recall": 0.8},
-                                                 "동화": {"precision": 0.5, "recall": 0.4}}})
+                          metrics={"map50_95": 0.61, "map50": 0.8})
         v0 = ModelVersion(version="v0", task="detect", path="models/v0/weights/best.pt", state="retired",
                           created_at=T0, promoted_at=T0)
         s.add_all([v0, v1])
         s.flush()
+        s.add_all(ModelMetric(model_version_id=v1.id, class_name=c, precision=p, recall=r, created_at=T0)
+                  for c, p, r in ((None, 0.7, 0.6), ("만화", 0.9, 0.8), ("동화", 0.5, 0.4)))
         s.add(TrainingRun(state="done", trigger="new_labels", model_version_id=v0.id, epoch=50, epochs=50,
-                          params={"batch": 16, "imgsz": 640}, metrics={"metrics/mAP50-95(B)": 0.42},
+                          params={"batch": 16, "imgsz": 640}, metrics={"map50_95": 0.42},
                           requested_at=T0, started_at=T0, finished_at=T0 + timedelta(minutes=12)))
-        s.add(TrainingRun(state="done", trigger="manual", model_version_id=v1.id, epoch=100, epochs=100,
-                          params={"batch": 8, "imgsz": 640, "attempts": [
-                              {"batch": 16, "imgsz": 640, "outcome": "oom",
-                               "error": "torch.cuda.OutOfMemoryError: CUDA out of memory"},
-                              {"batch": 8, "imgsz": 640, "outcome": "ok"}]},
-                          metrics={"metrics/mAP50-95(B)": 0.61, "metrics/mAP50(B)": 0.8},
-                          requested_at=T0 + timedelta(minutes=20), started_at=T0 + timedelta(minutes=20),
-                          finished_at=T0 + timedelta(minutes=50)))
+        second = TrainingRun(state="done", trigger="manual", model_version_id=v1.id, epoch=100, epochs=100,
+                             params={"batch": 8, "imgsz": 640}, metrics={"map50_95": 0.61, "map50": 0.8},
+                             requested_at=T0 + timedelta(minutes=20), started_at=T0 + timedelta(minutes=20),
+                             finished_at=T0 + timedelta(minutes=50))
+        s.add(second)
+        s.flush()
+        s.add_all([TrainingAttempt(run_id=second.id, n=1, model="yolo11n.yaml", imgsz=640, batch=16, outcome="oom",
+                                   reason="torch.cuda.OutOfMemoryError: CUDA out of memory", started_at=T0),
+                   TrainingAttempt(run_id=second.id, n=2, model="yolo11n.yaml", imgsz=640, batch=8, outcome="ok",
+                                   started_at=T0)])
         s.add(TrainingRun(state="failed", trigger="schedule", epochs=100, error="NotImplementedError: nms",
                           requested_at=T0 + timedelta(hours=3)))
     plots = home / "models" / "v1"
@@ -116,6 +122,7 @@ def seeded(engine, home: Path) -> Path:
 
 def _write(engine, home: Path, name: str = "report.xlsx", **kw) -> Path:
     kw.setdefault("tz", timezone.utc)
+    kw.setdefault("labels", options_for())
     return write_report(engine, home / "reports" / name, home=home, now=T0 + timedelta(hours=4), **kw)
 
 
@@ -177,7 +184,7 @@ def test_every_sheet_reads_back_with_its_values(engine, seeded):
     assert _values(runs[["run", "attempt", "state", "model_version", "promoted", "batch"]]) == [
         [1, 0, "done", "v0", "yes", 16], [2, 0, "done", "v1", "yes (champion)", 8],
         [2, 1, "oom", None, None, 16], [2, 2, "ok", None, None, 8], [3, 0, "failed", None, None, None]]
-    assert runs["metrics/mAP50-95(B)"].tolist()[:2] == [0.42, 0.61]
+    assert runs["map50_95"].tolist()[:2] == [0.42, 0.61]
     assert runs.loc[0, "minutes"] == 12
     assert runs.loc[2, "error"].startswith("torch.cuda.OutOfMemoryError")
     per_class = pd.read_excel(path, sheet_name="Training runs", usecols="U:W").dropna(how="all")
@@ -193,7 +200,7 @@ def test_every_sheet_reads_back_with_its_values(engine, seeded):
     items = dict(summary[summary["item"] != "warning"].values.tolist())
     assert items["files processed"] == 36 and items["files quarantined"] == 1
     assert items["files awaiting a model"] == 1 and items["queue depth"] == 0
-    assert items["champion model"] == "v1" and items["champion metrics/mAP50-95(B)"] == 0.61
+    assert items["champion model"] == "v1" and items["champion map50_95"] == 0.61
     assert items["images in this report"] == 3 and items["boxes in this report"] == 3
     assert items["period from"] == _naive(T0) and items["period to"] == _naive(T0 + timedelta(hours=2))
     warnings = summary[summary["item"] == "warning"]["value"].tolist()
@@ -208,7 +215,6 @@ def test_the_report_flags_what_the_dataset_build_flags_with_the_configs_threshol
     """One rule (pipeline.quality), the config's thresholds, the same labels: the same ambiguous pairs and the
     same imbalanced classes in the dataset build and in the report; and the build's before/after counts."""
     from pipeline.dataset import build_dataset
-    from pipeline.report import LabelRules
     from tests.labelimg import write_classes, yolo_text
     from tests.pipeline.test_dataset import KOREAN, ingest, synthetic_drop
 
@@ -220,11 +226,11 @@ def test_the_report_flags_what_the_dataset_build_flags_with_the_configs_threshol
         (d / f"{name}.txt").write_text(yolo_text([(0, 0.5, 0.5, 0.5, 0.5), (other, 0.5, 0.5, 0.5, h)]))
     ingest(cfg, engine, "syn")
     ingest(cfg, engine, "amb")
-    rules = LabelRules(ambiguity_iou=0.6, imbalance_warn_ratio=2.5, balance="oversample")
-    b = build_dataset(engine, cfg.home, cfg.path("dataset"), val_fraction=1e-9, balance=rules.balance,
-                      iou_threshold=rules.ambiguity_iou, warn_ratio=rules.imbalance_warn_ratio, max_repeat=4)
+    rules = options_for(ambiguity_iou=0.6, imbalance_warn_ratio=2.5, balance="oversample", val_fraction=1e-9,
+                        max_repeat=4)
+    b = build_dataset(engine, cfg.home, cfg.path("dataset"), rules)
 
-    def flagged(labels: LabelRules):
+    def flagged(labels):
         path = write_report(engine, cfg.home / "reports" / "r.xlsx", home=cfg.home, labels=labels)
         issues = pd.read_excel(path, sheet_name="Label issues", usecols="A:D").dropna(how="all")
         classes = pd.read_excel(path, sheet_name="Classes").set_index("class")
@@ -241,34 +247,8 @@ def test_the_report_flags_what_the_dataset_build_flags_with_the_configs_threshol
         assert classes.loc[c, "train_images"] == b.balance.before[c]
         assert classes.loc[c, "train_entries_oversampled"] == b.balance.after[c]
     assert (b.balance.before["동화"], b.balance.after["동화"]) == (3, 9)
-    pairs, imbalanced, _ = flagged(LabelRules())  # the defaults, 0.7 and 5.0: what the config says now counts
+    pairs, imbalanced, _ = flagged(options_for())  # the defaults, 0.7 and 5.0: what the config says now counts
     assert pairs == [("p75.png", "동화 / 만화")] and imbalanced == ["상상화"]
-
-
-def test_attempts_and_per_class_figures_come_from_their_tables_once_they_exist(engine, seeded):
-    from sqlalchemy import MetaData, Table, inspect, insert
-
-    if not {"training_attempts", "model_metrics"} <= set(inspect(engine).get_table_names()):
-        pytest.skip("no training_attempts / model_metrics tables in this schema yet")
-    meta = MetaData()
-    attempts = Table("training_attempts", meta, autoload_with=engine)
-    figures = Table("model_metrics", meta, autoload_with=engine)
-    with engine.begin() as conn:
-        conn.execute(insert(attempts), [
-            {"run_id": 1, "n": 1, "model": "yolo11s.pt", "imgsz": 640, "batch": 32, "resume": False,
-             "outcome": "oom", "reason": "CUDA out of memory", "started_at": T0},
-            {"run_id": 1, "n": 2, "model": "yolo11s.pt", "imgsz": 640, "batch": 16, "resume": False,
-             "outcome": "ok", "reason": None, "started_at": T0}])
-        conn.execute(insert(figures), [
-            {"model_version_id": 2, "class_name": "상상화", "precision": 0.7, "recall": 0.6, "created_at": T0},
-            {"model_version_id": 2, "class_name": None, "precision": 0.8, "recall": 0.7, "created_at": T0}])
-    path = _write(engine, seeded)
-    runs = pd.read_excel(path, sheet_name="Training runs", usecols="A:Q")
-    assert _values(runs[["run", "attempt", "state", "batch", "base", "error"]].head(3)) == [
-        [1, 0, "done", 16, None, None], [1, 1, "oom", 32, "yolo11s.pt", "CUDA out of memory"],
-        [1, 2, "ok", 16, "yolo11s.pt", None]]
-    per_class = pd.read_excel(path, sheet_name="Training runs", usecols="U:W").dropna(how="all")
-    assert per_class.values.tolist() == [["상상화", 0.7, 0.6]]  # the table wins over the JSON
 
 
 def test_workbook_has_charts_pictures_frozen_headers_and_filters(engine, seeded):
@@ -282,6 +262,8 @@ def test_workbook_has_charts_pictures_frozen_headers_and_filters(engine, seeded)
     preds = wb["Predictions"]
     assert preds.auto_filter.ref == "A1:G4"
     assert preds["D2"].number_format == "0.0%" and preds["F2"].is_date
+    assert preds["A2"].number_format == "#,##0" and preds["G2"].font.u == "single"  # spooled: the column's format
+    assert wb["Detections"]["E2"].number_format == "0.000" and wb["Quarantine"]["E2"].is_date
     assert preds["G2"].value == '=HYPERLINK("../archive/inbox/표지 1.jpg","archive/inbox/표지 1.jpg")'
     assert preds["G3"].value == '=HYPERLINK("../archive/inbox/cover ""2"".jpg","archive/inbox/cover ""2"".jpg")'
     low = [str(r.sqref) for r in preds.conditional_formatting]
@@ -340,7 +322,7 @@ def test_the_report_module_loads_no_machine_learning_framework():
 def test_an_unwritable_destination_is_one_clear_error(engine, seeded):
     (seeded / "blocked").write_text("a file, not a folder")
     with pytest.raises(ReportError, match="cannot write"):
-        write_report(engine, seeded / "blocked" / "r.xlsx", home=seeded)
+        write_report(engine, seeded / "blocked" / "r.xlsx", home=seeded, labels=options_for())
 
 
 def test_a_failure_half_way_leaves_no_file_behind(engine, seeded, monkeypatch):
@@ -360,7 +342,8 @@ def test_a_failure_half_way_leaves_no_file_behind(engine, seeded, monkeypatch):
 def test_published_reports_are_dated_copied_to_latest_and_pruned(engine, seeded):
     folder = seeded / "reports"
     for minutes in (0, 60, 120):
-        publish_report(engine, folder, home=seeded, keep=2, now=T0 + timedelta(minutes=minutes), tz=timezone.utc)
+        publish_report(engine, folder, home=seeded, keep=2, now=T0 + timedelta(minutes=minutes), tz=timezone.utc,
+                       labels=options_for())
     assert sorted(p.name for p in folder.iterdir()) == [
         "coverwatch-20261120-1030.xlsx", "coverwatch-20261120-1130.xlsx", "latest.xlsx"]
     assert (folder / "latest.xlsx").read_bytes() == (folder / "coverwatch-20261120-1130.xlsx").read_bytes()

@@ -305,3 +305,31 @@ def test_the_model_list_shows_failed_runs_with_their_error(engine, cfg):
     assert [(m["version"], m["state"], m["error"]) for m in rows] == [
         ("v0002", "failed", "RuntimeError: CUDA error: device-side assert"), ("v0001", "champion", None)]
     assert rows[0]["run"] == 2 and rows[0]["score"] is None
+
+
+@pytest.mark.parametrize("given, resolved", [
+    ("cpu", "cpu"), ("0", "cuda:0"), (0, "cuda:0"), (1, "cuda:1"), ("cuda", "cuda:0"), ("CUDA:1", "cuda:1"),
+    ("0,1", "0,1"), ([0, 1], [0, 1])])
+def test_one_device_form_serves_torch_and_ultralytics(given, resolved):
+    """training.device and model.device resolve alike; Ultralytics' train and val read the result as they read
+    what the user wrote, and torch takes it for inference (a single device)."""
+    import torch
+    from ultralytics.utils.torch_utils import parse_device
+
+    from pipeline.device import resolve_device
+
+    assert resolve_device(given) == resolved
+    assert parse_device(resolved) == parse_device(given)
+    if not isinstance(resolved, list) and "," not in resolved:
+        assert torch.device(resolved).type in ("cpu", "cuda")
+
+
+def test_auto_is_the_gpu_when_torch_sees_one(monkeypatch):
+    import torch
+
+    from pipeline.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda:0"

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from pipeline.backoff import AttemptSpec, TrainingInterrupted
 from pipeline.registry import Evaluation
 from pipeline.train_job import run_job
-from pipeline.training import TrainingSettings
+from pipeline.settings import DatasetOptions, TrainingSettings
 from storage.db import session_scope
 from storage.tables import File, Sample, TrainingRun
 
@@ -93,9 +93,20 @@ def fake_prepare(classes=CLASSES, fingerprint="f" * 64):
 
 
 def settings_for(home: Path, **kw) -> TrainingSettings:
-    values = dict(epochs=2, imgsz=640, batch=16, min_new_labels=5, workers=0)
+    """A config's training settings (watcher.config's defaults) with small runs and `kw` changed."""
+    from watcher.config import Config, training_settings
+
+    workers = kw.pop("workers", 0)
+    values = dict(epochs=2, imgsz=640, batch=16, min_new_labels=5)
     values.update(kw)
-    return TrainingSettings(home=home, dataset_dir=home / "dataset", models_dir=home / "models", **values)
+    return training_settings(Config(home=home, training=values), workers=workers)
+
+
+def options_for(**training) -> DatasetOptions:
+    """The dataset options of a `training:` section saying `training` (the rest: the config's defaults)."""
+    from watcher.config import TrainingConfig, dataset_options
+
+    return dataset_options(TrainingConfig(**training))
 
 
 def add_samples(engine, n: int, *, tag: str = "s") -> None:

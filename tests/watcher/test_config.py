@@ -276,6 +276,33 @@ def test_the_training_settings_get_the_resolved_values(tmp_path):
     assert (settings.task, settings.base, settings.imgsz) == ("classify", "yolo11n-cls.yaml", 224)
 
 
+def test_every_training_key_reaches_the_pipeline_once_as_frozen_values(tmp_path):
+    """TrainingConfig declares the keys and defaults; pipeline gets them as frozen values with none of its own,
+    the dataset options once (the dataset build and the report take the same value), and a run's params
+    give the same settings back."""
+    from dataclasses import FrozenInstanceError, fields
+
+    from pipeline.settings import DatasetOptions, TrainingSettings
+    from watcher.config import TrainingConfig, dataset_options, training_settings
+
+    cfg = load_config(write(tmp_path, "training: {val_fraction: 0.3, balance: oversample, ambiguity_iou: 0.6, "
+                                      "imbalance_warn_ratio: 3, max_repeat: 2, conflicts: latest, epochs: 7, "
+                                      "device: '1', reclassify_days: 3, oom_imgsz_steps: [320]}\n"))
+    settings = training_settings(cfg)
+    assert settings.dataset == dataset_options(cfg.training) == DatasetOptions(
+        val_fraction=0.3, balance="oversample", ambiguity_iou=0.6, imbalance_warn_ratio=3.0, max_repeat=2,
+        conflicts="latest")
+    assert (settings.epochs, settings.device, settings.reclassify_days, settings.oom_imgsz_steps) == (
+        7, "1", 3, (320,))
+    params = settings.as_params()
+    assert set(params) == set(TrainingConfig.model_fields) | {"home", "dataset_dir", "models_dir", "task", "workers"}
+    assert TrainingSettings.from_params(params) == settings
+    assert all(f.default is f.default_factory for f in fields(DatasetOptions))  # both MISSING: no defaults
+    assert [f.name for f in fields(TrainingSettings) if f.default is not f.default_factory] == ["workers"]
+    with pytest.raises(FrozenInstanceError):
+        settings.dataset.balance = "none"
+
+
 def test_a_fresh_init_config_changed_only_to_classify_resolves_for_classify(tmp_path):
     from watcher.home import init_home
 
