@@ -53,6 +53,7 @@ PATH_MAX = 4096  # Linux, with the terminating NUL: a longer path reaches no sys
 # Keys a running daemon cannot change on SIGHUP (the loaded model and its decoding were made from them).
 RESTART_KEYS = {"task": (), "model": ("weights", "imgsz", "batch", "backend", "device"),
                 "watch": ("max_pixels", "max_aspect"), "metrics": ("port",)}
+TASK_TRAINING_KEYS = ("base", "imgsz")  # follow `task` when unset: kept with it when a task change waits
 
 
 class Daemon:
@@ -605,6 +606,12 @@ def _keep_restart_keys(old: Config, new: Config) -> tuple[Config, dict[str, obje
         if differ:
             kept.update({f"{section}.{k}": v for k, v in differ.items()})
             update[section] = now.model_copy(update=differ)
+    if "task" in kept:  # the training keys that follow the task stay with the task still in use
+        was, now = old.training, new.training
+        differ = {k: getattr(was, k) for k in TASK_TRAINING_KEYS if getattr(was, k) != getattr(now, k)}
+        if differ:
+            kept.update({f"training.{k}": v for k, v in differ.items()})
+            update["training"] = now.model_copy(update=differ)
     return (new.model_copy(update=update) if update else new), kept
 
 

@@ -19,6 +19,7 @@ from storage.db import session_scope
 from storage.tables import ClassName, Sample
 from tests.conftest import coco_images, run_cli
 from tests.labelimg import labelled_images, write_classes, yolo_text
+from tests.pipeline.training_fakes import options_for
 from tests.watcher.conftest import configure, final_rows, home_engine, rows, running
 
 # 표지 ("cover") as Korean Windows writes it (cp949), copied over SMB: not UTF-8. Python sees "ǥ" + 2 surrogates.
@@ -59,7 +60,7 @@ def test_a_cp949_name_in_the_inbox_is_processed_and_archived_under_a_valid_name(
     # The report cannot hold a surrogate (the XML would be invalid): it shows replacement characters.
     engine = home_engine(home)
     try:
-        out = write_report(engine, tmp_path / "r.xlsx", home=home, low_confidence=0.4)
+        out = write_report(engine, tmp_path / "r.xlsx", home=home, low_confidence=0.4, labels=options_for())
     finally:
         engine.dispose()
     book = load_workbook(out, read_only=True)
@@ -272,6 +273,7 @@ def test_sighup_with_a_changed_task_says_it_needs_a_restart(home, caplog):
     said = [r for r in caplog.records if "reloaded" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.WARNING
     # model.weights follows the task when unset (yolo11n-cls.pt for classify), so it changed too
-    assert ("task, model.weights, model.imgsz: a change there needs a restart (still using task=detect, "
-            "model.weights=yolo11n.pt, model.imgsz=640)") in \
+    assert ("task, model.weights, model.imgsz, training.base, training.imgsz: a change there needs a restart "
+            "(still using task=detect, model.weights=yolo11n.pt, model.imgsz=640, training.base=yolo11n.yaml, "
+            "training.imgsz=640)") in \
         said[0].getMessage()

@@ -336,13 +336,18 @@ def test_a_reload_resolves_the_task_defaults_the_same_way(home, caplog):
         assert d.cfg.training.base == "yolo11n.yaml"
         text = path.read_text(encoding="utf-8")
         path.write_text(text.replace("task: detect", "task: classify"), encoding="utf-8")
-        d.reload()
-        assert (d.cfg.task, d.cfg.training.base, d.cfg.training.imgsz) == ("classify", "yolo11n-cls.yaml", 224)
+        with caplog.at_level(logging.WARNING):
+            d.reload()
+        # A task change waits for a restart; the keys that follow the task stay with the running task.
+        assert (d.cfg.task, d.cfg.training.base, d.cfg.training.imgsz) == ("detect", "yolo11n.yaml", 640)
+        assert "training.base, training.imgsz: a change there needs a restart" in caplog.text
+        assert load_config(path).training.base == "yolo11n-cls.yaml"  # what the restart will run with
+        caplog.clear()
         path.write_text(text.replace("task: detect", "task: classify").replace("base: auto", "base: yolo11s.yaml"),
                         encoding="utf-8")
         with caplog.at_level(logging.ERROR):
             d.reload()
-        assert d.cfg.training.base == "yolo11n-cls.yaml"  # the running config is kept
+        assert d.cfg.training.base == "yolo11n.yaml"  # the running config is kept
         assert "training.base: yolo11s.yaml is a detection model but task is classify" in caplog.text
     finally:
         d.engine.dispose()
