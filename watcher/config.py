@@ -50,6 +50,7 @@ class WatchConfig(_Section):
     claim_seconds: PositiveFloat = 120.0
     max_bytes: PositiveInt = 50 * 1024 * 1024
     max_pixels: PositiveInt = 89_478_485  # Pillow's own bomb threshold
+    max_boxes: PositiveInt = 1000  # per label file; more is too_many_boxes (pipeline.labels)
 
 
 class ModelConfig(_Section):
