@@ -65,6 +65,7 @@ bench: install-dev
 	$(BIN)/python bench/report.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/label_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .yolo-config

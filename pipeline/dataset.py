@@ -40,7 +40,7 @@ from sqlalchemy import select, update
 
 from pipeline.classes import class_names
 from pipeline.errors import DatasetError
-from pipeline.labels import WHOLE_IMAGE, Box
+from pipeline.labels import WHOLE_IMAGE, Box, is_class_name
 from pipeline.quality import Balance, LabelledImage, Quality, assess_labels, plan_oversampling, unsettled
 from pipeline.settings import DatasetOptions
 from storage.db import session_scope
@@ -171,6 +171,10 @@ def _load(s, home: Path, val_fraction: float) -> tuple[list[_Item], list[Labelle
         mine = list(im.boxes)
         history.append(im)
         if sample.replaced_at is not None:
+            continue
+        if not all(is_class_name(b.class_name) for b in mine):  # recorded before names were validated
+            log.warning("%s: a class name is not a valid name (%s); left out of the dataset", image.original_name,
+                        sorted({b.class_name[:100] for b in mine if not is_class_name(b.class_name)}))
             continue
         if image.location is None:
             log.warning("%s: the labelled image is gone from %s; left out of the dataset", image.original_name,

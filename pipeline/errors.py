@@ -42,6 +42,9 @@ REASONS = {
     "bad_encoding": "the label file is not UTF-8 text",
     "bad_xml": "the VOC file is not the XML labelImg writes",
     "bad_classes": "classes.txt is empty or names a class twice",
+    "bad_class_name": "a class name (classes.txt line, VOC <name> or class folder) is empty, longer than 100 "
+                      "characters, . or .., or holds a / or \\, NUL or a control character: names are never paths",
+    "too_many_boxes": "the label file has more boxes than watch.max_boxes (or is too big to hold no more)",
     "missing_label": "the image's label file did not arrive within watch.pair_timeout_seconds",
     "orphan_label": "the label file's image did not arrive within watch.pair_timeout_seconds",
     "missing_classes": "a YOLO label's folder has no classes.txt to map class ids to names",
@@ -81,7 +84,8 @@ class FetchError(CoverwatchError):
 
 class TrainingError(CoverwatchError):
     """Raised by `pipeline.training`, `pipeline.train_job` and `pipeline.registry`. Codes: no_dataset,
-    nothing_fits (out of memory at the smallest settings), training_failed, unknown_version, no_previous."""
+    nothing_fits (out of memory at the smallest settings), training_failed, unknown_version, no_previous,
+    bad_class_name (a class name that is no safe folder name reached the classify view)."""
 
     def __init__(self, code: str, detail: str):
         super().__init__(detail, code=code)

@@ -34,7 +34,7 @@ from pipeline.classes import class_names
 from pipeline.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, check_entry, decode_image
 from pipeline.errors import Rejected
 from pipeline.ingest import BatchReport, Layout, sha256_file
-from pipeline.labels import ParsedLabel, normalise_name, parse_classes, parse_label
+from pipeline.labels import DEFAULT_MAX_BOXES, ParsedLabel, class_name, normalise_name, parse_classes, parse_label
 from pipeline.pairing import CLASSES_FILE, ClassFolder, Member, Pair, Reject, Wait, folder_of, kind_of, plan_pairs
 from pipeline.samples import Decisions, NewSample, commit_decisions
 from pipeline.steps import read_file
@@ -62,7 +62,7 @@ class _Seen:
 
 def ingest_labelled(engine, layout: Layout, root: Path, paths: list[Path], *, max_bytes: int, max_pixels: int,
                     pair_timeout: float, class_folder_grace: float | None = None,
-                    now: datetime | None = None) -> BatchReport:
+                    max_boxes: int = DEFAULT_MAX_BOXES, now: datetime | None = None) -> BatchReport:
     """Take complete files under `root` (labeled/) to a processed, quarantined or awaiting_partner state.
 
     `class_folder_grace` (a classify home): images alone in a folder without label files are class-folder
@@ -80,11 +80,12 @@ def ingest_labelled(engine, layout: Layout, root: Path, paths: list[Path], *, ma
     folders = {folder_of(x.rel) for x in seen}
     cutoff, grace_cutoff = _cutoffs(now, pair_timeout, class_folder_grace)
     return _resolve(engine, layout, root, folders, report, max_pixels=max_pixels, cutoff=cutoff,
-                    grace_cutoff=grace_cutoff)
+                    grace_cutoff=grace_cutoff, max_boxes=max_boxes)
 
 
 def expire_partners(engine, layout: Layout, root: Path, *, pair_timeout: float, max_pixels: int = DEFAULT_MAX_PIXELS,
-                    class_folder_grace: float | None = None, now: datetime | None = None) -> BatchReport:
+                    class_folder_grace: float | None = None, max_boxes: int = DEFAULT_MAX_BOXES,
+                    now: datetime | None = None) -> BatchReport:
     """Decide for files that waited `pair_timeout` for a partner (class-folder image, or quarantine), and for
     images that waited `class_folder_grace` in a possible class folder."""
     cutoff, grace_cutoff = _cutoffs(now, pair_timeout, class_folder_grace)
@@ -100,7 +101,7 @@ def expire_partners(engine, layout: Layout, root: Path, *, pair_timeout: float, 
     if not folders:
         return BatchReport()
     return _resolve(engine, layout, root, folders, BatchReport(), max_pixels=max_pixels, cutoff=cutoff,
-                    grace_cutoff=grace_cutoff)
+                    grace_cutoff=grace_cutoff, max_boxes=max_boxes)
 
 
 def _cutoffs(now: datetime | None, pair_timeout: float, grace: float | None) -> tuple[datetime, datetime | None]:
@@ -167,7 +168,8 @@ def _register(s: Session, layout: Layout, seen: list[_Seen]) -> None:
 # -- phase B ------------------------------------------------------------------------------------------------
 
 
-def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff, grace_cutoff=None) -> BatchReport:
+def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff, grace_cutoff=None,
+             max_boxes=DEFAULT_MAX_BOXES) -> BatchReport:
     try:
         with session_scope(engine) as s:
             members, locations, names, registered, class_folders = _load(s, root, folders)
@@ -187,7 +189,7 @@ def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff, grace
                       class_folder=class_folders.get, registered=registered, grace_cutoff=grace_cutoff,
                       in_flight=in_flight)
     for job in jobs:
-        _decide(job, batch, home, locations, names, max_pixels)
+        _decide(job, batch, home, locations, names, max_pixels, max_boxes)
     try:
         with session_scope(engine) as s:
             moving = commit_decisions(s, layout, batch, report)
@@ -259,7 +261,8 @@ def _read_classes(path: Path) -> list[str] | Rejected:
         return exc
 
 
-def _decide(job, batch: Decisions, home: Path, locations: dict, names: dict, max_pixels: int) -> None:
+def _decide(job, batch: Decisions, home: Path, locations: dict, names: dict, max_pixels: int,
+            max_boxes: int = DEFAULT_MAX_BOXES) -> None:
     if isinstance(job, Wait):
         batch.waiting.append((job.member, job.detail))
     elif isinstance(job, Reject):
@@ -269,9 +272,10 @@ def _decide(job, batch: Decisions, home: Path, locations: dict, names: dict, max
         try:
             size = _decode_size(home / locations[image.row_id], max_pixels)
             if isinstance(job, ClassFolder):
-                batch.samples.append(NewSample(image, None, "folder", *size, ParsedLabel(), job.class_name))
+                name = class_name(job.class_name, f"class folder {image.folder}:")
+                batch.samples.append(NewSample(image, None, "folder", *size, ParsedLabel(), name))
             else:
-                _decide_pair(job, size, batch, home, locations, names)
+                _decide_pair(job, size, batch, home, locations, names, max_boxes)
         except FileNotFoundError as exc:
             gone = image if exc.filename == str(home / locations[image.row_id]) else job.label
             batch.vanished.append(gone)
@@ -286,11 +290,12 @@ def _decide(job, batch: Decisions, home: Path, locations: dict, names: dict, max
                 batch.final.append((job.label, "image_rejected", f"{image.source_path}: {exc.code}"))
 
 
-def _decide_pair(job: Pair, size, batch: Decisions, home: Path, locations: dict, names: dict) -> None:
+def _decide_pair(job: Pair, size, batch: Decisions, home: Path, locations: dict, names: dict,
+                 max_boxes: int) -> None:
     kind = job.label.kind
     try:
         parsed = parse_label(read_file(home / locations[job.label.row_id]), kind,
-                             names=names.get(job.label.folder), image_size=size)
+                             names=names.get(job.label.folder), image_size=size, max_boxes=max_boxes)
     except Rejected as exc:
         batch.final.append((job.label, exc.code, str(exc)))
         batch.final.append((job.image, "label_rejected", f"{job.label.source_path}: {exc.code}: {exc}"))

@@ -2,12 +2,19 @@
 
     parse_classes(data)                  classes.txt   -> the class names, in id order
     parse_label(data, kind, names=...)   name.txt/.xml -> ParsedLabel (boxes by class NAME, normalised cxcywh)
+    class_name(raw)                      any name from outside -> the NFC class name, or Rejected(bad_class_name)
 
 labelImg's YOLO writer emits `"%d %.6f %.6f %.6f %.6f\\n"` per box and a `classes.txt` beside it (on Windows in
 the system code page unless told otherwise, which is why a non-UTF-8 classes.txt gets a pointed message). Its
 VOC writer emits `<annotation><size><width>..</width><height>..</height>..<object><name>..<bndbox><xmin>..`.
 Any bad line rejects the whole file (`Rejected(code)`): half a label file would teach the model wrong things.
-Exact duplicate boxes are dropped and counted; an empty file is a deliberate background image.
+Exact duplicate boxes are dropped and counted; an empty file is a deliberate background image. More than
+`max_boxes` boxes is `too_many_boxes`, found before the rest of the file is parsed: one label file must not
+cost minutes in every later dataset build.
+
+A class name is data that later names a folder (a classify dataset has one folder per class), so every name
+from outside goes through `class_name`: no path separators, NUL or control characters, not `.` or `..`, at most
+MAX_CLASS_NAME characters.
 
 Example:
     >>> parse_label(b"1 0.5 0.5 0.2 0.2\\n", "yolo", names=["만화", "동화"]).boxes
@@ -16,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import unicodedata
@@ -31,6 +39,12 @@ EDGE_TOLERANCE = 0.01
 # YOLO's normalised centre form (cx, cy, w, h); `corners` gives the (x1, y1, x2, y2) that inference boxes and
 # review/ labels use.
 WHOLE_IMAGE = (0.5, 0.5, 1.0, 1.0)
+MAX_CLASS_NAME = 100  # characters; a class name is one folder name, and NAME_MAX is 255 bytes
+DEFAULT_MAX_BOXES = 1000
+# A label file may hold at most this many bytes per allowed box (labelImg writes ~45 per YOLO line, ~300 per
+# VOC object), plus LABEL_SLACK_BYTES for the VOC header: a bigger file is too_many_boxes unread.
+BYTES_PER_BOX = 1024
+LABEL_SLACK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,32 @@ def normalise_name(name: str) -> str:
     return unicodedata.normalize("NFC", name.strip())
 
 
+def class_name(raw: str, where: str = "class name") -> str:
+    """The normalised class name, or Rejected(bad_class_name): a name is data, never a path."""
+    name = normalise_name(raw)
+    bad = _name_problem(name)
+    if bad:
+        raise Rejected("bad_class_name", f"{where} {name[:MAX_CLASS_NAME]!r} {bad}")
+    return name
+
+
+def _name_problem(name: str) -> str | None:
+    if len(name) > MAX_CLASS_NAME:
+        return f"is {len(name)} characters long, at most {MAX_CLASS_NAME} are allowed"
+    if name in (".", ".."):
+        return "is not a name"
+    if "/" in name or "\\" in name:
+        return "contains a path separator (/ or \\)"
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in name):
+        return "contains a control character"
+    return None
+
+
+def is_class_name(name: str) -> bool:
+    """True for a name `class_name` accepts unchanged (checks what the database already holds)."""
+    return isinstance(name, str) and name == normalise_name(name) and bool(name) and _name_problem(name) is None
+
+
 def parse_classes(data: bytes) -> list[str]:
     """classes.txt: one name per line; the line number (from 0) is the class id in that folder."""
     lines = _text(data, "classes.txt").splitlines()
@@ -76,6 +116,7 @@ def parse_classes(data: bytes) -> list[str]:
         raise Rejected("bad_classes", f"classes.txt line {names.index('') + 1} is empty: ids after it would shift")
     seen: set[str] = set()
     for i, n in enumerate(names):
+        class_name(n, f"classes.txt line {i + 1}:")
         if n in seen:
             raise Rejected("bad_classes", f"classes.txt line {i + 1}: {n!r} is named twice")
         seen.add(n)
@@ -83,13 +124,23 @@ def parse_classes(data: bytes) -> list[str]:
 
 
 def parse_label(data: bytes, kind: str, *, names: list[str] | None = None,
-                image_size: tuple[int, int] | None = None) -> ParsedLabel:
-    """Parse a `yolo` (.txt, ids through `names`) or `voc` (.xml, checked against `image_size`) label."""
+                image_size: tuple[int, int] | None = None, max_boxes: int = DEFAULT_MAX_BOXES) -> ParsedLabel:
+    """Parse a `yolo` (.txt, ids through `names`) or `voc` (.xml, checked against `image_size`) label.
+
+    Parsing stops at the first box past `max_boxes`; a file too big to hold no more is not parsed at all.
+    """
+    if kind not in ("yolo", "voc"):
+        raise ValueError(f"unknown label kind {kind!r}")
+    if len(data) > max_boxes * BYTES_PER_BOX + LABEL_SLACK_BYTES:
+        raise Rejected("too_many_boxes", f"{len(data)} bytes: more than a label file of at most {max_boxes} boxes "
+                                         "(watch.max_boxes) needs")
     if kind == "yolo":
-        return _dedupe(_parse_yolo(_text(data, "label file"), names or []))
-    if kind == "voc":
-        return _dedupe(_parse_voc(data, image_size))
-    raise ValueError(f"unknown label kind {kind!r}")
+        return _dedupe(_parse_yolo(_text(data, "label file"), names or [], max_boxes))
+    return _dedupe(_parse_voc(data, image_size, max_boxes))
+
+
+def _too_many(where: str, max_boxes: int) -> Rejected:
+    return Rejected("too_many_boxes", f"{where}: more than {max_boxes} boxes (watch.max_boxes)")
 
 
 def _text(data: bytes, what: str) -> str:
@@ -116,13 +167,17 @@ def _number(text: str, where: str, *, integer: bool = False) -> float:
     return value
 
 
-def _parse_yolo(text: str, names: list[str]) -> ParsedLabel:
+def _parse_yolo(text: str, names: list[str], max_boxes: int) -> ParsedLabel:
     out = ParsedLabel()
-    for n, line in enumerate(text.splitlines(), 1):
+    boxes = 0
+    for n, line in enumerate(io.StringIO(text, newline=None), 1):  # lazily: a long file stops at max_boxes
         fields = line.split()
         if not fields:
             continue
         where = f"line {n}"
+        boxes += 1
+        if boxes > max_boxes:
+            raise _too_many(where, max_boxes)
         if len(fields) != 5:
             raise Rejected("wrong_field_count", f"{where}: {len(fields)} fields, expected 5 (class cx cy w h)")
         cid = int(_number(fields[0], where, integer=True))
@@ -167,14 +222,11 @@ def _dedupe(parsed: ParsedLabel) -> ParsedLabel:
 _DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
-def _parse_voc(data: bytes, image_size: tuple[int, int] | None) -> ParsedLabel:
+def _parse_voc(data: bytes, image_size: tuple[int, int] | None, max_boxes: int) -> ParsedLabel:
     _text(data, "VOC file")
     if _DTD.search(data):  # labelImg never writes one; entities are how XML attacks start
         raise Rejected("bad_xml", "a DOCTYPE or ENTITY declaration is not accepted")
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as exc:
-        raise Rejected("bad_xml", f"not well-formed XML: {exc}") from None
+    root = _voc_root(data, max_boxes)
     if root.tag != "annotation":
         raise Rejected("bad_xml", f"root element is <{root.tag}>, expected <annotation>")
     width, height = _voc_size(root, image_size)
@@ -185,10 +237,28 @@ def _parse_voc(data: bytes, image_size: tuple[int, int] | None) -> ParsedLabel:
         box = obj.find("bndbox")
         if not name or box is None:
             raise Rejected("bad_xml", f"{where}: <name> or <bndbox> missing")
+        class_name(name, f"{where}: <name>")
         x1, y1, x2, y2 = (_number((box.findtext(k) or "").strip(), f"{where} <{k}>")
                           for k in ("xmin", "ymin", "xmax", "ymax"))
         _add_box(out, name, x1 / width, y1 / height, x2 / width, y2 / height, where)
     return out
+
+
+def _voc_root(data: bytes, max_boxes: int) -> ET.Element:
+    """The parsed tree, built incrementally so that parsing stops at the first <object> past `max_boxes`."""
+    root, objects = None, 0
+    try:
+        for _event, element in ET.iterparse(io.BytesIO(data), events=("end",)):
+            root = element  # the last element to end is the root
+            if element.tag == "object":
+                objects += 1
+                if objects > max_boxes:
+                    raise _too_many(f"object {objects}", max_boxes)
+    except ET.ParseError as exc:
+        raise Rejected("bad_xml", f"not well-formed XML: {exc}") from None
+    if root is None:
+        raise Rejected("bad_xml", "not well-formed XML: no element found")
+    return root
 
 
 def _voc_size(root: ET.Element, image_size: tuple[int, int] | None) -> tuple[int, int]:

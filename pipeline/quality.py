@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
@@ -78,6 +79,55 @@ def same_object(a: Box, b: Box, iou_threshold: float) -> float | None:
     return v if v > iou_threshold else None
 
 
+def same_objects(boxes: Sequence[Box], iou_threshold: float, *, split: int | None = None
+                 ) -> list[tuple[int, int, float]]:
+    """Every pair (i < j, in order) that `same_object` finds, without comparing all pairs; with `split`, only
+    pairs with i < split <= j (boxes of two drops, concatenated).
+
+    IoU > t > 0 needs each side within a factor t of the other's (inter <= min w * min h, union >= max area)
+    and centres closer than (1 - t) * the larger side. So each box goes into a grid of its own size class
+    (floor log2 of width and of height; cells as wide as that distance for the class's largest box), and a box
+    is compared only with the boxes of nearby size classes in the few cells its centre could be near.
+    """
+    if not 0 < iou_threshold < 1:  # the config keeps it there; anything else gets the plain check
+        return _all_pairs(boxes, iou_threshold, split)
+    reach = (1 - iou_threshold) * (1 + 1e-9)
+    grid: dict[tuple[int, int], dict[tuple[int, int], list[int]]] = defaultdict(lambda: defaultdict(list))
+    levels: dict[int, tuple[int, int]] = {}
+    for i, b in enumerate(boxes):
+        if b.w > 0 and b.h > 0 and math.isfinite(b.w * b.h * b.cx * b.cy):  # else IoU is 0 with anything
+            lx, ly = levels[i] = (math.frexp(b.w)[1] - 1, math.frexp(b.h)[1] - 1)  # exact: 2**l <= w < 2**(l+1)
+            cell = (math.floor(b.cx / (reach * 2.0 ** (lx + 1))), math.floor(b.cy / (reach * 2.0 ** (ly + 1))))
+            grid[(lx, ly)][cell].append(i)
+    d = math.ceil(math.log2(1 / iou_threshold) + 1e-9)  # how many size classes apart two matches can be
+    near = {k: [m for m in grid if abs(m[0] - k[0]) <= d and abs(m[1] - k[1]) <= d] for k in grid}
+    found = []
+    for i, (lx, ly) in levels.items():
+        if split is not None and i >= split:
+            break
+        a = boxes[i]
+        for mx, my in near[(lx, ly)]:
+            cw, ch = reach * 2.0 ** (mx + 1), reach * 2.0 ** (my + 1)
+            rx, ry = reach * 2.0 ** (max(lx, mx) + 1), reach * 2.0 ** (max(ly, my) + 1)  # > the centre distance
+            cells = grid[(mx, my)]
+            xs = range(math.floor((a.cx - rx) / cw), math.floor((a.cx + rx) / cw) + 1)
+            ys = range(math.floor((a.cy - ry) / ch), math.floor((a.cy + ry) / ch) + 1)
+            if len(xs) * len(ys) > len(cells):  # a tiny threshold reaches far: walk the occupied cells instead
+                candidates = (j for (gx, gy), js in cells.items() if gx in xs and gy in ys for j in js)
+            else:
+                candidates = (j for gx in xs for gy in ys for j in cells.get((gx, gy), ()))
+            for j in candidates:
+                if j > i and (split is None or j >= split) and (
+                        v := same_object(a, boxes[j], iou_threshold)) is not None:
+                    found.append((i, j, v))
+    return sorted(found)
+
+
+def _all_pairs(boxes: Sequence[Box], iou_threshold: float, split: int | None) -> list[tuple[int, int, float]]:
+    return [(i, j, v) for i, j in combinations(range(len(boxes)), 2)
+            if (split is None or i < split <= j) and (v := same_object(boxes[i], boxes[j], iou_threshold)) is not None]
+
+
 def assess_labels(images: list[LabelledImage], *, names: list[str], iou_threshold: float,
                   warn_ratio: float, balance: str = "none") -> Quality:
     """`balance` only words the advice of the imbalance warning."""
@@ -86,11 +136,11 @@ def assess_labels(images: list[LabelledImage], *, names: list[str], iou_threshol
     _imbalance(q, current, names, warn_ratio, balance)
     pairs: dict[tuple[str, str], int] = defaultdict(int)
     for im in current:
-        for a, b in combinations(im.boxes, 2):
-            if (v := same_object(a, b, iou_threshold)) is not None:
-                q.overlaps.append({"image": im.key, "name": im.name, "classes": sorted((a.class_name, b.class_name)),
-                                   "iou": round(v, 3)})
-                pairs[_pair(a, b)] += 1
+        for i, j, v in same_objects(im.boxes, iou_threshold):
+            a, b = im.boxes[i], im.boxes[j]
+            q.overlaps.append({"image": im.key, "name": im.name, "classes": sorted((a.class_name, b.class_name)),
+                               "iou": round(v, 3)})
+            pairs[_pair(a, b)] += 1
     by_key: dict[str, list[LabelledImage]] = defaultdict(list)
     for im in images:
         by_key[im.key].append(im)
@@ -117,10 +167,9 @@ def _across_drops(q: Quality, key: str, drops: list[LabelledImage], threshold: f
                             "classes_by_drop": {str(d): c for d, c in classes.items()},
                             "settled": sets[-1] in sets[:-1]})
     for x, y in combinations(drops, 2):
-        for a in x.boxes:
-            for b in y.boxes:
-                if same_object(a, b, threshold) is not None:
-                    pairs[_pair(a, b)] += 1
+        both = x.boxes + y.boxes
+        for i, j, _v in same_objects(both, threshold, split=len(x.boxes)):
+            pairs[_pair(both[i], both[j])] += 1
 
 
 def unsettled(q: Quality) -> set[str]:

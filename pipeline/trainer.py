@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pipeline.backoff import AttemptSpec, TrainingInterrupted
 from pipeline.device import resolve_device
+from pipeline.errors import TrainingError
+from pipeline.labels import is_class_name
 from pipeline.registry import Evaluation
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,8 @@ def _data_for(task: str, data: Path, scratch: Path) -> Path:
 
     Ultralytics' classification trainer reads only the folders, never train.txt: an image that train.txt lists
     n times (training.balance: oversample) gets n - 1 more links in its class folder, name.rep1.jpg and so on.
+    The folder names are the class names (Ultralytics takes the model's `names` from them), so each must be
+    one safe folder name inside the view (`_class_folder`): a class name is never a path.
     """
     if task != "classify":
         return data
@@ -137,7 +141,7 @@ def _data_for(task: str, data: Path, scratch: Path) -> Path:
             if not first or not images:
                 continue
             image = images[0]
-            folder = view / split / str(names[int(first[0])])
+            folder = _class_folder(view / split, names[int(first[0])])
             folder.mkdir(parents=True, exist_ok=True)
             n = repeats.get(image.name, 1) if split == "train" else 1
             for k in range(n):
@@ -145,6 +149,15 @@ def _data_for(task: str, data: Path, scratch: Path) -> Path:
                 if not dest.exists():
                     os.symlink(image.resolve(), dest)
     return view
+
+
+def _class_folder(root: Path, name) -> Path:
+    """root/name, refused unless `name` is a valid class name and the folder stays directly inside `root`."""
+    folder = root / str(name)
+    if not is_class_name(name) or folder.parent != root or not folder.resolve().is_relative_to(root.resolve()):
+        raise TrainingError("bad_class_name", f"class name {str(name)[:100]!r} is not a safe folder name; "
+                                              "the classify view is not built")
+    return folder
 
 
 def _train_repeats(snapshot: Path) -> dict[str, int]:

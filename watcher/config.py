@@ -56,6 +56,7 @@ class WatchConfig(_Section):
     max_pixels: PositiveInt = 89_478_485  # Pillow's own bomb threshold
     # A 1x80000 PNG is 390 bytes; classify's resize of the short side to imgsz would make it gigabytes.
     max_aspect: Annotated[float, Field(ge=1)] = 20.0
+    max_boxes: PositiveInt = 1000  # per label file; more is too_many_boxes (pipeline.labels)
 
 
 def _auto_is_unset(v: Any) -> Any:

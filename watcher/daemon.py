@@ -46,6 +46,7 @@ ROLES = ("all", "inference", "training")
 HEARTBEAT_SECONDS = 5.0
 MODEL_CHECK_SECONDS = 2.0
 INGEST_BATCH = 256  # files per bookkeeping transaction; the step batches its own model calls
+LABELLED_PER_PASS = 64  # labelled files per loop pass: the rest wait for the next, so the inbox keeps flowing
 MAX_BACKOFF = 60.0
 EXPIRE_SECONDS = 1.0  # how often labelled files waiting for a partner are checked for their timeout
 DATASET_REBUILD_SECONDS = 3.0  # at most one dataset rebuild this often, and only after labels changed
@@ -230,16 +231,34 @@ class Daemon:
             self._start_observer()
             self.rescan(now)
         taken = 0
+        labelled, deferred = 0, []
         while not self.stop.is_set():
             ready = self.settler.ready(now, limit=INGEST_BATCH)
             if not ready:
                 break
+            ready, later = self._labelled_budget(ready, LABELLED_PER_PASS - labelled)
+            labelled += sum(1 for p in ready if self._folder_of(Path(p)) == "labeled")
+            deferred += later
             self._check_database_file()
             taken += len(ready)
             self._ingest(ready, now)
             now = self.clock()
             self.notifier.ping(now)  # busy is not hung: keep systemd's watchdog fed between batches
+        for p in deferred:  # back in line after this pass: the next pass takes them
+            self.settler.retry_later(p, self.settler.settle, now)
         return taken
+
+    def _labelled_budget(self, ready: list[str], budget: int) -> tuple[list[str], list[str]]:
+        """Split off the labelled files past this pass's budget: a big labelled drop (decoding every image,
+        parsing every label) must not hold the inbox back for long."""
+        take, later = [], []
+        for p in ready:
+            if self._folder_of(Path(p)) == "labeled":
+                (take if budget > 0 else later).append(p)
+                budget -= 1
+            else:
+                take.append(p)
+        return take, later
 
     def rescan(self, now: float) -> None:
         """Reconcile the folders with the database: every file not accounted for becomes a candidate."""
@@ -316,8 +335,8 @@ class Daemon:
         by_folder: dict[str, list[Path]] = defaultdict(list)
         for p in ready:
             by_folder[self._folder_of(Path(p))].append(Path(p))
-        for folder, paths in by_folder.items():
-            if folder is None:
+        for folder, paths in sorted(by_folder.items(), key=lambda kv: kv[0] == "labeled"):  # the inbox first
+            if folder is None or self.stop.is_set():
                 continue
             if folder == "labeled":
                 report = self._ingest_labelled(paths)
@@ -340,7 +359,7 @@ class Daemon:
         w = self.cfg.watch
         report = ingest_labelled(self.engine, self.layout, self.roots["labeled"], paths, max_bytes=w.max_bytes,
                                  max_pixels=w.max_pixels, pair_timeout=w.pair_timeout_seconds,
-                                 class_folder_grace=self._class_folder_grace())
+                                 class_folder_grace=self._class_folder_grace(), max_boxes=w.max_boxes)
         self._labels_changed |= report.processed > 0
         return report
 
@@ -348,13 +367,15 @@ class Daemon:
         """Decide for labelled files whose partner never came; rebuild the dataset when labels changed."""
         w, t = self.cfg.watch, self.cfg.training
         try:
+            if self.stop.is_set():  # SIGTERM is honoured between steps
+                return
             if now >= self._next_expire:
                 self._next_expire = now + EXPIRE_SECONDS
                 report = expire_partners(self.engine, self.layout, self.roots["labeled"],
                                          pair_timeout=w.pair_timeout_seconds, max_pixels=w.max_pixels,
-                                         class_folder_grace=self._class_folder_grace())
+                                         class_folder_grace=self._class_folder_grace(), max_boxes=w.max_boxes)
                 self._labels_changed |= report.processed > 0
-            if self._labels_changed and now >= self._next_dataset:
+            if self._labels_changed and now >= self._next_dataset and not self.stop.is_set():
                 self._next_dataset = now + DATASET_REBUILD_SECONDS
                 build_dataset(self.engine, self.cfg.home, self.cfg.path("dataset"), dataset_options(t))
                 self._labels_changed = False
