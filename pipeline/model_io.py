@@ -6,8 +6,9 @@ review copies and hot swaps are tested without weights, torch or Ultralytics:
 
     >>> model = FakeModel(names=["comic", "novel"], task="classify", answer=[0.9, 0.1])
     >>> step = ClassifyStep(..., open_model=lambda weights: model)
-    >>> model.calls                    # [(images, threads), ...]: one per forward
-    [(16, None), (4, None)]
+    >>> step(items_20)                 # batch=16
+    >>> model.calls                    # (images, threads) per forward; 0: the backend's own thread count
+    [(16, 0), (4, 0)]
 
 Rows are what the network gives: classify, softmax probabilities per class; detect, (4 + classes, anchors) of
 xywh boxes in input pixels and class scores (Ultralytics' head before NMS), or with `end2end` (YOLO26) up to
