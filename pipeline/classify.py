@@ -7,8 +7,9 @@
     [Result(width=1200, height=1800, predicted_class='comic', confidence=0.91, top5=[['comic', 0.91], ...], ...)]
 
 Per call: ask `model_source` once and switch models first if the champion changed (so every row names the model
-that produced it); then decode chunk k+1 in the thread pool while the model runs on chunk k. On CPU the default
-backend is ONNX Runtime on an export cached beside the weights; on CUDA it is PyTorch in half precision.
+that produced it); then decode chunk k+1 in the thread pool while the model runs on chunk k. The model is a
+`pipeline.model_io.Model`, opened by `pipeline.model_loader.open_model` (ONNX Runtime on CPU, PyTorch on CUDA) or
+by the `open_model` given (tests pass `pipeline.model_io.FakeModel`s): nothing below depends on which.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import numpy as np
 
 from pipeline import model_loader as ml
 from pipeline.decode import MAX_ASPECT
-from pipeline.device import resolve_device
 from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.labels import WHOLE_IMAGE, corners
+from pipeline.model_io import Model
 from pipeline.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
 from pipeline.review import write_review
 from pipeline.steps import Item, Outcome, Result, read_file
@@ -46,16 +47,15 @@ RETRY_SECONDS = 60.0  # a model that failed to load is tried again after this, n
 DECODE_NICENESS = 10
 
 ModelSource = Callable[[], "tuple[str, Path] | None"]
+OpenModel = Callable[[Path | str], Model]  # weights -> model; raises ModelUnavailable
 
 
 @dataclass(frozen=True)
 class _Active:
     want: tuple  # (registry version or None, weights) it was loaded for
     version: str
-    model: ml.LoadedModel
-    backend: str  # onnx | torch
-    forwards: dict[int, Callable[[np.ndarray], np.ndarray]]  # by thread count (ONNX on CPU: all cores, and fewer)
-    threads: ThreadChooser  # which of them runs the next chunk
+    model: Model
+    threads: ThreadChooser  # which of `model.threads` runs the next chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +81,15 @@ class ClassifyStep:
     `weights`: a .pt path or a pretrained name (downloaded into the first folder of `allowed_roots` when online);
     `model_source()` -> (version, weights path) or None: the registry's champion, preferred over `weights`;
     `allowed_roots`: the only places weights load from; `review_dir=None` turns review copies off, and
-    `review_below=1.0` sends every image there; `workers`: decode threads.
+    `review_below=1.0` sends every image there; `workers`: decode threads; `open_model(weights)`: the model
+    (default: `pipeline.model_loader.open_model` with these settings).
     """
 
     def __init__(self, *, task: str, weights: str | Path, imgsz: int, batch: int, conf: float, backend: str = "auto",
                  device: str = "auto", review_dir: Path | None, review_below: float, max_pixels: int,
                  allowed_roots: list[Path], model_source: ModelSource | None = None, workers: int = 2,
-                 clock: Callable[[], float] = time.monotonic, max_aspect: float = MAX_ASPECT):
+                 clock: Callable[[], float] = time.monotonic, max_aspect: float = MAX_ASPECT,
+                 open_model: OpenModel | None = None):
         self.task, self.weights, self.imgsz, self.batch, self.conf = task, weights, imgsz, max(1, batch), conf
         self.backend, self.device = backend, device
         self.review_dir, self.review_below, self.max_pixels = review_dir, review_below, max_pixels
@@ -95,6 +97,7 @@ class ClassifyStep:
         self.allowed_roots = [Path(r) for r in allowed_roots]
         self.model_source, self.clock = model_source, clock
         self.workers = workers
+        self.open_model = open_model or self._open_yolo
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="classify-decode",
                                        initializer=_lower_priority, initargs=(DECODE_NICENESS,))
         self._active: _Active | None = None
@@ -118,6 +121,8 @@ class ClassifyStep:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        if self._active is not None:
+            self._active.model.close()
 
     @property
     def model_version(self) -> str | None:
@@ -153,7 +158,7 @@ class ClassifyStep:
         self._failed.pop(want, None)
         self._active = active
         log.info("classifying with model %s (%s, %d classes, %s)", active.version, active.model.task,
-                 len(active.model.names), active.backend)
+                 len(active.model.names), active.model.backend)
         return active
 
     def _keep_or_raise(self, exc: ModelUnavailable) -> _Active:
@@ -176,29 +181,17 @@ class ClassifyStep:
 
     def _load(self, want: tuple) -> _Active:
         version, weights = want
-        folders = [r for r in self.allowed_roots if r.is_dir()]
-        model = ml.load_model(weights, allowed_roots=self.allowed_roots, download_dir=folders[0] if folders else None)
+        model = self.open_model(weights)
         if model.task != self.task:
-            log.warning("task is %s but %s is a %s model; using the model's task", self.task, model.path, model.task)
-        backend, forwards = self._backend(model)
-        return _Active(want, version or f"{model.path.stem[:40]}@{model.sha12}", model, backend, forwards,
-                       ThreadChooser(list(forwards)))
+            log.warning("task is %s but %s is a %s model; using the model's task", self.task, model.source, model.task)
+        return _Active(want, version or model.version, model, ThreadChooser(list(model.threads)))
 
-    def _backend(self, model: ml.LoadedModel) -> tuple[str, dict[int, Callable]]:
-        device = resolve_device(self.device)
-        backend = self.backend if self.backend != "auto" else ("onnx" if device == "cpu" else "torch")
-        if backend == "onnx":
-            try:
-                path = ml.export_onnx(model, self.imgsz)
-                if device != "cpu":
-                    return "onnx", {0: ml.onnx_forward(path, device=device)}
-                # All cores, and all but the decode pool's: pipeline.threads measures which moves more images.
-                cores = ml.physical_cores()
-                return "onnx", {t: ml.onnx_forward(path, device=device, threads=t)
-                                for t in {cores, max(1, cores - self.workers)}}
-            except Exception as exc:  # noqa: BLE001 - read-only models folder, exporter bug: PyTorch still works
-                log.warning("ONNX export of %s failed (%s); using PyTorch", model.path, exc)
-        return "torch", {0: ml.torch_forward(model, device=device)}  # 0: the backend's own thread count
+    def _open_yolo(self, weights: Path | str) -> Model:
+        folders = [r for r in self.allowed_roots if r.is_dir()]
+        # Leave the decode pool its cores as one option: pipeline.threads measures which moves more images.
+        return ml.open_model(weights, allowed_roots=self.allowed_roots, imgsz=self.imgsz, backend=self.backend,
+                             device=self.device, spare_threads=self.workers,
+                             download_dir=folders[0] if folders else None)
 
     # -- the work ----------------------------------------------------------------------------------------
 
@@ -249,7 +242,7 @@ class ClassifyStep:
             return outcomes
         t0 = time.perf_counter()
         try:
-            y = self._forward(active.forwards[threads], {i: prepared[i].x for i in ok})
+            y = self._forward(active.model, threads, {i: prepared[i].x for i in ok})
             answers = [self._answer(active.model, y[i], prepared[i]) for i in ok]
         except Exception as exc:  # noqa: BLE001 - the chunk is retried by the ingest, the rest carries on
             log.exception("inference failed on %d images", len(ok))
@@ -260,17 +253,17 @@ class ClassifyStep:
         return outcomes
 
     @staticmethod
-    def _forward(forward: Callable, inputs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    def _forward(model: Model, threads: int, inputs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """One model run per input shape (letterboxed photos of one aspect ratio share a shape)."""
         groups: dict[tuple, list[int]] = {}
         for i, x in inputs.items():
             groups.setdefault(x.shape, []).append(i)
         out = {}
         for idx in groups.values():
-            out.update(zip(idx, forward(to_nchw(np.stack([inputs[i] for i in idx])))))
+            out.update(zip(idx, model.forward(to_nchw(np.stack([inputs[i] for i in idx])), threads)))
         return out
 
-    def _answer(self, model: ml.LoadedModel, y: np.ndarray, p: _Prepared) -> _Answer:
+    def _answer(self, model: Model, y: np.ndarray, p: _Prepared) -> _Answer:
         if model.task == "classify":
             return classify_answer(y, model.names)
         rows = e2e_rows(y, self.conf) if model.end2end else nms_rows(y, self.conf, len(model.names))
@@ -283,7 +276,7 @@ class ClassifyStep:
                          orientation=p.image.orientation, version=active.version)
         return Result(width=p.image.width, height=p.image.height, predicted_class=a.predicted_class,
                       confidence=a.confidence, top5=a.top5, detections=a.detections, model_version=active.version,
-                      backend=active.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms)
+                      backend=active.model.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms)
 
 
 def _lower_priority(niceness: int) -> None:

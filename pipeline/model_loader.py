@@ -1,4 +1,13 @@
-"""YOLO weights in, a forward function out. The only module that imports Ultralytics (lazily: importing this is cheap).
+"""YOLO weights in, a `pipeline.model_io.Model` out. The only module that imports Ultralytics (lazily: importing
+this is cheap).
+
+    >>> model = open_model("models/v3/weights/best.pt", allowed_roots=[home / "models"], imgsz=640,
+    ...                    backend="auto", device="cpu", spare_threads=2)
+    >>> model.task, model.names[:2], model.backend
+    ('detect', ['person', 'bicycle'], 'onnx')
+    >>> model.forward(batch_nchw_float32)   # -> numpy array, the model's first output
+
+The parts, for benchmarks and tests:
 
     >>> m = load_model("models/v3/weights/best.pt", allowed_roots=[home / "models"])
     >>> m.task, m.names[:2]
@@ -27,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipeline.device import resolve_device
 from pipeline.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -121,6 +131,44 @@ def _load_file(path: Path) -> LoadedModel:
     end2end = bool(getattr(yolo.model, "end2end", False))
     stride = int(max(getattr(yolo.model, "stride", [32])))
     return LoadedModel(path, file_sha256(path)[:12], yolo.task, names, end2end, stride, yolo)
+
+
+class YoloModel:
+    """A loaded .pt as a `pipeline.model_io.Model`: ONNX Runtime sessions (one per thread count) or the PyTorch net."""
+
+    def __init__(self, loaded: LoadedModel, imgsz: int, backend: str, forwards: dict[int, Callable]):
+        self.loaded, self.imgsz, self.backend, self._forwards = loaded, imgsz, backend, forwards
+        self.names, self.task, self.stride, self.end2end = loaded.names, loaded.task, loaded.stride, loaded.end2end
+        self.version = f"{loaded.path.stem[:40]}@{loaded.sha12}"
+        self.source = str(loaded.path)
+        self.threads = tuple(sorted(forwards, reverse=True))  # 0: the backend's own thread count
+
+    def forward(self, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
+        return self._forwards[self.threads[0] if threads is None else threads](batch)
+
+    def close(self) -> None:
+        self._forwards = {}  # the sessions and the net go with the last reference
+
+
+def open_model(weights: str | os.PathLike, *, allowed_roots: list[Path], imgsz: int, backend: str = "auto",
+               device: str = "auto", spare_threads: int = 0, download_dir: Path | None = None) -> YoloModel:
+    """`load_model`, then the backend: on CPU `auto` is ONNX Runtime (exported once at `imgsz`), on CUDA PyTorch
+    in half precision. On CPU the ONNX model gets two thread counts, all cores and all but `spare_threads` (the
+    caller's decode threads): pipeline.threads measures which moves more images."""
+    loaded = load_model(weights, allowed_roots=allowed_roots, download_dir=download_dir)
+    device = resolve_device(device)
+    backend = backend if backend != "auto" else ("onnx" if device == "cpu" else "torch")
+    if backend == "onnx":
+        try:
+            path = export_onnx(loaded, imgsz)
+            if device != "cpu":
+                return YoloModel(loaded, imgsz, "onnx", {0: onnx_forward(path, device=device)})
+            cores = physical_cores()
+            return YoloModel(loaded, imgsz, "onnx", {t: onnx_forward(path, device=device, threads=t)
+                                                     for t in {cores, max(1, cores - spare_threads)}})
+        except Exception as exc:  # noqa: BLE001 - read-only models folder, exporter bug: PyTorch still works
+            log.warning("ONNX export of %s failed (%s); using PyTorch", loaded.path, exc)
+    return YoloModel(loaded, imgsz, "torch", {0: torch_forward(loaded, device=device)})
 
 
 def file_sha256(path: Path) -> str:

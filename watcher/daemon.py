@@ -29,7 +29,6 @@ from pipeline.steps import Step
 from storage.db import make_engine, session_scope, sqlite_path, upgrade_database
 from storage.files import MoveBackoff, finish_moves, unfinished_moves
 from storage.leases import acquire_lease, release_dead_workers, worker_process_alive
-from storage.queries import as_utc
 from storage.tables import File, FileState, Worker
 from storage.errors import CoverwatchError, DatabaseLost
 from watcher.config import Config, dataset_options, load_config

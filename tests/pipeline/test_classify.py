@@ -17,7 +17,7 @@ from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.steps import Item, Result
 from tests.conftest import coco_images, copy_images
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ultralytics]
 
 DET_SZ, CLS_SZ = 96, 32
 LABEL_LINE = re.compile(r"^\d+ [01]\.\d{6} [01]\.\d{6} [01]\.\d{6} [01]\.\d{6}$")

@@ -1,11 +1,16 @@
-"""The real daemon with its real classifier: images wait for a model, are classified as soon as one is
-promoted, and a later promotion is picked up mid-stream without a restart."""
+"""The real daemon with its classifier: images wait for a model, are classified as soon as one is promoted, and
+a later promotion is picked up mid-stream without a restart. Once on pipeline.model_io.FakeModel (fast, and which
+model answered is certain), once on a real Ultralytics model."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
-from pipeline.registry import promote_version
+from pipeline.classify import ClassifyStep
+from pipeline.errors import ModelUnavailable
+from pipeline.model_io import FakeModel
+from pipeline.registry import champion_weights, promote_version
 from storage.db import session_scope
 from storage.tables import ModelVersion
 from tests.conftest import coco_images
@@ -17,13 +22,56 @@ from watcher.daemon import build_step
 def install_version(home, engine, weights, version):
     folder = home / "models" / version / "weights"
     folder.mkdir(parents=True)
-    shutil.copy(weights, folder / "best.pt")
+    if weights is None:
+        (folder / "best.pt").write_bytes(b"not read: the step opens fakes")
+    else:
+        shutil.copy(weights, folder / "best.pt")
     with session_scope(engine) as s:
         s.add(ModelVersion(version=version, task="detect", path=f"models/{version}", state="candidate"))
     promote_version(engine, version)
 
 
+def test_a_promotion_while_running_swaps_the_fake_model_without_a_restart(home):
+    configure(home, model={"imgsz": 64, "review_below": 0.0}, watch={"rescan_seconds": 3600})
+    cfg = load_config(home / "coverwatch.yaml")
+    engine = home_engine(home)
+    fakes = {v: FakeModel(names=["cover", "other"], answer=[0.9, 0.1], version=v) for v in ("v0001", "v0002")}
+
+    def open_model(weights):
+        version = Path(weights).parent.parent.name  # models/<version>/weights/best.pt
+        if version not in fakes:
+            raise ModelUnavailable(f"model.weights: {weights} is not on disk")
+        return fakes[version]
+
+    step = ClassifyStep(task="classify", weights="yolo11n-cls.pt", imgsz=32, batch=4, conf=0.25, review_dir=None,
+                        review_below=0.0, max_pixels=cfg.watch.max_pixels, allowed_roots=[cfg.path("models")],
+                        model_source=lambda: champion_weights(engine, home), open_model=open_model)
+    images = coco_images(12)
+    try:
+        with running(home, step=step):
+            for src in images[:4]:
+                shutil.copy(src, home / "inbox" / src.name)
+            wait_for(lambda: len([r for r in rows(home) if r.state == "awaiting_model"]) == 4, timeout=60)
+            install_version(home, engine, None, "v0001")
+            wait_for(lambda: len([r for r in rows(home) if r.state == "processed"]) == 4, timeout=60)
+            for src in images[4:8]:
+                shutil.copy(src, home / "inbox" / src.name)
+            wait_for(lambda: len([r for r in rows(home) if r.state == "processed"]) == 8, timeout=60)
+            install_version(home, engine, None, "v0002")
+            for src in images[8:12]:
+                shutil.copy(src, home / "inbox" / src.name)
+            wait_for(lambda: len([r for r in rows(home) if r.state == "processed"]) == 12, timeout=60)
+    finally:
+        engine.dispose()
+    preds = predictions(home)
+    assert len(preds) == 12 and len({p.file_id for p in preds}) == 12  # none dropped, none twice
+    assert [p.model_version for p in preds] == ["v0001"] * 8 + ["v0002"] * 4
+    assert sum(n for n, _ in fakes["v0001"].calls) == 8 and sum(n for n, _ in fakes["v0002"].calls) == 4
+    assert {p.backend for p in preds} == {"fake"} and {p.predicted_class for p in preds} == {"cover"}
+
+
 @pytest.mark.slow
+@pytest.mark.ultralytics
 def test_waiting_images_are_classified_when_a_model_is_promoted_then_hot_swapped(home, detect_weights):
     configure(home, model={"imgsz": 96, "review_below": 0.0}, watch={"rescan_seconds": 3600})
     cfg = load_config(home / "coverwatch.yaml")

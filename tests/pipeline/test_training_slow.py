@@ -23,7 +23,7 @@ from tests.labelimg import coco_drop, coco_names, labelled_images
 from tests.pipeline.training_fakes import runs, settings_for
 from tests.watcher.conftest import configure, home_engine, running, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ultralytics]
 
 TINY = {"epochs": 1, "imgsz": 64, "batch": 8, "device": "cpu", "patience": 5}
 

@@ -1,0 +1,249 @@
+"""ClassifyStep's own logic on pipeline.model_io.FakeModel: batching, thread choice, review copies, hot swap and
+the detect rows, fast and exact. tests/pipeline/test_classify.py runs the same step on real Ultralytics models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import classify
+from pipeline.classify import ClassifyStep
+from pipeline.errors import ModelUnavailable, Rejected
+from pipeline.model_io import FakeModel
+from pipeline.steps import Item, Result
+
+def brightness(x: np.ndarray) -> list[float]:
+    """light/dark probabilities from the mean of the model input: 230 gray is 90% light, 115 gray a toss-up."""
+    m = float(x.mean())
+    return [m, 1 - m]
+
+
+def gray(path: Path, value: int, size: tuple[int, int] = (48, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value,) * 3).save(path)
+    return path
+
+
+def items(paths: list[Path]) -> list[Item]:
+    return [Item(i, p, "0" * 64) for i, p in enumerate(paths, 1)]
+
+
+@pytest.fixture
+def make_step(tmp_path):
+    """A ClassifyStep whose `open_model` hands out fakes: `models` maps weights (str) to a FakeModel."""
+    steps = []
+
+    def make(models: dict[str, FakeModel], **kw) -> tuple[ClassifyStep, list]:
+        opened = []
+
+        def open_model(weights):
+            opened.append(str(weights))
+            if str(weights) not in models:
+                raise ModelUnavailable(f"model.weights: {weights} is not on disk")
+            return models[str(weights)]
+
+        args = dict(task="classify", weights="w1", imgsz=32, batch=4, conf=0.25, review_dir=None,
+                    review_below=0.0, max_pixels=10_000_000, allowed_roots=[tmp_path], open_model=open_model)
+        args.update(kw)
+        step = ClassifyStep(**args)
+        steps.append(step)
+        return step, opened
+
+    yield make
+    for s in steps:
+        s.close()
+
+
+def test_the_boundary_imports_neither_torch_nor_ultralytics():
+    code = ("import sys, pipeline.model_io, pipeline.classify; "
+            "print(sorted(m for m in ('torch', 'ultralytics', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_images_run_in_chunks_of_batch_and_each_gets_its_own_answer(make_step, tmp_path):
+    model = FakeModel(names=["light", "dark"], answer=brightness, version="fake@1")
+    step, _ = make_step({"w1": model}, batch=4)
+    values = [230, 25, 230, 25, 230, 230, 25, 25, 230, 25]
+    paths = [gray(tmp_path / "inbox" / f"{i}.png", v) for i, v in enumerate(values)]
+    out = step(items(paths))
+    assert [n for n, _ in model.calls] == [4, 4, 2]
+    assert {s for s in model.shapes} == {(4, 3, 32, 32), (2, 3, 32, 32)}
+    assert [r.predicted_class for r in out] == ["light" if v == 230 else "dark" for v in values]
+    for r, v in zip(out, values):
+        assert r.confidence == pytest.approx(0.9, abs=0.01) and r.top5[0] == [r.predicted_class, r.confidence]
+        assert [n for n, _ in r.top5] == (["light", "dark"] if v == 230 else ["dark", "light"])
+        assert (r.width, r.height, r.imgsz, r.detections) == (48, 40, 32, [])
+        assert (r.model_version, r.backend) == ("fake@1", "fake")
+        assert r.decode_ms > 0 and r.infer_ms >= 0
+
+
+def test_a_broken_file_is_rejected_and_the_rest_of_its_chunk_classified(make_step, tmp_path):
+    model = FakeModel(names=["light", "dark"], answer=brightness)
+    step, _ = make_step({"w1": model}, batch=3)
+    paths = [gray(tmp_path / "inbox" / f"{i}.png", 230) for i in range(3)]
+    paths[1].write_bytes(paths[1].read_bytes()[:60])
+    out = step(items(paths))
+    assert isinstance(out[1], Rejected) and out[1].code == "truncated_image"
+    assert all(isinstance(out[i], Result) for i in (0, 2)) and model.calls == [(2, 0)]
+
+
+def test_a_failing_forward_fails_its_chunk_only(make_step, tmp_path):
+    def answer(x):
+        if x.mean() < 0.5:
+            raise RuntimeError("out of memory")
+        return [0.9, 0.1]
+
+    step, _ = make_step({"w1": FakeModel(names=["light", "dark"], answer=answer)}, batch=2)
+    paths = [gray(tmp_path / "inbox" / f"{i}.png", v) for i, v in enumerate([230, 230, 25, 230])]
+    out = step(items(paths))
+    assert [type(o).__name__ for o in out] == ["Result", "Result", "RuntimeError", "RuntimeError"]
+
+
+# -- thread choice ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [
+    ({1: 0.1}, [2] * 5 + [1] + [2] * 4),  # 1 thread far slower on its first chunk: not tried further
+    ({2: 0.1}, [2] * 5 + [1] * 5),  # 1 thread faster: kept after its trial
+])
+def test_the_thread_count_the_chooser_measures_fastest_runs_the_stream(make_step, tmp_path, seconds, expected):
+    """The first chunk of a call runs on every core unmeasured, then pipeline.threads tries 4 chunks of each."""
+    model = FakeModel(names=["light", "dark"], answer=brightness, threads=(1, 2), seconds=seconds)
+    step, _ = make_step({"w1": model}, batch=1)
+    out = step(items([gray(tmp_path / "inbox" / f"{i}.png", 230) for i in range(10)]))
+    assert [t for _, t in model.calls] == expected
+    assert {r.predicted_class for r in out} == {"light"}
+
+
+# -- review copies ---------------------------------------------------------------------------------------
+
+
+def test_images_under_review_below_are_copied_to_review_with_their_label(make_step, tmp_path):
+    review = tmp_path / "review"
+    step, _ = make_step({"w1": FakeModel(names=["light", "dark"], answer=brightness)}, review_dir=review,
+                        review_below=0.6)
+    sure, unsure = gray(tmp_path / "inbox" / "sure.png", 25), gray(tmp_path / "inbox" / "unsure.png", 115)
+    out = step(items([sure, unsure]))
+    assert out[0].confidence > 0.6 > out[1].confidence and out[1].predicted_class == "dark"
+    assert sorted(p.name for p in review.iterdir()) == ["classes.txt", "unsure.png", "unsure.txt"]
+    assert (review / "classes.txt").read_text() == "light\ndark\n"
+    assert (review / "unsure.txt").read_text() == "1 0.500000 0.500000 1.000000 1.000000\n"  # the whole image
+    assert (review / "unsure.png").read_bytes() == unsure.read_bytes() and unsure.exists()
+    step.reconfigure(conf=0.25, review_below=0.0)
+    step(items([gray(tmp_path / "inbox" / "again.png", 115)]))
+    assert not (review / "again.png").exists()
+
+
+def test_review_below_one_reviews_every_image_even_a_certain_one(make_step, tmp_path):
+    review = tmp_path / "review"
+    step, _ = make_step({"w1": FakeModel(names=["light", "dark"], answer=[1.0, 0.0])}, review_dir=review,
+                        review_below=1.0)
+    (r,) = step(items([gray(tmp_path / "inbox" / "a.png", 230)]))
+    assert r.confidence == 1.0 and (review / "a.txt").read_text() == "0 0.500000 0.500000 1.000000 1.000000\n"
+
+
+# -- which model -----------------------------------------------------------------------------------------
+
+
+def test_a_new_champion_replaces_the_model_between_calls(make_step, tmp_path):
+    v1 = FakeModel(names=["light", "dark"], answer=[0.8, 0.2])
+    v2 = FakeModel(names=["cat", "dog", "bird"], answer=[0.1, 0.2, 0.7])
+    champions = iter([None, ("v1", "m1"), ("v1", "m1"), ("v2", "m2")])
+    step, opened = make_step({"w1": FakeModel(names=["x"], answer=[1.0], version="base@0"), "m1": v1, "m2": v2},
+                             model_source=lambda: next(champions))
+    paths = [gray(tmp_path / "inbox" / f"{i}.png", 230) for i in range(5)]
+    calls = [step(items(paths[:2])), step(items(paths[2:3])), step(items(paths[3:4])), step(items(paths[4:]))]
+    assert [[r.model_version for r in c] for c in calls] == [["base@0"] * 2, ["v1"], ["v1"], ["v2"]]
+    assert [r.predicted_class for r in calls[3]] == ["bird"] and len(calls[3][0].top5) == 3
+    assert opened == ["w1", "m1", "m2"]  # each loaded once, on the call that first wanted it
+    assert [n for n, _ in v1.calls] == [1, 1] and [n for n, _ in v2.calls] == [1]
+    assert step.model_version == "v2"
+
+
+def test_a_champion_that_cannot_load_leaves_the_working_model_and_is_retried_later(make_step, tmp_path):
+    now = [0.0]
+    champions = {"want": ("v1", "m1")}
+    step, opened = make_step({"m1": FakeModel(names=["light", "dark"], answer=[0.8, 0.2])},
+                             model_source=lambda: champions["want"], clock=lambda: now[0])
+    path = gray(tmp_path / "inbox" / "a.png", 230)
+    assert step(items([path]))[0].model_version == "v1"
+    champions["want"] = ("v2", "broken")
+    assert step(items([path]))[0].model_version == "v1"
+    now[0] = classify.RETRY_SECONDS - 1
+    assert step(items([path]))[0].model_version == "v1" and opened == ["m1", "broken"]  # not on every call
+    now[0] = classify.RETRY_SECONDS + 1
+    assert step(items([path]))[0].model_version == "v1" and opened == ["m1", "broken", "broken"]
+
+
+def test_without_any_model_every_item_is_awaiting_model(make_step, tmp_path):
+    step, _ = make_step({}, model_source=lambda: None)
+    out = step(items([gray(tmp_path / "inbox" / "a.png", 230)] * 2))
+    assert [o.code for o in out] == ["awaiting_model"] * 2 and not step.model_ready()
+
+
+def test_close_closes_the_model(make_step, tmp_path):
+    model = FakeModel(names=["light", "dark"], answer=[0.8, 0.2])
+    step, _ = make_step({"w1": model})
+    assert step.load() == "fake@000000000000"
+    step.close()
+    assert model.closed
+
+
+# -- detect rows -----------------------------------------------------------------------------------------
+
+
+def raw_detect(x: np.ndarray) -> np.ndarray:
+    """Ultralytics' raw head for one image: (4 + 3 classes, 4 anchors) of xywh in input pixels, class scores."""
+    _, h, w = x.shape
+    boxes = [((w / 2, h / 2, w / 2, h / 2), 1, 0.9),  # the middle half of the input
+             ((w / 2 + 1, h / 2, w / 2, h / 2), 1, 0.8),  # the same object again: NMS drops it
+             ((10, 10, 4, 4), 0, 0.5),  # another object
+             ((40, 20, 8, 8), 2, 0.1)]  # under conf
+    out = np.zeros((4 + 3, len(boxes)), np.float32)
+    for a, (xywh, cls, score) in enumerate(boxes):
+        out[:4, a], out[4 + cls, a] = xywh, score
+    return out
+
+
+def test_detect_rows_go_through_nms_and_back_to_the_original_image(make_step, tmp_path):
+    model = FakeModel(names=["a", "b", "c"], task="detect", answer=raw_detect)
+    review = tmp_path / "review"
+    step, _ = make_step({"w1": model}, task="detect", imgsz=64, review_dir=review, review_below=1.0)
+    wide = gray(tmp_path / "inbox" / "wide.png", 128, (200, 100))
+    tall = gray(tmp_path / "inbox" / "tall.png", 128, (100, 200))
+    out = step(items([wide, tall, wide]))
+    assert sorted(model.shapes) == [(1, 3, 64, 32), (2, 3, 32, 64)]  # letterboxed to a multiple of the stride
+    r = out[0]
+    assert [(c, round(s, 4), *(round(v, 4) for v in box)) for c, s, *box in r.detections] == [
+        ("b", 0.9, 0.25, 0.25, 0.75, 0.75),
+        ("a", 0.5, 8 / 0.32 / 200, 8 / 0.32 / 100, 12 / 0.32 / 200, 12 / 0.32 / 100)]
+    assert (r.predicted_class, r.confidence) == ("b", pytest.approx(0.9))
+    assert [n for n, _ in r.top5] == ["b", "a"] and (r.width, r.height) == (200, 100)
+    assert out[1].detections[0][2:] == pytest.approx((0.25, 0.25, 0.75, 0.75))
+    assert (review / "wide.txt").read_text().splitlines() == ["1 0.500000 0.500000 0.500000 0.500000",
+                                                             "0 0.156250 0.312500 0.062500 0.125000"]
+    step.reconfigure(conf=0.6, review_below=0.0)
+    assert [d[0] for d in step(items([wide]))[0].detections] == ["b"]
+
+
+def test_an_image_without_boxes_has_no_answer_and_is_reviewed(make_step, tmp_path):
+    model = FakeModel(names=["a"], task="detect", answer=lambda x: np.zeros((5, 8), np.float32))
+    step, _ = make_step({"w1": model}, task="detect", imgsz=64, review_dir=tmp_path / "review", review_below=0.4)
+    (r,) = step(items([gray(tmp_path / "inbox" / "empty.png", 128)]))
+    assert (r.predicted_class, r.confidence, r.top5, r.detections) == (None, None, [], [])
+    assert (tmp_path / "review" / "empty.txt").read_text() == ""
+
+
+def test_end2end_rows_are_kept_above_conf_without_nms(make_step, tmp_path):
+    rows = np.array([[16, 8, 48, 24, 0.9, 1], [16, 8, 48, 24, 0.85, 1], [0, 0, 4, 4, 0.1, 0]], np.float32)
+    model = FakeModel(names=["a", "b"], task="detect", answer=rows, end2end=True)
+    step, _ = make_step({"w1": model}, task="detect", imgsz=64)
+    (r,) = step(items([gray(tmp_path / "inbox" / "wide.png", 128, (200, 100))]))
+    assert [(c, round(s, 2), *(round(v, 4) for v in box)) for c, s, *box in r.detections] == [
+        ("b", 0.9, 0.25, 0.25, 0.75, 0.75), ("b", 0.85, 0.25, 0.25, 0.75, 0.75)]
