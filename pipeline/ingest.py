@@ -12,7 +12,6 @@ transaction rolls back, the files stay where they are, and the caller retries la
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 
 MAX_STEP_ATTEMPTS = 5
 FINAL = (FileState.processed.value, FileState.quarantined.value)
-LIVE = (FileState.pending.value, FileState.awaiting_model.value, FileState.awaiting_partner.value)
 
 
 @dataclass(frozen=True)
@@ -386,7 +384,3 @@ def _log_result(row: File, r: Result) -> None:
                  100 * (r.confidence or 0), r.model_version)
     else:
         log.info("processed %s", row.source_path)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

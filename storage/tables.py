@@ -54,9 +54,6 @@ class FileState(str, enum.Enum):
     requeued = "requeued"  # history: a quarantined file sent back; its next life is a new row
 
 
-WAITING_STATES = (FileState.awaiting_model.value, FileState.awaiting_partner.value)
-
-
 class File(Base):
     """One file that appeared in a drop folder, from registration to its final place."""
 
