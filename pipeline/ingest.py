@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from pipeline.decode import check_entry, open_for_reading
 from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.steps import Item, Result, Step, store_results
+from storage.clock import as_utc, utcnow
 from storage.db import session_scope
 from storage.files import finish_moves, planned_destinations, unique_destination
 from storage.tables import File, FileState
@@ -261,10 +262,7 @@ def _insert(s: Session, row: File, path: Path) -> bool:
 def _claimable(row: File, claim: Claim) -> bool:
     if row.claimed_by is None or row.claimed_by == claim.worker or row.claim_expires_at is None:
         return True
-    expires = row.claim_expires_at
-    if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=timezone.utc)
-    return expires < datetime.now(timezone.utc)
+    return as_utc(row.claim_expires_at) < utcnow()
 
 
 def _first_rows(s: Session, shas: set[str]) -> dict[str, File]:

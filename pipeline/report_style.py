@@ -18,12 +18,13 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone, tzinfo
+from datetime import date, datetime, tzinfo
 from pathlib import Path
 
 import xlsxwriter
 
 from pipeline.report_xml import RowSpool, column_letter, formula_cell, number_cell, splice, text_cell
+from storage.clock import as_utc
 
 EXCEL_MAX_ROWS = 1_048_576  # header included
 MAX_WIDTH = 60
@@ -82,10 +83,8 @@ class Book:
         """Local wall-clock time as an Excel serial number (Excel has no time zones)."""
         if not isinstance(value, datetime):
             value = datetime(value.year, value.month, value.day)
-        elif value.tzinfo is None:  # SQLite hands back naive UTC
-            value = value.replace(tzinfo=timezone.utc)
-        if value.tzinfo is not None:
-            value = value.astimezone(self.tz).replace(tzinfo=None)
+        else:
+            value = as_utc(value).astimezone(self.tz).replace(tzinfo=None)
         return (value - _EPOCH).total_seconds() / 86400
 
     def spool(self, sheet_name: str) -> RowSpool:
