@@ -71,14 +71,9 @@ class _Found:
 
 
 def sha256_file(path: Path) -> str:
-    fd = open_for_reading(path)
-    h = hashlib.sha256()
-    try:
-        while chunk := os.read(fd, 1 << 20):
-            h.update(chunk)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
+    """Hash a file opened the safe way (no symlink followed, no FIFO blocked on)."""
+    with os.fdopen(open_for_reading(path), "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)

@@ -124,11 +124,8 @@ def _load_file(path: Path) -> LoadedModel:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def onnx_path(model: LoadedModel, imgsz: int) -> Path:
