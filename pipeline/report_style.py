@@ -22,8 +22,9 @@ from datetime import date, datetime, tzinfo
 from pathlib import Path
 
 import xlsxwriter
+from xlsxwriter.utility import xl_col_to_name
 
-from pipeline.report_xml import RowSpool, column_letter, formula_cell, number_cell, splice, text_cell
+from pipeline.report_xml import RowSpool, formula_cell, number_cell, splice, text_cell
 from storage.clock import as_utc
 
 EXCEL_MAX_ROWS = 1_048_576  # header included
@@ -80,7 +81,8 @@ class Book:
         return Table(self, name, columns)
 
     def excel_date(self, value: datetime | date) -> float:
-        """Local wall-clock time as an Excel serial number (Excel has no time zones)."""
+        """Local wall-clock time as an Excel serial number (Excel has no time zones). Written here because
+        XlsxWriter 3.3 keeps its converter private (`utility._datetime_to_excel_datetime`)."""
         if not isinstance(value, datetime):
             value = datetime(value.year, value.month, value.day)
         else:
@@ -153,7 +155,7 @@ class Table:
         self.sheets: list[str] = []
         self.rows = 0  # data rows written in all
         self._ws, self._row, self._spool = None, 0, None
-        self._letters = [column_letter(first_col + i) for i in range(len(self.columns))]
+        self._letters = [xl_col_to_name(first_col + i) for i in range(len(self.columns))]
         styles = book.styles
         self._plan = [(i, self._letters[i], "number" if c.kind in ("int", "float", "pct") else c.kind,
                        f' s="{styles[c.kind]}"' if c.kind in ("int", "float", "pct") else "")
