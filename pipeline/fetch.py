@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.decode import IMAGE_EXTENSIONS, pillow_open
 from pipeline.errors import FetchError
+from storage.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ def fetch_to_inbox(url: str, inbox: Path, *, max_bytes: int, timeout: float = 30
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(inbox)
+    with contextlib.suppress(OSError):  # best effort: some file systems cannot fsync a directory
+        fsync_dir(inbox)
     log.debug("fetched %s -> %s", url, final)
     return final
 
@@ -158,15 +160,6 @@ def _create_temp(inbox: Path, base: str) -> tuple[Path, int]:
     path = inbox / f".{base or 'download'}.{secrets.token_hex(4)}.part"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     return path, os.open(path, flags, 0o666)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # best effort: some file systems cannot fsync a directory
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _identify(path: Path) -> str:
