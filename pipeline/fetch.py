@@ -206,8 +206,8 @@ async def _download(url: str, out: BinaryIO, *, max_bytes: int, timeout: float, 
 
 
 def _client(timeout: float, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
-    # As with http.client before: the system's CA store, no proxy or .netrc from the environment, the bytes as
-    # sent (no Content-Encoding), redirects followed by _download (so each hop's URL is checked first).
+    # The system's CA store, no proxy or .netrc from the environment, the bytes as sent (no Content-Encoding),
+    # redirects followed by _download (so that each hop's URL is checked before it is sent).
     return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False, transport=transport,
                              verify=ssl.create_default_context(),
                              headers={"User-Agent": _USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"})
