@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.labels import is_class_name, normalise_name
 from storage.db import session_scope
+from storage.files import write_atomically
 from storage.tables import ClassName, LabelEvent
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,5 @@ def export_classes(engine, path: Path) -> list[str]:
     with session_scope(engine) as s:
         names = class_names(s)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, "".join(f"{n}\n" for n in names))
     return names

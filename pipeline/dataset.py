@@ -44,7 +44,7 @@ from pipeline.labels import WHOLE_IMAGE, Box, is_class_name
 from pipeline.quality import Balance, LabelledImage, Quality, assess_labels, plan_oversampling, unsettled
 from pipeline.settings import DatasetOptions
 from storage.db import session_scope
-from storage.files import fsync_dir
+from storage.files import fsync_dir, write_atomically
 from storage.names import portable
 from storage.tables import DatasetVersion, File, Label, Sample
 
@@ -262,8 +262,8 @@ def _switch(engine, home, dataset_dir, tmp, items, names, quality, plan: Balance
         v.path = os.path.relpath(final, home)
         os.rename(tmp, final)
         fsync_dir(dataset_dir)
-        _replace_text(dataset_dir / "data.yaml",
-                      data_yaml(names, "train.txt" if oversample else "images/train", final))
+        write_atomically(dataset_dir / "data.yaml",
+                         data_yaml(names, "train.txt" if oversample else "images/train", final), durable=True)
         _point_current(dataset_dir, final.name)
         build = DatasetBuild(v.id, final, v.train_images, v.val_images, v.train_entries, v.boxes, quality,
                              plan if oversample else None, list(excluded))
@@ -283,16 +283,6 @@ def _record_splits(s, items: list[_Item]) -> None:
                       .values(split=split))
             s.execute(update(Label).where(Label.image_sha256.in_(chunk), Label.replaced_at.is_(None))
                       .values(split=split))
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _point_current(dataset_dir: Path, target: str) -> None:

@@ -30,10 +30,7 @@ MAX_ASPECT = 20.0  # watch.max_aspect's default
 
 def check_entry(path: Path, *, max_bytes: int, allowed: frozenset[str] = IMAGE_EXTENSIONS) -> os.stat_result:
     """Reject on `lstat` and the name alone: no byte of the file is read. Returns the stat."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise
+    st = os.lstat(path)
     if statmod.S_ISLNK(st.st_mode):
         raise Rejected("symlink", f"symbolic link to {os.readlink(path)!r}, not followed")
     if not statmod.S_ISREG(st.st_mode):

@@ -13,27 +13,28 @@ the detected format. It never replaces a file already in the inbox.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
-import http.client
 import logging
 import os
 import re
 import secrets
-import socket
+import ssl
 import stat
-import threading
 import time
 import unicodedata
 import warnings
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
+import httpx
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.decode import IMAGE_EXTENSIONS, pillow_open
 from pipeline.errors import FetchError
+from storage.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,19 @@ _EXTENSION_FOR = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "
                   "GIF": ".gif"}
 _SAME_EXTENSION = {".jpeg": ".jpg", ".tiff": ".tif"}
 _OPEN_AS = [f for f in _EXTENSION_FOR if f != "MPO"]  # Pillow opens MPO through its JPEG plugin
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_CHUNK = 64 * 1024
 # Room for the temp name's dot, token and suffix, and for "-N" and an extension, under NAME_MAX (255 bytes).
 _MAX_NAME_BYTES = 200
-_URL_SAFE = "/%:@!$&'()*+,;=~"
 _USER_AGENT = "coverwatch-fetch"
 STALE_PART_SECONDS = 30 * 60
 _OUR_PART = re.compile(r"\..+\.[0-9a-f]{8}\.part", re.DOTALL)  # what _create_temp makes
 
 
 def fetch_to_inbox(url: str, inbox: Path, *, max_bytes: int, timeout: float = 30.0, max_redirects: int = 5,
-                   deadline: float | None = None) -> Path:
+                   deadline: float | None = None, transport: httpx.AsyncBaseTransport | None = None) -> Path:
     """Download `url` into `inbox` and return the saved path; raise FetchError (nothing left behind) on failure.
 
     `timeout` bounds the connect and each wait for data; `deadline` (default 10 x timeout) bounds the whole
-    download, redirects included.
+    download, redirects included. `transport` replaces the network (tests pass an `httpx.MockTransport`).
     """
     inbox = Path(inbox)
     remove_stale_parts(inbox)
@@ -68,8 +66,9 @@ def fetch_to_inbox(url: str, inbox: Path, *, max_bytes: int, timeout: float = 30
         raise FetchError("write_failed", f"cannot write to {inbox}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as out:
-            digest = _download(url, out, max_bytes=max_bytes, timeout=timeout, max_redirects=max_redirects,
-                               deadline=10 * timeout if deadline is None else deadline)
+            digest = asyncio.run(_download(url, out, max_bytes=max_bytes, timeout=timeout,
+                                           max_redirects=max_redirects, transport=transport,
+                                           deadline=10 * timeout if deadline is None else deadline))
             out.flush()
             os.fsync(out.fileno())
         final = _unique_path(inbox, _final_name(base, _identify(tmp), digest))
@@ -80,7 +79,8 @@ def fetch_to_inbox(url: str, inbox: Path, *, max_bytes: int, timeout: float = 30
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(inbox)
+    with contextlib.suppress(OSError):  # best effort: some file systems cannot fsync a directory
+        fsync_dir(inbox)
     log.debug("fetched %s -> %s", url, final)
     return final
 
@@ -162,15 +162,6 @@ def _create_temp(inbox: Path, base: str) -> tuple[Path, int]:
     return path, os.open(path, flags, 0o666)
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # best effort: some file systems cannot fsync a directory
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _identify(path: Path) -> str:
     """The Pillow format of a complete download, from its bytes; only the formats pipeline.decode accepts."""
     try:
@@ -188,120 +179,73 @@ def _identify(path: Path) -> str:
     return fmt
 
 
-class _Watchdog:
-    """Cuts the connection at the overall deadline. Socket timeouts bound each wait only, so a server that
-    drips a byte just inside each one could otherwise hold a fetch forever."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.ends = time.monotonic() + seconds
-        self.fired = False
-        self.sock: socket.socket | None = None
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def remaining(self) -> float:
-        return max(0.0, self.ends - time.monotonic())
-
-    def _fire(self) -> None:
-        self.fired = True
-        sock = self.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                # The plain socket's shutdown, TLS too: it wakes a blocked read without touching the SSL state.
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-    def error(self) -> FetchError:
-        return FetchError("timeout", f"not complete within the {self.seconds:g} s deadline")
+async def _download(url: str, out: BinaryIO, *, max_bytes: int, timeout: float, max_redirects: int,
+                    deadline: float, transport: httpx.AsyncBaseTransport | None) -> str:
+    """Follow redirects and write the body to `out`; return its sha256. `deadline` bounds it all, redirects
+    included: per-read timeouts alone would let a server that drips a byte just inside each one hold it forever."""
+    scope = asyncio.timeout(deadline)
+    try:
+        async with scope, _client(timeout, transport) as client:
+            request = client.build_request("GET", url)
+            for _ in range(max_redirects + 1):
+                async with _network("http_error", "no valid HTTP response", request):
+                    response = await client.send(request, stream=True)
+                try:
+                    if not response.has_redirect_location:
+                        return await _copy_body(response, out, max_bytes)
+                    request = response.next_request  # httpx resolves the Location; the body is never read
+                finally:
+                    await response.aclose()
+                _check_url(str(request.url))
+                log.debug("redirected to %s", request.url)
+            raise FetchError("too_many_redirects", f"more than {max_redirects} redirects")
+    except TimeoutError:
+        if not scope.expired():
+            raise  # an OSError of the inbox (ETIMEDOUT), not the deadline
+        raise FetchError("timeout", f"not complete within the {deadline:g} s deadline") from None
 
 
-@contextlib.contextmanager
-def _network(code: str, what: str, watchdog: _Watchdog):
-    """Map socket and HTTP errors to FetchError(code); any error after the deadline is a timeout."""
+def _client(timeout: float, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+    # The system's CA store, no proxy or .netrc from the environment, the bytes as sent (no Content-Encoding),
+    # redirects followed by _download (so that each hop's URL is checked before it is sent).
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False, transport=transport,
+                             verify=ssl.create_default_context(),
+                             headers={"User-Agent": _USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"})
+
+
+@contextlib.asynccontextmanager
+async def _network(code: str, what: str, request: httpx.Request):
+    """Map httpx's errors to FetchError: not connected is unreachable, one wait too long a timeout, else `code`."""
     try:
         yield
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        if watchdog.fired:
-            raise watchdog.error() from None
-        if isinstance(exc, TimeoutError):
-            raise FetchError("timeout", f"{what}: no data within the timeout") from None
+    except httpx.TimeoutException:
+        raise FetchError("timeout", f"{what}: no data within the timeout") from None
+    except httpx.ConnectError as exc:
+        raise FetchError("unreachable", f"cannot connect to {request.url.netloc.decode()}: {exc}") from None
+    except httpx.HTTPError as exc:
         raise FetchError(code, f"{what}: {str(exc) or type(exc).__name__}") from None
 
 
-def _download(url: str, out: BinaryIO, *, max_bytes: int, timeout: float, max_redirects: int,
-              deadline: float) -> str:
-    """Follow redirects and write the body to `out`; return its sha256."""
-    watchdog = _Watchdog(deadline)
-    try:
-        for _ in range(max_redirects + 1):
-            with _exchange(_check_url(url), timeout, watchdog) as resp:
-                if resp.status not in _REDIRECTS:
-                    return _copy_body(resp, out, max_bytes, watchdog)
-                location = resp.getheader("Location")
-                if not location:
-                    raise FetchError("http_error", f"HTTP {resp.status} redirect without a Location")
-            url = urljoin(url, location.strip())
-            log.debug("redirected to %s", url)
-        raise FetchError("too_many_redirects", f"more than {max_redirects} redirects")
-    finally:
-        watchdog.cancel()
-
-
-@contextlib.contextmanager
-def _exchange(parts: SplitResult, timeout: float, watchdog: _Watchdog):
-    """One GET on a fresh connection; yields the response and closes both."""
-    if watchdog.fired:
-        raise watchdog.error()
-    https = parts.scheme.lower() == "https"
-    conn_cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
-    conn = conn_cls(parts.hostname, parts.port, timeout=max(0.01, min(timeout, watchdog.remaining())))
-    resp = None
-    try:
-        with _network("unreachable", f"cannot connect to {parts.netloc}", watchdog):
-            conn.connect()
-        watchdog.sock = conn.sock
-        conn.sock.settimeout(timeout)
-        with _network("http_error", "no valid HTTP response", watchdog):
-            conn.request("GET", _target(parts), headers={"User-Agent": _USER_AGENT, "Accept": "image/*",
-                                                         "Connection": "close"})
-            resp = conn.getresponse()
-        yield resp
-    finally:
-        watchdog.sock = None
-        if resp is not None:
-            resp.close()
-        conn.close()
-
-
-def _target(parts: SplitResult) -> str:
-    # Quote what a user may paste raw (spaces, Hangul); existing %XX escapes pass through unchanged.
-    path = quote(parts.path or "/", safe=_URL_SAFE)
-    return f"{path}?{quote(parts.query, safe=_URL_SAFE + '?')}" if parts.query else path
-
-
-def _copy_body(resp: http.client.HTTPResponse, out: BinaryIO, max_bytes: int, watchdog: _Watchdog) -> str:
-    if resp.status != 200:
-        raise FetchError("http_error", f"HTTP {resp.status} {resp.reason}".strip())
-    declared = resp.length  # None when chunked or without Content-Length
+async def _copy_body(response: httpx.Response, out: BinaryIO, max_bytes: int) -> str:
+    if response.status_code != 200:
+        raise FetchError("http_error", f"HTTP {response.status_code} {response.reason_phrase}".strip())
+    declared = _content_length(response)
     if declared is not None and declared > max_bytes:
         raise FetchError("too_large", f"Content-Length {declared} > watch.max_bytes {max_bytes}")
     digest, total = hashlib.sha256(), 0
-    while True:
-        with _network("truncated", "the connection dropped mid-body", watchdog):
-            chunk = resp.read1(_CHUNK)  # read1: one socket read, so the cap is checked as data arrives
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > max_bytes:
-            raise FetchError("too_large", f"more than watch.max_bytes {max_bytes} bytes")
-        out.write(chunk)
-        digest.update(chunk)
-    if watchdog.fired:
-        raise watchdog.error()
+    async with _network("truncated", "the connection dropped mid-body", response.request):
+        async for chunk in response.aiter_raw():  # each read as it arrives: the cap holds before more is taken
+            total += len(chunk)
+            if total > max_bytes:
+                raise FetchError("too_large", f"more than watch.max_bytes {max_bytes} bytes")
+            out.write(chunk)
+            digest.update(chunk)
     if declared is not None and total < declared:
         raise FetchError("truncated", f"got {total} of {declared} bytes")
     return digest.hexdigest()
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    """The declared body size (h11 has checked it is a number); None when chunked or not given."""
+    value = response.headers.get("Content-Length")
+    return None if value is None or "Transfer-Encoding" in response.headers else int(value)

@@ -17,7 +17,6 @@ classified. A vanished or replaced row is never the "first copy" that a later fi
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -32,6 +31,7 @@ from sqlalchemy.orm import Session
 from pipeline.decode import check_entry, open_for_reading
 from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.steps import Item, Result, Step, store_results
+from storage.clock import as_utc, utcnow
 from storage.db import session_scope
 from storage.files import finish_moves, planned_destinations, unique_destination
 from storage.tables import File, FileState
@@ -78,14 +78,9 @@ class _Found:
 
 
 def sha256_file(path: Path) -> str:
-    fd = open_for_reading(path)
-    h = hashlib.sha256()
-    try:
-        while chunk := os.read(fd, 1 << 20):
-            h.update(chunk)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
+    """Hash a file opened the safe way (no symlink followed, no FIFO blocked on)."""
+    with os.fdopen(open_for_reading(path), "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -269,10 +264,7 @@ def _insert(s: Session, row: File, path: Path) -> bool:
 def _claimable(row: File, claim: Claim) -> bool:
     if row.claimed_by is None or row.claimed_by == claim.worker or row.claim_expires_at is None:
         return True
-    expires = row.claim_expires_at
-    if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=timezone.utc)
-    return expires < datetime.now(timezone.utc)
+    return as_utc(row.claim_expires_at) < utcnow()
 
 
 UNSEEN = ("vanished", "replaced")  # quarantined before their content was looked at: nobody's first copy
@@ -454,7 +446,3 @@ def _log_result(row: File, r: Result) -> None:
                  100 * (r.confidence or 0), r.model_version)
     else:
         log.info("processed %s", row.source_path)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

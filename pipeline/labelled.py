@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy import func, or_, select
@@ -38,6 +38,7 @@ from pipeline.labels import DEFAULT_MAX_BOXES, ParsedLabel, class_name, normalis
 from pipeline.pairing import CLASSES_FILE, ClassFolder, Member, Pair, Reject, Wait, folder_of, kind_of, plan_pairs
 from pipeline.samples import Decisions, NewSample, commit_decisions
 from pipeline.steps import read_file
+from storage.clock import as_utc, utcnow
 from storage.db import session_scope
 from storage.files import finish_moves
 from storage.names import shown
@@ -93,8 +94,8 @@ def expire_partners(engine, layout: Layout, root: Path, *, pair_timeout: float, 
         with session_scope(engine) as s:
             waiting = s.execute(select(File.source_path, File.created_at).where(
                 File.folder == FOLDER, File.state == FileState.awaiting_partner.value, File.final_path.is_(None)))
-            folders = {folder_of(p) for p, created in waiting if _aware(created) <= cutoff or (
-                grace_cutoff is not None and kind_of(p) == "image" and _aware(created) <= grace_cutoff)}
+            folders = {folder_of(p) for p, created in waiting if as_utc(created) <= cutoff or (
+                grace_cutoff is not None and kind_of(p) == "image" and as_utc(created) <= grace_cutoff)}
     except OperationalError as exc:
         log.warning("cannot look for expired partners (%s); trying again soon", exc.orig)
         return BatchReport()
@@ -105,7 +106,7 @@ def expire_partners(engine, layout: Layout, root: Path, *, pair_timeout: float, 
 
 
 def _cutoffs(now: datetime | None, pair_timeout: float, grace: float | None) -> tuple[datetime, datetime | None]:
-    now = now or _utcnow()
+    now = now or utcnow()
     cutoff = now - timedelta(seconds=pair_timeout)
     return cutoff, None if grace is None else now - timedelta(seconds=min(grace, pair_timeout))
 
@@ -156,7 +157,7 @@ def _register(s: Session, layout: Layout, seen: list[_Seen]) -> None:
         else:
             if old is not None:  # replaced on disk before it was done: the old content is gone
                 old.state, old.reason, old.location = FileState.quarantined.value, "replaced", None
-                old.moved_at = old.processed_at = _utcnow()
+                old.moved_at = old.processed_at = utcnow()
             row = File(folder=FOLDER, source_path=x.rel, original_name=PurePosixPath(x.rel).name, size=x.size,
                        mtime_ns=x.mtime_ns, sha256=x.sha256, location=loc, state=FileState.pending.value)
             s.add(row)
@@ -208,7 +209,7 @@ def _load(s: Session, root: Path, folders: set[str]):
     rows = [r for r in s.scalars(select(File).where(
         File.folder == FOLDER, File.state.in_(_LIVE), File.final_path.is_(None), File.location.is_not(None)))
         if folder_of(r.source_path) in folders]
-    members = [Member(r.id, r.source_path, _aware(r.created_at)) for r in rows]
+    members = [Member(r.id, r.source_path, as_utc(r.created_at)) for r in rows]
     names: dict[str, list[str]] = {}
     for cl in s.scalars(select(ClassList).where(ClassList.folder.in_(list(folders))).order_by(ClassList.id)):
         names[cl.folder] = list(cl.names)
@@ -315,12 +316,3 @@ def _transient(report: BatchReport, paths: list[Path], phase: str, exc: Exceptio
     log.warning("%s of a labelled drop failed (%s); the files stay in place and are retried", phase, exc)
     report.retry.extend(paths)
     return report
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _aware(dt: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone=True columns; they were stored as UTC.
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt

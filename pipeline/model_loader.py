@@ -172,11 +172,8 @@ def open_model(weights: str | os.PathLike, *, allowed_roots: list[Path], imgsz: 
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def onnx_path(model: LoadedModel, imgsz: int) -> Path:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +29,7 @@ from sqlalchemy import select
 
 from pipeline.errors import TrainingError
 from storage.db import session_scope
+from storage.files import write_atomically
 from storage.queries import as_utc, champion, training_outcome
 from storage.tables import ModelMetric, ModelVersion, TrainingRun
 
@@ -154,9 +154,7 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     """models/vNNNN/manifest.json, replaced atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "manifest.json"
-    tmp = folder / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(manifest, ensure_ascii=False, indent=2, default=str))
     return path
 
 

@@ -14,7 +14,6 @@ sees half a report.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
@@ -47,7 +46,7 @@ from pipeline.report_style import EXCEL_MAX_ROWS, Book
 from pipeline.settings import DatasetOptions
 from storage.db import session_scope
 from storage.errors import CoverwatchError
-from storage.files import fsync_dir
+from storage.files import replacing
 from storage.queries import (
     champion,
     class_counts,
@@ -85,26 +84,18 @@ def write_report(engine: Engine, out_path: Path, *, home: Path, now: datetime | 
     """
     now = now or datetime.now(timezone.utc)
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    book = None
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        book = Book(tmp, home=home, tz=tz, low_confidence=low_confidence, max_rows=max_rows_per_sheet)
-        try:
-            rows = _fill(book, engine, home=home, now=now, chunk_rows=chunk_rows, rules=labels)
-        except BaseException:
-            book.discard()
-            raise
-        book.close()
-        _fsync(tmp)
-        os.replace(tmp, out_path)
-        fsync_dir(out_path.parent)
+        with replacing(out_path, durable=True) as tmp:
+            book = Book(tmp, home=home, tz=tz, low_confidence=low_confidence, max_rows=max_rows_per_sheet)
+            try:
+                rows = _fill(book, engine, home=home, now=now, chunk_rows=chunk_rows, rules=labels)
+            except BaseException:
+                book.discard()
+                raise
+            book.close()
     except (OSError, XlsxWriterException) as exc:
-        _discard(tmp)
         raise ReportError(f"report: cannot write {out_path}: {exc}") from None
-    except BaseException:
-        _discard(tmp)
-        raise
     with session_scope(engine) as s:
         s.add(Report(path=_shown(out_path, home), rows=rows, created_at=now))
     log.info("report written: %s (%d predictions)", out_path, rows)
@@ -118,12 +109,10 @@ def publish_report(engine: Engine, folder: Path, *, home: Path, keep: int, now: 
     now = now or datetime.now(timezone.utc)
     stamp = now.astimezone(options.get("tz")).strftime("%Y%m%d-%H%M")
     path = write_report(engine, Path(folder) / f"{PREFIX}{stamp}.xlsx", home=home, now=now, **options)
-    tmp = path.with_name(f".{LATEST}.{os.getpid()}.tmp")
     try:
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, path.with_name(LATEST))
+        with replacing(path.with_name(LATEST)) as tmp:
+            shutil.copyfile(path, tmp)
     except OSError as exc:
-        _discard(tmp)
         raise ReportError(f"report: cannot update {path.with_name(LATEST)}: {exc}") from None
     _prune(Path(folder), keep)
     return path
@@ -252,15 +241,3 @@ def _shown(path: Path, home: Path) -> str:
         return path.resolve().relative_to(home.resolve()).as_posix()
     except ValueError:
         return str(path.resolve())
-
-
-def _discard(tmp: Path) -> None:
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        pass
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())

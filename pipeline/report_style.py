@@ -18,13 +18,14 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone, tzinfo
+from datetime import date, datetime, tzinfo
 from pathlib import Path
 
 import xlsxwriter
 from xlsxwriter.utility import xl_col_to_name
 
 from pipeline.report_xml import RowSpool, formula_cell, number_cell, splice, style_of, text_cell
+from storage.clock import as_utc
 
 EXCEL_MAX_ROWS = 1_048_576  # header included
 MAX_WIDTH = 60
@@ -79,13 +80,12 @@ class Book:
         return Table(self, name, columns)
 
     def excel_date(self, value: datetime | date) -> float:
-        """Local wall-clock time as an Excel serial number (Excel has no time zones)."""
+        """Local wall-clock time as an Excel serial number (Excel has no time zones). Written here because
+        XlsxWriter 3.3 keeps its converter private (`utility._datetime_to_excel_datetime`)."""
         if not isinstance(value, datetime):
             value = datetime(value.year, value.month, value.day)
-        elif value.tzinfo is None:  # SQLite hands back naive UTC
-            value = value.replace(tzinfo=timezone.utc)
-        if value.tzinfo is not None:
-            value = value.astimezone(self.tz).replace(tzinfo=None)
+        else:
+            value = as_utc(value).astimezone(self.tz).replace(tzinfo=None)
         return (value - _EPOCH).total_seconds() / 86400
 
     def spool(self, sheet_name: str) -> RowSpool:

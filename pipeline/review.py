@@ -23,6 +23,7 @@ from PIL import ImageOps
 from pipeline.decode import pillow_open
 from pipeline.labels import centre
 from pipeline.steps import read_file
+from storage.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,7 @@ def _folder_for(folder: Path, names: list[str], version: str) -> Path:
         classes = candidate / "classes.txt"
         candidate.mkdir(parents=True, exist_ok=True)
         if not classes.exists():
-            tmp = candidate / f".classes.{os.getpid()}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, classes)
+            write_atomically(classes, text)
             return candidate
         if classes.read_text() == text:
             return candidate

@@ -20,7 +20,6 @@ import signal
 import sys
 import threading
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline import registry
@@ -28,6 +27,7 @@ from pipeline.backoff import AttemptSpec, TrainingInterrupted, is_out_of_memory,
 from pipeline.errors import TrainingError
 from pipeline.settings import TrainingSettings
 from pipeline.training import DB_ENV, EXIT_INTERRUPTED
+from storage.clock import utcnow
 from storage.db import make_engine, session_scope
 from storage.queries import champion
 from storage.tables import TrainingAttempt, TrainingRun
@@ -136,7 +136,7 @@ def _finish(engine, run_id, trainer, spec, settings, params, folder, manifest) -
                                      min_delta=settings.promote_min_delta)
         run = s.get(TrainingRun, run_id)
         run.model_version_id, run.metrics = mv.id, evaluation.overall
-        run.state, run.finished_at, run.pid, run.eta_seconds = "done", _utcnow(), None, 0.0
+        run.state, run.finished_at, run.pid, run.eta_seconds = "done", utcnow(), None, 0.0
         state, decision = mv.state, mv.decision
     manifest.update(arch=spec.arch, state=state, decision=decision, metrics=asdict(evaluation),
                     champion={"version": champ_version, "metrics": asdict(champ_eval) if champ_eval else None})
@@ -175,7 +175,7 @@ def _start_attempt(engine, run_id, spec: AttemptSpec, manifest, folder) -> int:
 def _end_attempt(engine, run_id, n, manifest, folder, outcome: str, reason: str | None) -> None:
     with session_scope(engine) as s:
         a = s.query(TrainingAttempt).filter_by(run_id=run_id, n=n).one()
-        a.outcome, a.reason, a.finished_at = outcome, reason, _utcnow()
+        a.outcome, a.reason, a.finished_at = outcome, reason, utcnow()
     manifest["attempts"][-1].update(outcome=outcome, reason=reason)
     registry.write_manifest(folder, manifest)
 
@@ -186,7 +186,7 @@ def _progress(engine, run_id, n, p: dict, used: dict) -> None:
     with session_scope(engine) as s:
         run = s.get(TrainingRun, run_id)
         run.epoch, run.epochs, run.losses = p["epoch"], p["epochs"], p.get("losses")
-        run.eta_seconds, run.updated_at = p.get("eta_seconds"), _utcnow()
+        run.eta_seconds, run.updated_at = p.get("eta_seconds"), utcnow()
         if p.get("batch"):
             s.query(TrainingAttempt).filter_by(run_id=run_id, n=n).update({"batch": p["batch"]})
 
@@ -194,7 +194,7 @@ def _progress(engine, run_id, n, p: dict, used: dict) -> None:
 def _close_run(engine, run_id, *, state: str, error: str | None) -> None:
     with session_scope(engine) as s:
         run = s.get(TrainingRun, run_id)
-        run.state, run.error, run.finished_at, run.pid = state, error, _utcnow(), None
+        run.state, run.error, run.finished_at, run.pid = state, error, utcnow(), None
 
 
 def _clean(folder: Path) -> None:
@@ -206,13 +206,9 @@ def _clean(folder: Path) -> None:
 def _new_manifest(run_id, version, params, settings: TrainingSettings) -> dict:
     keys = ("task", "base", "epochs", "imgsz", "batch", "patience", "device", "balance", "max_repeat", "conflicts",
             "val_fraction", "promote_min_delta", "oom_imgsz_steps")
-    return {"version": version, "run_id": run_id, "created_at": _utcnow().isoformat(),
+    return {"version": version, "run_id": run_id, "created_at": utcnow().isoformat(),
             "dataset": {k: params.get(k) for k in ("fingerprint", "data", "dataset_version_id")},
             "classes": params.get("classes"), "parameters": {k: params.get(k) for k in keys}, "attempts": []}
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 # -- the process entry point --------------------------------------------------------------------------------

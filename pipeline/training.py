@@ -28,6 +28,7 @@ from sqlalchemy import or_, select, update
 
 from pipeline.settings import TrainingSettings
 from pipeline.train_queue import due_trigger, request_training, run_summary
+from storage.clock import utcnow
 from storage.db import session_scope
 from storage.tables import ModelVersion, TrainingRun
 
@@ -131,7 +132,7 @@ class TrainingSupervisor:
             if run.state == "running":
                 if rc == EXIT_INTERRUPTED:
                     return  # left running on purpose: the next start resumes it
-                run.state, run.finished_at, run.pid = "failed", _utcnow(), None
+                run.state, run.finished_at, run.pid = "failed", utcnow(), None
                 run.error = f"the training process ended with {_exit_text(rc)} without recording a result"
             mv = s.get(ModelVersion, run.model_version_id) if run.model_version_id else None
             state, version, error = run.state, run.version, run.error
@@ -185,7 +186,7 @@ class TrainingSupervisor:
             if queued is None:
                 return None
             claimed = s.execute(update(TrainingRun).where(TrainingRun.id == queued.id, TrainingRun.state == "queued")
-                                .values(state="running", started_at=_utcnow(), host=self.host, pid=os.getpid(),
+                                .values(state="running", started_at=utcnow(), host=self.host, pid=os.getpid(),
                                         version=version_name(queued.id))).rowcount
             return queued.id if claimed else None
 
@@ -211,7 +212,7 @@ class TrainingSupervisor:
         """Before any process ran: there is no train.log to point to."""
         with session_scope(self.engine) as s:
             run = s.get(TrainingRun, run_id)
-            run.state, run.error, run.finished_at = "failed", error, _utcnow()
+            run.state, run.error, run.finished_at = "failed", error, utcnow()
             version = run.version
         log.error("training run %d (%s) failed: %s", run_id, version, _first_line(error))
 
@@ -262,10 +263,6 @@ def _first_line(text: str | None) -> str:
 
 def _exit_text(rc: int) -> str:
     return f"signal {-rc}" if rc < 0 else f"exit code {rc}"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def run_until_done(engine, settings: TrainingSettings, run_id: int, *, database_url: str, spawn=None,

@@ -11,7 +11,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -34,6 +35,35 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def replacing(path: Path, *, durable: bool = False) -> Iterator[Path]:
+    """A temporary name beside `path` to write; when the block ends it replaces `path` in one step (a reader
+    sees the old file or the new one, never half of one), and on an error it is removed. `durable` fsyncs the
+    file before and its folder after the replace, so that the new file survives a power cut."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def write_atomically(path: Path, text: str, *, durable: bool = False) -> None:
+    """Replace `path` with `text` (UTF-8) through `replacing`."""
+    with replacing(path, durable=durable) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _fit(stem: str, suffix: str, tag: str) -> str:

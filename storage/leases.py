@@ -13,6 +13,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from storage.clock import as_utc
 from storage.tables import File, Lease, Worker
 
 
@@ -67,5 +68,4 @@ def worker_process_alive(worker: Worker) -> bool:
         started = psutil.Process(worker.pid).create_time()
     except psutil.Error:
         return False
-    started_at = worker.started_at if worker.started_at.tzinfo else worker.started_at.replace(tzinfo=timezone.utc)
-    return started <= started_at.timestamp() + 1.0
+    return started <= as_utc(worker.started_at).timestamp() + 1.0

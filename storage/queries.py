@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from storage.clock import as_utc
 from storage.tables import (
     Detection,
     File,
@@ -20,13 +21,6 @@ from storage.tables import (
 )
 
 HEARTBEAT_STALE = timedelta(seconds=30)
-
-
-def as_utc(dt: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes even for timezone=True columns; they were stored as UTC.
-    if dt is not None and dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt
 
 
 def state_counts(session: Session) -> dict[str, int]:

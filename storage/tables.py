@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from storage.clock import utcnow
 from storage.names import from_db, shown, to_db
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -52,9 +49,6 @@ class FileState(str, enum.Enum):
     awaiting_model = "awaiting_model"
     awaiting_partner = "awaiting_partner"
     requeued = "requeued"  # history: a quarantined file sent back; its next life is a new row
-
-
-WAITING_STATES = (FileState.awaiting_model.value, FileState.awaiting_partner.value)
 
 
 class File(Base):

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -26,6 +26,7 @@ from pipeline.dataset import build_dataset
 from pipeline.ingest import Claim, Layout, forget_vanished, ingest_batch
 from pipeline.labelled import expire_partners, ingest_labelled
 from pipeline.steps import Step
+from storage.clock import utcnow
 from storage.db import make_engine, session_scope, sqlite_path, upgrade_database
 from storage.files import MoveBackoff, finish_moves, unfinished_moves
 from storage.leases import acquire_lease, release_dead_workers, worker_process_alive
@@ -190,7 +191,7 @@ class Daemon:
             close()
         try:
             with session_scope(self.engine) as s:
-                s.execute(update(Worker).where(Worker.id == self.worker_id).values(stopped_at=_utcnow()))
+                s.execute(update(Worker).where(Worker.id == self.worker_id).values(stopped_at=utcnow()))
         except OperationalError:
             log.warning("could not record the shutdown in the database")
         self.engine.dispose()
@@ -279,7 +280,7 @@ class Daemon:
                 if p not in self.settler and self.layout.rel(path) not in waiting:
                     self.settler.hint(p, "scan", now)
                     found += 1
-        self._last_rescan = _utcnow()
+        self._last_rescan = utcnow()
         self._next_rescan = now + self.cfg.watch.rescan_seconds
         if found:
             log.debug("rescan found %d candidate files", found)
@@ -436,7 +437,7 @@ class Daemon:
 
         A failure is logged and tried again at the next period; it never stops the loop.
         """
-        now = _utcnow()
+        now = utcnow()
         if self._next_report is not None and now < self._next_report:
             return
         from datetime import timedelta
@@ -571,7 +572,7 @@ class Daemon:
         try:
             with session_scope(self.engine) as s:
                 s.execute(update(Worker).where(Worker.id == self.worker_id).values(
-                    heartbeat_at=_utcnow(), queue_depth=len(self.settler), last_rescan_at=self._last_rescan))
+                    heartbeat_at=utcnow(), queue_depth=len(self.settler), last_rescan_at=self._last_rescan))
         except OperationalError as exc:
             log.warning("heartbeat not recorded (%s)", exc.orig)
 
@@ -655,7 +656,3 @@ def build_step(cfg: Config, engine) -> Step:
 def _process_alive(worker: Worker) -> bool:
     """Is this host's worker still running? Not when the pid is ours now (reused by us)."""
     return worker.pid != os.getpid() and worker_process_alive(worker)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)

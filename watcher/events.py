@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import queue
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -75,23 +77,19 @@ class EnqueueHandler(FileSystemEventHandler):
             self.hints.put(Hint(kind, os.fsdecode(event.src_path)))
 
 
-def mount_fstype(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """The file system type of the mount that holds `path` (Linux), or None if unknown."""
+def mount_fstype(path: Path, partitions: Iterable | None = None) -> str | None:
+    """The file system type of the mount that holds `path`, or None if unknown. `partitions` (tests) stands in
+    for psutil.disk_partitions(all=True): every mount, network ones included, in mount order."""
     try:
-        lines = Path(mountinfo).read_text().splitlines()
-    except OSError:
+        parts = psutil.disk_partitions(all=True) if partitions is None else partitions
+    except (OSError, psutil.Error):
         return None
     target = str(Path(path).resolve())
     best, best_type = "", None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) < 5 or not right:
-            continue
-        mount_point = fields[4].replace("\\040", " ")
-        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) >= len(best):
-            best, best_type = mount_point, right.split()[0]
+    for part in parts:  # the longest mount point that holds the path; the later one of equals (mounted over)
+        inside = target == part.mountpoint or target.startswith(part.mountpoint.rstrip("/") + "/")
+        if inside and len(part.mountpoint) >= len(best):
+            best, best_type = part.mountpoint, part.fstype
     return best_type
 
 

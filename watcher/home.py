@@ -1,4 +1,4 @@
-"""`coverwatch init`: the home folder of DESIGN.md, with a commented default config."""
+"""`coverwatch init`: the home folder (README, "The home folder"), with a commented default config."""
 
 from __future__ import annotations
 

@@ -37,10 +37,6 @@ class Notifier:
         return cls(env.get("NOTIFY_SOCKET") or None, int(usec) if usec and usec.isdigit() else None,
                    int(pid) if pid and pid.isdigit() else None)
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, message: str) -> None:
         if not self.address:
             return

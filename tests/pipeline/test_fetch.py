@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.server
 import socket
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pipeline.errors import FetchError
@@ -38,7 +40,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _route(self, path: str) -> None:
         jpeg, stop = self.server.jpeg, self.server.stop
-        if path.startswith("/img/"):
+        # httpx removes dot segments before sending (RFC 3986 5.2.4, as curl and browsers do): the request for
+        # /img/../../etc/passwd arrives as /etc/passwd; its name still comes from the URL the user gave.
+        if path.startswith("/img/") or path == "/etc/passwd":
             self._send(200, jpeg)
         elif path.startswith("/r/"):
             n = int(path[3:])
@@ -238,3 +242,109 @@ def test_cli_fetch_reports_each_url_and_exits_2_on_any_failure(server, tmp_path,
     assert len(err) == 1 and err[0].startswith(f"fetch: {bad}: not_an_image"), r.stderr
     assert (tmp_path / "inbox" / "cover.jpg").read_bytes() == jpeg
     assert [p.name for p in (tmp_path / "inbox").iterdir()] == ["cover.jpg"]
+
+
+# The same function through httpx.MockTransport: what the network path does that a local server shows poorly.
+
+def mock_fetch(handler, inbox: Path, url: str = "http://covers.example/a/cover.jpg", **kw) -> Path:
+    kw.setdefault("max_bytes", 10_000_000)
+    kw.setdefault("timeout", 5.0)
+    return fetch_to_inbox(url, inbox, transport=httpx.MockTransport(handler), **kw)
+
+
+def _streamed(data: bytes):
+    """A body that arrives as a network one does (httpx reads a bytes body at once; fetch reads raw chunks)."""
+    async def body():
+        yield data
+    return body()
+
+
+def mock_fails(code: str, handler, inbox: Path, **kw) -> FetchError:
+    with pytest.raises(FetchError) as info:
+        mock_fetch(handler, inbox, **kw)
+    assert info.value.code == code, info.value
+    assert list(inbox.iterdir()) == []
+    return info.value
+
+
+def test_mock_sends_our_headers_and_resolves_a_relative_redirect(inbox, jpeg):
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/a/cover.jpg":
+            return httpx.Response(303, headers={"Location": "../b/real.jpg"})
+        return httpx.Response(200, content=_streamed(jpeg))
+
+    assert mock_fetch(handler, inbox) == inbox / "cover.jpg"  # the name the user asked for, not the redirect's
+    assert [str(r.url) for r in seen] == ["http://covers.example/a/cover.jpg", "http://covers.example/b/real.jpg"]
+    assert {(k, seen[0].headers[k]) for k in ("User-Agent", "Accept", "Accept-Encoding")} == {
+        ("User-Agent", "coverwatch-fetch"), ("Accept", "image/*"), ("Accept-Encoding", "identity")}
+
+
+@pytest.mark.parametrize("location", ["ftp://covers.example/a.jpg", "file:///etc/passwd"])
+def test_mock_a_redirect_hop_is_checked_before_it_is_sent(inbox, location):
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(302, headers={"Location": location})
+
+    mock_fails("bad_url", handler, inbox)
+    assert len(seen) == 1
+
+
+def test_mock_a_redirect_without_location_is_an_http_error(inbox):
+    err = mock_fails("http_error", lambda request: httpx.Response(302), inbox)
+    assert "302" in str(err)
+
+
+def _endless(pulled: list[int], chunk: bytes = b"x" * 1000):
+    async def body():
+        while True:
+            pulled[0] += 1
+            yield chunk
+    return body()
+
+
+def test_mock_a_huge_content_length_is_refused_before_the_body_is_read(inbox):
+    pulled = [0]
+    mock_fails("too_large", lambda request: httpx.Response(
+        200, headers={"Content-Length": str(10**15)}, content=_endless(pulled)), inbox, max_bytes=1000)
+    assert pulled == [0]
+
+
+def test_mock_an_endless_body_stops_at_the_cap(inbox):
+    pulled = [0]
+    mock_fails("too_large", lambda request: httpx.Response(200, content=_endless(pulled)), inbox, max_bytes=5000)
+    assert pulled == [6]  # five chunks fit, the sixth passes the cap, nothing more is read
+
+
+def test_mock_headers_that_never_come_are_cut_at_the_deadline(inbox):
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)  # no read timeout fires inside a transport: only the deadline ends this
+        return httpx.Response(200)
+
+    err = mock_fails("timeout", handler, inbox, deadline=0.2)
+    assert "deadline" in str(err)
+
+
+@pytest.mark.parametrize(("exc", "code"), [
+    (httpx.ConnectError("connection refused"), "unreachable"),
+    (httpx.ConnectTimeout("connect timed out"), "timeout"),
+    (httpx.ReadTimeout("read timed out"), "timeout"),
+    (httpx.RemoteProtocolError("illegal status line"), "http_error"),
+])
+def test_mock_transport_errors_map_to_codes(inbox, exc, code):
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    mock_fails(code, handler, inbox)
+
+
+def test_mock_a_body_cut_off_mid_way_is_truncated(inbox, jpeg):
+    async def body():
+        yield jpeg[:1000]
+        raise httpx.ReadError("connection reset by peer")
+
+    mock_fails("truncated", lambda request: httpx.Response(200, content=body()), inbox)

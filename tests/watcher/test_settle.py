@@ -2,6 +2,7 @@
 
 import os
 import stat as statmod
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
@@ -122,22 +123,21 @@ def test_name_filter(name, counts):
     assert NameFilter()(name) is counts
 
 
-MOUNTINFO = """\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-40 22 0:35 / /mnt/share rw,relatime shared:2 - nfs4 server:/export rw
-41 22 0:36 / /mnt/smb\\040drive rw - cifs //host/share rw
-42 22 0:37 / /mnt/share/local rw - ext4 /dev/sdb1 rw
-"""
+Part = namedtuple("Part", "device mountpoint fstype opts")  # the fields of psutil.disk_partitions()' tuples
+PARTITIONS = [
+    Part("/dev/sda1", "/", "ext4", "rw,relatime"),
+    Part("server:/export", "/mnt/share", "nfs4", "rw,relatime"),
+    Part("//host/share", "/mnt/smb drive", "cifs", "rw"),  # psutil decodes the \040 of /proc/self/mounts
+    Part("/dev/sdb1", "/mnt/share/local", "ext4", "rw"),
+]
 
 
 @pytest.mark.parametrize(("path", "fstype"), [
     ("/home/x/inbox", "ext4"), ("/mnt/share/inbox", "nfs4"), ("/mnt/smb drive/in", "cifs"),
     ("/mnt/share/local/in", "ext4"), ("/mnt/shared", "ext4"),
 ])
-def test_mount_type_of_a_path(tmp_path, path, fstype):
-    info = tmp_path / "mountinfo"
-    info.write_text(MOUNTINFO)
-    assert mount_fstype(Path(path), str(info)) == fstype
+def test_mount_type_of_a_path(path, fstype):
+    assert mount_fstype(Path(path), PARTITIONS) == fstype
 
 
 def test_auto_polls_on_network_file_systems():
