@@ -52,8 +52,12 @@ def coco_boxes(image: Path) -> list[tuple[int, float, float, float, float]]:
 
 
 def labelled_images(start: int, n: int) -> list[Path]:
-    """Carried coco images that have at least one box, from the `start`-th one."""
-    return [p for p in coco_images() if coco_boxes(p)][start:start + n]
+    """Carried coco images that have at least one box, from the `start`-th one; fewer than asked is an error
+    (a test written for more images than tests/data carries would otherwise lose its point without a word)."""
+    found = [p for p in coco_images() if coco_boxes(p)][start:start + n]
+    if len(found) < n:
+        raise ValueError(f"asked for {n} labelled images from #{start}; tests/data carries {len(found)} there")
+    return found
 
 
 def coco_drop(folder: Path, images: list[Path], order: list[str], *, what=("classes", "labels", "images")) -> None:
