@@ -12,7 +12,7 @@ import yaml
 from openpyxl import load_workbook
 from sqlalchemy import select
 
-import watcher.daemon as daemon
+import watcher.jobs.upkeep as upkeep
 from pipeline.dataset import _current
 from pipeline.report import write_report
 from storage.db import session_scope
@@ -104,7 +104,7 @@ def test_first_process_logs_the_name_with_replacement_characters(home):
 
 @pytest.fixture
 def quick_rebuilds(monkeypatch):
-    monkeypatch.setattr(daemon, "DATASET_REBUILD_SECONDS", 0.2)
+    monkeypatch.setattr(upkeep, "DATASET_REBUILD_SECONDS", 0.2)
 
 
 def test_cp949_names_in_a_labelled_drop_and_a_class_folder(home, files_in, quick_rebuilds):
