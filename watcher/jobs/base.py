@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 class Job:
     """A piece of the daemon's work that comes round again. `run(now)` sets `next_at`, the monotonic time it
     is next due; `None` for a job that no timer of ours wakes (a flag, the wall clock, another object's
-    timer): the loop looks at it every pass anyway, at most MAX_SLEEP apart.
+    timer): the loop looks at it every pass anyway, at most MAX_SLEEP apart. A `next_at` in the past must
+    mean due: the daemon's wait sleeps until the earliest one, and would not sleep at all.
 
     The job reads the daemon's state when it runs (`d.cfg` changes on SIGHUP).
     """
