@@ -32,7 +32,7 @@ from pipeline.labels import WHOLE_IMAGE, corners
 from pipeline.model_io import Model
 from pipeline.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
 from pipeline.review import write_review
-from pipeline.steps import Item, Outcome, Result, read_file
+from pipeline.steps import Item, Outcome, Result, Step, read_file
 from pipeline.threads import ThreadChooser
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class _Answer:
     boxes: list  # for the review label: (class id, x1, y1, x2, y2) normalised
 
 
-class ClassifyStep:
+class ClassifyStep(Step):
     """Classify inbox images; a `pipeline.steps.Step`. Call `close()` when done (the daemon does).
 
     `weights`: a .pt path or a pretrained name (downloaded into the first folder of `allowed_roots` when online);

@@ -11,7 +11,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from sqlalchemy import insert
 
@@ -47,8 +46,24 @@ class Result:
 Outcome = Result | Rejected | ModelUnavailable
 
 
-class Step(Protocol):
-    def __call__(self, items: list[Item]) -> list[Outcome]: ...
+class Step:
+    """A batch of items in, one outcome per item out, in order. Subclass it: the daemon calls the methods
+    below directly, and a step without a model keeps their no-op defaults."""
+
+    model_version: str | None = None  # the model answering now, for the status line; None without one
+
+    def __call__(self, items: list[Item]) -> list[Outcome]:
+        raise NotImplementedError
+
+    def model_ready(self) -> bool:
+        """False while no model exists: inbox files wait as awaiting_model until it turns true."""
+        return True
+
+    def reconfigure(self, *, conf: float, review_below: float) -> None:
+        """Thresholds from a reloaded config (SIGHUP); a step without thresholds has nothing to change."""
+
+    def close(self) -> None:
+        """Free threads and the model at shutdown."""
 
 
 def store_results(s, results: list[tuple[int, Result]]) -> None:
@@ -95,7 +110,7 @@ def decode_batch(items: list[Item], *, max_pixels: int, pool: ThreadPoolExecutor
     return list(pool.map(one, items))
 
 
-class DecodeStep:
+class DecodeStep(Step):
     """Decode safely and record the image size: the step before any model exists."""
 
     def __init__(self, max_pixels: int, workers: int = 2, max_aspect: float = MAX_ASPECT):
@@ -112,7 +127,7 @@ class DecodeStep:
         self.pool.shutdown(wait=True)
 
 
-class NoopStep:
+class NoopStep(Step):
     """Does nothing: measures the watcher and the bookkeeping alone."""
 
     def __call__(self, items: list[Item]) -> list[Outcome]:

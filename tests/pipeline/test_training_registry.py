@@ -10,7 +10,7 @@ from sqlalchemy import select
 from pipeline.errors import TrainingError
 from pipeline.reclassify import reclassify_recent
 from pipeline.registry import champion_weights, list_models, promote_version, rollback
-from pipeline.steps import Result
+from pipeline.steps import Result, Step
 from pipeline.train_queue import request_training
 from pipeline.training import TrainingSupervisor
 from storage.db import session_scope
@@ -91,7 +91,7 @@ def test_rollback_goes_back_one_champion_at_a_time(engine, cfg):
         promote_version(engine, "v0009")
 
 
-class Reclassifier:
+class Reclassifier(Step):
     def __init__(self, version):
         self.version, self.seen = version, []
 

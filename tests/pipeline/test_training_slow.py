@@ -12,7 +12,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-import watcher.daemon as daemon
+import watcher.jobs.upkeep as upkeep
 from pipeline.registry import list_models
 from pipeline.train_queue import request_training, run_summary
 from pipeline.training import TrainingSupervisor
@@ -29,7 +29,7 @@ TINY = {"epochs": 1, "imgsz": 64, "batch": 8, "device": "cpu", "patience": 5}
 
 
 def test_labelled_drops_trigger_a_real_run_recorded_with_metrics(home, monkeypatch):
-    monkeypatch.setattr(daemon, "DATASET_REBUILD_SECONDS", 0.2)
+    monkeypatch.setattr(upkeep, "DATASET_REBUILD_SECONDS", 0.2)
     configure(home, training={**TINY, "min_new_labels": 20, "val_fraction": 0.25})
     with running(home):
         coco_drop(home / "labeled" / "team", labelled_images(0, 24), coco_names())

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pipeline.steps import DecodeStep, Result
+from pipeline.steps import DecodeStep, Result, Step
 from storage.db import make_engine, session_scope
 from storage.tables import File, Prediction
 from watcher.config import load_config
 from watcher.daemon import Daemon
 
 
-class CountingStep:
+class CountingStep(Step):
     """Decodes like the default step and counts calls per file content, to prove nothing runs twice."""
 
     def __init__(self, max_pixels: int = 89_478_485):

@@ -333,10 +333,11 @@ def test_a_big_labelled_drop_does_not_hold_the_inbox_back(home, monkeypatch):
     import time
 
     import watcher.daemon as daemon
+    import watcher.drops
     from tests.conftest import copy_images
     from tests.watcher.conftest import CountingStep
 
-    monkeypatch.setattr(daemon, "LABELLED_PER_PASS", 4)
+    monkeypatch.setattr(watcher.drops, "LABELLED_PER_PASS", 4)
     configure(home, task="classify")
     for k, src in enumerate(labelled_images(0, 12)):
         (home / "labeled" / "만화").mkdir(parents=True, exist_ok=True)

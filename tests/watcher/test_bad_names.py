@@ -12,7 +12,7 @@ import yaml
 from openpyxl import load_workbook
 from sqlalchemy import select
 
-import watcher.daemon as daemon
+import watcher.jobs.upkeep as upkeep
 from pipeline.dataset import _current
 from pipeline.report import write_report
 from storage.db import session_scope
@@ -104,7 +104,7 @@ def test_first_process_logs_the_name_with_replacement_characters(home):
 
 @pytest.fixture
 def quick_rebuilds(monkeypatch):
-    monkeypatch.setattr(daemon, "DATASET_REBUILD_SECONDS", 0.2)
+    monkeypatch.setattr(upkeep, "DATASET_REBUILD_SECONDS", 0.2)
 
 
 def test_cp949_names_in_a_labelled_drop_and_a_class_folder(home, files_in, quick_rebuilds):
@@ -220,15 +220,15 @@ def test_paths_too_long_for_the_system_are_logged_once_each(home, caplog):
     deep_name = _deep_file(inbox / "x", levels, "n" * 250 + ".jpg")
     assert len(os.fsencode(deep_dir)) > 4096 and len(os.fsencode(deep_name)) >= 4096
     shutil.copy(coco_images(2)[1], inbox / "fine.jpg")
-    caplog.set_level(logging.WARNING, logger="watcher.daemon")
+    caplog.set_level(logging.WARNING, logger="watcher.jobs.scan")
     d = Daemon(load_config(home / "coverwatch.yaml"), step=CountingStep())
     assert d.process_pending() == 1
     d2 = Daemon(load_config(home / "coverwatch.yaml"), step=CountingStep())
     caplog.clear()
     d2.initialize(observe=False)  # its first rescan
     try:
-        d2.rescan(1e9)
-        d2.rescan(2e9)
+        d2.rescan.run(1e9)
+        d2.rescan.run(2e9)
     finally:
         d2.shutdown()
     said = [r.getMessage() for r in caplog.records if "longer than the system allows" in r.getMessage()]
@@ -238,11 +238,11 @@ def test_paths_too_long_for_the_system_are_logged_once_each(home, caplog):
 
 def test_process_counts_each_file_once_when_a_batch_is_retried(home):
     """`process` said "processed 1024 files" for 700: a batch that is retried was counted again."""
-    from pipeline.steps import Result
+    from pipeline.steps import Result, Step
     from watcher.config import load_config
     from watcher.daemon import Daemon
 
-    class FailsOnce:
+    class FailsOnce(Step):
         calls = 0
 
         def __call__(self, items):
@@ -266,7 +266,7 @@ def test_sighup_with_a_changed_task_says_it_needs_a_restart(home, caplog):
     with running(home) as d:
         assert (d.cfg.task, d.cfg.watch.settle_seconds) == ("detect", 0.2)
         configure(home, task="classify", watch={"settle_seconds": 0.3}, model={"imgsz": 320, "conf": 0.5})
-        d._reload_requested.set()  # what the SIGHUP handler does
+        d.request_reload()  # what the SIGHUP handler does
         wait_for(lambda: d.cfg.watch.settle_seconds == 0.3)
         assert d.cfg.task == "detect" and d.cfg.model.imgsz == 640  # what the running model was made for
         assert d.cfg.model.conf == 0.5  # thresholds do change live

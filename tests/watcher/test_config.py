@@ -192,7 +192,7 @@ def test_sighup_with_overlapping_folders_keeps_the_running_config(home, caplog):
     with running(home) as d, caplog.at_level(logging.ERROR):
         assert rows(home) == []  # the helper remembers the database URL before the config breaks
         configure(home, paths={"archive": "inbox"})
-        d._reload_requested.set()
+        d.request_reload()
         line = wait_for(lambda: [r.getMessage() for r in caplog.records if "reload rejected" in r.getMessage()])
         assert "paths.archive (inbox) is the same folder as paths.inbox (inbox)" in line[0]
         assert d.cfg.paths.archive == "archive"
@@ -328,10 +328,11 @@ def test_the_gpu_example_config_is_valid():
 
 
 def test_a_reload_resolves_the_task_defaults_the_same_way(home, caplog):
+    from pipeline.steps import NoopStep
     from watcher.daemon import Daemon
 
     path = home / "coverwatch.yaml"
-    d = Daemon(load_config(path), step=object())
+    d = Daemon(load_config(path), step=NoopStep())
     try:
         assert d.cfg.training.base == "yolo11n.yaml"
         text = path.read_text(encoding="utf-8")

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 from sqlalchemy import select
 
-import watcher.daemon as daemon
+import watcher.jobs.upkeep as upkeep
 from pipeline.dataset import _current
 from storage.db import session_scope
 from storage.tables import ClassName, LabelEvent, Sample
@@ -24,7 +24,7 @@ KOREAN = ["만화", "동화", "상상화"]
 
 @pytest.fixture(autouse=True)
 def quick_rebuilds(monkeypatch):
-    monkeypatch.setattr(daemon, "DATASET_REBUILD_SECONDS", 0.2)
+    monkeypatch.setattr(upkeep, "DATASET_REBUILD_SECONDS", 0.2)
 
 
 def waiting(home) -> int:

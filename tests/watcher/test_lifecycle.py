@@ -94,7 +94,7 @@ def test_temp_name_is_ignored_until_renamed(home):
         for name in ("a.tmp", "b.crdownload", "c.jpg~"):
             unique_png(home / "inbox" / name, 1)
         time.sleep(d.cfg.watch.settle_seconds * 4)
-        d.rescan(d.clock())  # a rescan must not pick them up either
+        d.rescan.run(d.clock())  # a rescan must not pick them up either
         time.sleep(d.cfg.watch.settle_seconds * 3)
         assert rows(home) == []
         part.rename(home / "inbox" / "upload.jpg")

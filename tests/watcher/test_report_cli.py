@@ -148,7 +148,7 @@ def test_the_daemon_writes_a_report_when_one_is_due_and_not_before(home):
     try:
         d.loop_once()
         assert len(_reports(home)) == 1
-        assert d._next_report is not None and d._next_report > datetime.now(timezone.utc) + timedelta(minutes=50)
+        assert d.report.next_report is not None and d.report.next_report > datetime.now(timezone.utc) + timedelta(minutes=50)
     finally:
         d.shutdown()
 
@@ -162,7 +162,7 @@ def test_a_failing_report_is_logged_and_the_loop_goes_on(home, monkeypatch, capl
     monkeypatch.setattr(pipeline.report, "publish_report", broken)
     d = _daemon(home)
     try:
-        with caplog.at_level(logging.ERROR, logger="watcher.daemon"):
+        with caplog.at_level(logging.ERROR, logger="watcher.jobs.upkeep"):
             assert d.loop_once() == 0
             d.loop_once()
         failures = [r for r in caplog.records if "report could not be written" in r.getMessage()]
@@ -173,10 +173,10 @@ def test_a_failing_report_is_logged_and_the_loop_goes_on(home, monkeypatch, capl
 
 def test_process_writes_one_report_at_the_end_of_its_pass(home, monkeypatch):
     """`coverwatch process` in cron: its report covers the whole pass, not only the first batch of it."""
-    import watcher.daemon
+    import watcher.drops
     from PIL import Image
 
-    monkeypatch.setattr(watcher.daemon, "INGEST_BATCH", 4)
+    monkeypatch.setattr(watcher.drops, "INGEST_BATCH", 4)
     configure(home, watch={"settle_seconds": 0})
     for i in range(10):
         Image.new("RGB", (40, 30), (i * 20, 7, 9)).save(home / "inbox" / f"{i}.png")
