@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.steps import NoopStep  # noqa: E402
+from pipeline.inference.steps import NoopStep  # noqa: E402
 from watcher.config import load_config  # noqa: E402
 from watcher.daemon import Daemon  # noqa: E402
 from watcher.home import init_home  # noqa: E402

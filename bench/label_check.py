@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.labels import Box  # noqa: E402
-from pipeline.quality import LabelledImage, assess_labels, same_object  # noqa: E402
+from pipeline.labels.formats import Box  # noqa: E402
+from pipeline.labels.quality import LabelledImage, assess_labels, same_object  # noqa: E402
 
 THRESHOLD = 0.7
 

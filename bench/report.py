@@ -57,7 +57,7 @@ def fill(url: str, n: int, boxes: int, chunk: int = 20_000) -> None:
 
 
 def child(url: str, home: Path, out: Path) -> None:
-    from pipeline.report import write_report
+    from pipeline.report.workbook import write_report
     from watcher.config import TrainingConfig, dataset_options
 
     engine = make_engine(url)

@@ -63,8 +63,8 @@ def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> f
     archived originals (decode, inference, database, moves), the model loaded and exported, as in a running daemon."""
     import yaml
 
-    from pipeline.report import publish_report
-    from pipeline.steps import Item
+    from pipeline.report.workbook import publish_report
+    from pipeline.inference.steps import Item
     from storage.db import make_engine, upgrade_database
     from watcher.config import dataset_options, load_config
     from watcher.daemon import Daemon, build_step
@@ -109,7 +109,7 @@ def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> f
 
 def run_onnx(weights: Path, paths: list[Path], imgsz: int, task: str) -> float:
     """(c) seconds for the bare ONNX forward pass over the same images, letterboxed beforehand, batched by shape."""
-    from pipeline import model_loader as ml
+    from pipeline.inference import model_loader as ml
 
     model = ml.load_model(weights, allowed_roots=[weights.parent])
     forward = ml.onnx_forward(ml.export_onnx(model, imgsz), device="cpu")
@@ -132,8 +132,8 @@ def _ready_batches(paths: list[Path], imgsz: int, task: str, stride: int) -> lis
     image (cache), and (c) would stop being the ceiling."""
     import numpy as np
 
-    from pipeline.decode import decode_image
-    from pipeline.preprocess import center_crop, letterbox, to_nchw
+    from pipeline.images.decode import decode_image
+    from pipeline.images.preprocess import center_crop, letterbox, to_nchw
 
     calls = []
     for i in range(0, len(paths), BATCH):

@@ -26,9 +26,9 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-"))
 
 from bench._data import coco_dir, coco_images  # noqa: E402
-from pipeline.backoff import AttemptSpec  # noqa: E402
-from pipeline.device import resolve_device  # noqa: E402
-from pipeline.trainer import UltralyticsTrainer  # noqa: E402
+from pipeline.training.backoff import AttemptSpec  # noqa: E402
+from pipeline.inference.device import resolve_device  # noqa: E402
+from pipeline.training.trainer import UltralyticsTrainer  # noqa: E402
 
 
 def copy_coco(src: Path | None, dest: Path) -> tuple[Path, int]:

@@ -1,1 +1,2 @@
-"""The work on files: safe decoding, label parsing, inference, the dataset, training, reports."""
+"""The work on files: intake of both drop folders, images, inference, labels and the dataset, training, the report.
+Imports go watcher -> pipeline -> storage; `errors.py` and `settings.py` (frozen values from the config) sit on top."""

@@ -30,7 +30,7 @@ REASONS = {
                    "mount, permissions: see detail); it stays where it is and the move is retried with back-off",
     "processing_error": "the model step failed on this file every time it was tried (see detail); "
                         "`coverwatch requeue` sends it through again",
-    # labelled drops (pipeline.labels, pipeline.labelled)
+    # labelled drops (pipeline.labels.formats, pipeline.intake.labelled)
     "wrong_field_count": "a YOLO label line does not have 5 fields (class cx cy w h)",
     "non_numeric": "a class id or coordinate is not a number",
     "not_finite": "a coordinate is NaN or infinite",
@@ -68,14 +68,14 @@ class ModelUnavailable(CoverwatchError):
 
 
 class DatasetError(CoverwatchError):
-    """Raised by `pipeline.dataset` when a dataset cannot be exported. Codes: no_dataset, export_exists."""
+    """Raised by `pipeline.labels.dataset` when a dataset cannot be exported. Codes: no_dataset, export_exists."""
 
     def __init__(self, code: str, detail: str):
         super().__init__(detail, code=code)
 
 
 class FetchError(CoverwatchError):
-    """Raised by `pipeline.fetch`. Codes: bad_url, unreachable, http_error, too_many_redirects, timeout,
+    """Raised by `pipeline.intake.fetch`. Codes: bad_url, unreachable, http_error, too_many_redirects, timeout,
     truncated, too_large, not_an_image, write_failed."""
 
     def __init__(self, code: str, detail: str):
@@ -83,7 +83,7 @@ class FetchError(CoverwatchError):
 
 
 class TrainingError(CoverwatchError):
-    """Raised by `pipeline.training`, `pipeline.train_job` and `pipeline.registry`. Codes: no_dataset,
+    """Raised by `pipeline.training.supervisor`, `pipeline.training.job` and `pipeline.training.registry`. Codes: no_dataset,
     nothing_fits (out of memory at the smallest settings), training_failed, unknown_version, no_previous,
     bad_class_name (a class name that is no safe folder name reached the classify view)."""
 

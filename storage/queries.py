@@ -209,7 +209,7 @@ def report_counts(session: Session) -> dict:
 
 def class_counts(session: Session, low_confidence: float) -> dict[str, dict[str, int]]:
     """Per class name: predictions and low_confidence (latest predictions), detections (boxes of the latest
-    predictions). The labels' counts are `pipeline.quality`'s."""
+    predictions). The labels' counts are `pipeline.labels.quality`'s."""
     out: dict[str, dict[str, int]] = {}
 
     def put(key: str, rows) -> None:

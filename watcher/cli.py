@@ -269,7 +269,7 @@ def doctor(ctx: click.Context) -> None:
 def fetch(ctx: click.Context, urls: tuple[str, ...], timeout: float) -> None:
     """Download images into the inbox (size and type checked)."""
     from pipeline.errors import FetchError
-    from pipeline.fetch import fetch_to_inbox
+    from pipeline.intake.fetch import fetch_to_inbox
 
     cfg = _config(ctx)
     inbox = cfg.path("inbox")
@@ -298,7 +298,7 @@ def classes() -> None:
 @click.pass_context
 def classes_export(ctx: click.Context, file: Path) -> None:
     """Write the class names as labelImg's predefined_classes.txt."""
-    from pipeline.classes import export_classes
+    from pipeline.labels.classes import export_classes
     from storage.db import make_engine, upgrade_database
 
     engine = make_engine(_config(ctx).database_url)
@@ -321,7 +321,7 @@ def dataset() -> None:
 @click.pass_context
 def dataset_export(ctx: click.Context, dest: Path) -> None:
     """A self-contained copy of the managed dataset for `yolo train data=DEST/data.yaml`."""
-    from pipeline.dataset import build_dataset, export_dataset
+    from pipeline.labels.dataset import build_dataset, export_dataset
     from storage.db import make_engine, upgrade_database
 
     cfg = _config(ctx)
@@ -342,7 +342,7 @@ def dataset_export(ctx: click.Context, dest: Path) -> None:
 @click.pass_context
 def report(ctx: click.Context, output: Path | None) -> None:
     """Write the Excel report now."""
-    from pipeline.report import publish_report, write_report
+    from pipeline.report.workbook import publish_report, write_report
     from storage.db import CLI_BUSY_TIMEOUT_MS, make_engine, upgrade_database
 
     cfg = _config(ctx)
@@ -366,8 +366,8 @@ def report(ctx: click.Context, output: Path | None) -> None:
 @click.pass_context
 def train(ctx: click.Context, wait: bool) -> None:
     """Train now on the managed dataset; promotes if better (the daemon runs it, or --wait runs it here)."""
-    from pipeline.train_queue import request_training
-    from pipeline.training import run_until_done
+    from pipeline.training.queue import request_training
+    from pipeline.training.supervisor import run_until_done
     from storage.db import make_engine, upgrade_database
     from watcher.config import training_settings
 
@@ -411,7 +411,7 @@ def models() -> None:
 @click.pass_context
 def models_list(ctx: click.Context, as_json: bool) -> None:
     """Every version, newest first."""
-    from pipeline.registry import list_models
+    from pipeline.training.registry import list_models
 
     rows = _with_engine(ctx, list_models)
     if as_json:
@@ -434,7 +434,7 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def models_promote(ctx: click.Context, version: str) -> None:
     """Make VERSION the champion (the daemon switches to it on its next batch)."""
-    from pipeline.registry import promote_version
+    from pipeline.training.registry import promote_version
 
     mv = _with_engine(ctx, lambda engine: promote_version(engine, version))
     click.echo(f"{mv.version} is the champion")
@@ -445,7 +445,7 @@ def models_promote(ctx: click.Context, version: str) -> None:
 @click.pass_context
 def models_rollback(ctx: click.Context) -> None:
     """Give the champion role back to the previous champion."""
-    from pipeline.registry import rollback
+    from pipeline.training.registry import rollback
 
     old, new = _with_engine(ctx, rollback)
     click.echo(f"rolled back from {old} to {new}; {new} is the champion")

@@ -56,7 +56,7 @@ class WatchConfig(_Section):
     max_pixels: PositiveInt = 89_478_485  # Pillow's own bomb threshold
     # A 1x80000 PNG is 390 bytes; classify's resize of the short side to imgsz would make it gigabytes.
     max_aspect: Annotated[float, Field(ge=1)] = 20.0
-    max_boxes: PositiveInt = 1000  # per label file; more is too_many_boxes (pipeline.labels)
+    max_boxes: PositiveInt = 1000  # per label file; more is too_many_boxes (pipeline.labels.formats)
 
 
 def _auto_is_unset(v: Any) -> Any:
@@ -390,7 +390,7 @@ def dataset_options(training: TrainingConfig) -> DatasetOptions:
 
 
 def training_settings(cfg: Config, **extra) -> TrainingSettings:
-    """The plain values `pipeline.training` works with, from a loaded config (`extra`: e.g. workers)."""
+    """The plain values `pipeline.training.supervisor` works with, from a loaded config (`extra`: e.g. workers)."""
     t = cfg.training
     rest = t.model_dump(exclude={f.name for f in fields(DatasetOptions)})
     return TrainingSettings(home=cfg.home, dataset_dir=cfg.path("dataset"), models_dir=cfg.path("models"),

@@ -21,8 +21,8 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
-from pipeline.ingest import Layout
-from pipeline.steps import Step
+from pipeline.intake.ingest import Layout
+from pipeline.inference.steps import Step
 from storage.db import make_engine, session_scope, upgrade_database
 from storage.errors import CoverwatchError
 from storage.files import MoveBackoff, finish_moves, unfinished_moves
@@ -287,8 +287,8 @@ class Daemon:
 def build_step(cfg: Config, engine) -> Step:
     """The classifier of the config: the registry's champion when there is one, else `model.weights` (a path,
     relative to the home folder, or a pretrained name that Ultralytics downloads into models/ when online)."""
-    from pipeline.classify import ClassifyStep
-    from pipeline.registry import champion_weights
+    from pipeline.inference.classify import ClassifyStep
+    from pipeline.training.registry import champion_weights
 
     name = cfg.model.weights
     local = (cfg.home / name).resolve()

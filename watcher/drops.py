@@ -7,8 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.ingest import Claim, ingest_batch
-from pipeline.labelled import ingest_labelled
+from pipeline.intake.ingest import Claim, ingest_batch
+from pipeline.intake.labelled import ingest_labelled
 
 if TYPE_CHECKING:
     from watcher.daemon import Daemon

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import model_loader, preprocess
-from pipeline.classify import ClassifyStep
+from pipeline.inference import model_loader, preprocess
+from pipeline.inference.classify import ClassifyStep
 from pipeline.errors import ModelUnavailable, Rejected
-from pipeline.steps import Item, Result
+from pipeline.inference.steps import Item, Result
 from tests.conftest import coco_images, copy_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.ultralytics]
@@ -273,7 +273,7 @@ def test_a_file_that_is_no_image_is_rejected_even_with_ultralytics_loaded(classi
 @pytest.mark.parametrize("which", ["detect", "classify"])
 def test_the_model_on_all_cores_or_fewer_gives_the_same_answers(which, detect_weights, classify_weights, make_step,
                                                                 inbox, monkeypatch):
-    """On CPU the ONNX model runs on every core or leaves one to decoding, whichever pipeline.threads measures to
+    """On CPU the ONNX model runs on every core or leaves one to decoding, whichever pipeline.inference.threads measures to
     be faster: both are tried on a long enough stream, and which one ran never changes an answer."""
     used = []
     real = model_loader.onnx_forward
@@ -299,7 +299,7 @@ def test_the_model_on_all_cores_or_fewer_gives_the_same_answers(which, detect_we
 
 @pytest.mark.parametrize(("task", "imgsz"), [("detect", 640), ("classify", 224)])
 def test_big_jpeg_is_drafted_into_nearly_the_same_model_input(task, imgsz, inbox):
-    from pipeline.decode import decode_image
+    from pipeline.images.decode import decode_image
 
     data = _big_jpeg(inbox / "big.jpg").read_bytes()
     drafted = preprocess.decode_for_model(data, max_pixels=10**8, task=task, imgsz=imgsz)
@@ -433,7 +433,7 @@ def test_weights_outside_the_allowed_roots_are_refused(detect_weights, make_step
 def test_ingest_with_classify_step_writes_prediction_and_detection_rows(detect_weights, make_step, home, engine):
     from sqlalchemy import func, select
 
-    from pipeline.ingest import Layout, ingest_batch
+    from pipeline.intake.ingest import Layout, ingest_batch
     from storage.db import session_scope
     from storage.tables import Detection, File, Prediction
 

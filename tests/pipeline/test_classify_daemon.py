@@ -1,5 +1,5 @@
 """The real daemon with its classifier: images wait for a model, are classified as soon as one is promoted, and
-a later promotion is picked up mid-stream without a restart. Once on pipeline.model_io.FakeModel (fast, and which
+a later promotion is picked up mid-stream without a restart. Once on pipeline.inference.model_io.FakeModel (fast, and which
 model answered is certain), once on a real Ultralytics model."""
 
 import shutil
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.classify import ClassifyStep
+from pipeline.inference.classify import ClassifyStep
 from pipeline.errors import ModelUnavailable
-from pipeline.model_io import FakeModel
-from pipeline.registry import champion_weights, promote_version
+from pipeline.inference.model_io import FakeModel
+from pipeline.training.registry import champion_weights, promote_version
 from storage.db import session_scope
 from storage.tables import ModelVersion
 from tests.conftest import coco_images

@@ -1,4 +1,4 @@
-"""ClassifyStep's own logic on pipeline.model_io.FakeModel: batching, thread choice, review copies, hot swap and
+"""ClassifyStep's own logic on pipeline.inference.model_io.FakeModel: batching, thread choice, review copies, hot swap and
 the detect rows, fast and exact. tests/pipeline/test_classify.py runs the same step on real Ultralytics models."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import classify
-from pipeline.classify import ClassifyStep
+from pipeline.inference import classify
+from pipeline.inference.classify import ClassifyStep
 from pipeline.errors import ModelUnavailable, Rejected
-from pipeline.model_io import FakeModel
-from pipeline.steps import Item, Result
+from pipeline.inference.model_io import FakeModel
+from pipeline.inference.steps import Item, Result
 
 def brightness(x: np.ndarray) -> list[float]:
     """light/dark probabilities from the mean of the model input: 230 gray is 90% light, 115 gray a toss-up."""
@@ -60,7 +60,7 @@ def make_step(tmp_path):
 
 
 def test_the_boundary_imports_neither_torch_nor_ultralytics():
-    code = ("import sys, pipeline.model_io, pipeline.classify; "
+    code = ("import sys, pipeline.inference.model_io, pipeline.inference.classify; "
             "print(sorted(m for m in ('torch', 'ultralytics', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -113,7 +113,7 @@ def test_a_failing_forward_fails_its_chunk_only(make_step, tmp_path):
     ({2: 0.1}, [2] * 5 + [1] * 5),  # 1 thread faster: kept after its trial
 ])
 def test_the_thread_count_the_chooser_measures_fastest_runs_the_stream(make_step, tmp_path, seconds, expected):
-    """The first chunk of a call runs on every core unmeasured, then pipeline.threads tries 4 chunks of each."""
+    """The first chunk of a call runs on every core unmeasured, then pipeline.inference.threads tries 4 chunks of each."""
     model = FakeModel(names=["light", "dark"], answer=brightness, threads=(1, 2), seconds=seconds)
     step, _ = make_step({"w1": model}, batch=1)
     out = step(items([gray(tmp_path / "inbox" / f"{i}.png", 230) for i in range(10)]))

@@ -11,12 +11,12 @@ import yaml
 from PIL import Image
 from sqlalchemy import select
 
-import pipeline.dataset as dataset
-from pipeline.classes import export_classes
-from pipeline.dataset import build_dataset, export_dataset, split_of
+import pipeline.labels.dataset as dataset
+from pipeline.labels.classes import export_classes
+from pipeline.labels.dataset import build_dataset, export_dataset, split_of
 from pipeline.errors import DatasetError
-from pipeline.ingest import Layout
-from pipeline.labelled import ingest_labelled
+from pipeline.intake.ingest import Layout
+from pipeline.intake.labelled import ingest_labelled
 from storage.db import make_engine, session_scope
 from storage.tables import DatasetVersion, Label, LabelEvent, Sample
 from tests.labelimg import (coco_drop, coco_names, expected_boxes, labelled_images, same_boxes, voc_xml,
@@ -225,12 +225,12 @@ def class_folder_counts(view: Path) -> dict[str, int]:
 @pytest.mark.parametrize("balance", ["none", "oversample"])
 def test_oversampling_a_dominant_class_set_raises_the_minority_share_for_both_tasks(cfg, engine, tmp_path, caplog,
                                                                                     balance):
-    """40 vs 8 vs 8: detect reads train.txt, classify reads the class folders pipeline.trainer links."""
-    from pipeline.trainer import _data_for
+    """40 vs 8 vs 8: detect reads train.txt, classify reads the class folders pipeline.training.trainer links."""
+    from pipeline.training.trainer import _data_for
 
     synthetic_drop(cfg, "syn", KOREAN, {"만화": 40, "동화": 8, "상상화": 8})
     ingest(cfg, engine, "syn")
-    with caplog.at_level("INFO", logger="pipeline.dataset"):
+    with caplog.at_level("INFO", logger="pipeline.labels.dataset"):
         b = build(cfg, engine, val_fraction=1e-9, balance=balance, max_repeat=4)
     data = b.path / "data.yaml"
     if balance == "none":
@@ -317,7 +317,7 @@ def cover_classes(snapshot: Path) -> list[str] | None:
 def test_one_cover_given_different_classes_in_different_drops(cfg, engine, tmp_path, kind):
     """exclude (the default) leaves it out until a drop repeats one of its classes; latest trains the last one.
     Either way the report lists it with every class it was given."""
-    from pipeline.report import write_report
+    from pipeline.report.workbook import write_report
 
     synthetic_drop(cfg, "base", KOREAN, {"만화": 2, "동화": 1})  # registers the classes: class folders count at once
     ingest(cfg, engine, "base")
@@ -346,7 +346,7 @@ def test_one_cover_given_different_classes_in_different_drops(cfg, engine, tmp_p
 def test_the_configs_balance_settings_reach_the_training_runs_dataset(cfg, engine):
     """training.balance, max_repeat and conflicts from the YAML, through TrainingSettings.dataset, into
     prepare_dataset."""
-    from pipeline.training import prepare_dataset
+    from pipeline.training.supervisor import prepare_dataset
     from watcher.config import load_config, training_settings
 
     synthetic_drop(cfg, "syn", KOREAN, {"만화": 30, "동화": 3})

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from pipeline.errors import FetchError
-from pipeline.fetch import fetch_to_inbox
+from pipeline.intake.fetch import fetch_to_inbox
 from tests.conftest import COCO_IMAGES, run_cli
 
 JPEG_PATH = COCO_IMAGES / "000000000009.jpg"

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pipeline.errors import Rejected
-from pipeline.labels import WHOLE_IMAGE, Box, centre, corners, parse_classes, parse_label
-from pipeline.pairing import ClassFolder, Member, Pair, Reject, Wait, plan_pairs
+from pipeline.labels.formats import WHOLE_IMAGE, Box, centre, corners, parse_classes, parse_label
+from pipeline.intake.pairing import ClassFolder, Member, Pair, Reject, Wait, plan_pairs
 from tests.labelimg import voc_xml, yolo_text
 
 NAMES = ["만화", "동화", "상상화"]
@@ -173,7 +173,7 @@ def test_pairing_in_a_classify_home(members, kw, expected):
 
 def test_the_whole_image_is_one_box_in_both_forms():
     """A class with no box: YOLO's centre form in the dataset, corners for inference and review/ labels."""
-    from pipeline.review import label_line
+    from pipeline.inference.review import label_line
 
     assert WHOLE_IMAGE == (0.5, 0.5, 1.0, 1.0) and corners(*WHOLE_IMAGE) == (0.0, 0.0, 1.0, 1.0)
     assert label_line(2, *corners(*WHOLE_IMAGE)) == "2 0.500000 0.500000 1.000000 1.000000\n"

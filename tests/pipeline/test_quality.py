@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.labels import Box
-from pipeline.quality import LabelledImage, assess_labels, iou, plan_oversampling, unsettled
+from pipeline.labels.formats import Box
+from pipeline.labels.quality import LabelledImage, assess_labels, iou, plan_oversampling, unsettled
 
 NAMES = ["만화", "동화", "상상화", "역사"]
 WHOLE = (0.5, 0.5, 1.0, 1.0)

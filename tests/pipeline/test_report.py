@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from pipeline.report import ReportError, publish_report, write_report
+from pipeline.report.workbook import ReportError, publish_report, write_report
 from storage.db import session_scope
 from storage.tables import (ClassName, Detection, File, Label, ModelMetric, ModelVersion, Prediction, Report, Sample,
                             TrainingAttempt, TrainingRun)
@@ -87,7 +87,7 @@ def seeded(engine, home: Path) -> Path:
         first = _sample(s, _file(s, "conflict.jpg", folder="labeled", sha256="c" * 64), replaced=True)
         _label(s, first, "만화", replaced=True)
         _label(s, _sample(s, _file(s, "conflict again.jpg", folder="labeled", sha256="c" * 64)), "동화")
-        # What pipeline.train_job and pipeline.registry record: the overall figures on the run and the version,
+        # What pipeline.training.job and pipeline.training.registry record: the overall figures on the run and the version,
         # per class in model_metrics, every try in training_attempts.
         v1 = ModelVersion(version="v1", task="detect", path="models/v1/weights/best.pt", state="champion",
                           classes=CLASSES, created_at=T0, promoted_at=T0 + timedelta(minutes=50),
@@ -212,9 +212,9 @@ def test_every_sheet_reads_back_with_its_values(engine, seeded):
 
 
 def test_the_report_flags_what_the_dataset_build_flags_with_the_configs_thresholds(cfg, engine):
-    """One rule (pipeline.quality), the config's thresholds, the same labels: the same ambiguous pairs and the
+    """One rule (pipeline.labels.quality), the config's thresholds, the same labels: the same ambiguous pairs and the
     same imbalanced classes in the dataset build and in the report; and the build's before/after counts."""
-    from pipeline.dataset import build_dataset
+    from pipeline.labels.dataset import build_dataset
     from tests.labelimg import write_classes, yolo_text
     from tests.pipeline.test_dataset import KOREAN, ingest, synthetic_drop
 
@@ -313,7 +313,7 @@ def test_the_report_is_recorded_and_no_temporary_file_is_left(engine, seeded):
 
 
 def test_the_report_module_loads_no_machine_learning_framework():
-    code = "import sys, pipeline.report; print(sorted({'torch', 'ultralytics'} & set(sys.modules)))"
+    code = "import sys, pipeline.report.workbook; print(sorted({'torch', 'ultralytics'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
@@ -326,12 +326,12 @@ def test_an_unwritable_destination_is_one_clear_error(engine, seeded):
 
 
 def test_a_failure_half_way_leaves_no_file_behind(engine, seeded, monkeypatch):
-    import pipeline.report
+    import pipeline.report.workbook
 
     def broken(*_a, **_k):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(pipeline.report, "detections_sheet", broken)
+    monkeypatch.setattr(pipeline.report.workbook, "detections_sheet", broken)
     with pytest.raises(RuntimeError, match="went away"):
         _write(engine, seeded)
     assert list((seeded / "reports").iterdir()) == []

@@ -1,10 +1,10 @@
-"""pipeline.threads.ThreadChooser: the thread count that moves images fastest, measured while working."""
+"""pipeline.inference.threads.ThreadChooser: the thread count that moves images fastest, measured while working."""
 
 from __future__ import annotations
 
 import logging
 
-from pipeline.threads import ThreadChooser
+from pipeline.inference.threads import ThreadChooser
 
 
 def run(chooser: ThreadChooser, chunks: int, per_image: dict[int, float]) -> list[int]:
@@ -19,7 +19,7 @@ def run(chooser: ThreadChooser, chunks: int, per_image: dict[int, float]) -> lis
 def test_widest_first_then_each_option_is_tried_and_the_fastest_kept(caplog):
     chooser = ThreadChooser([1, 2], trial=3, every=10)
     assert chooser.best == 2  # before any measurement: every core
-    with caplog.at_level(logging.INFO, logger="pipeline.threads"):
+    with caplog.at_level(logging.INFO, logger="pipeline.inference.threads"):
         used = run(chooser, 3 + 3 + 10, {2: 0.0071, 1: 0.0056})
     assert used == [2, 2, 2, 1, 1, 1] + [1] * 10
     assert chooser.best == 1

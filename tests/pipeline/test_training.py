@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.train_job import run_job
-from pipeline.train_queue import due_trigger, request_training
-from pipeline.training import EXIT_INTERRUPTED, TrainingSupervisor
+from pipeline.training.job import run_job
+from pipeline.training.queue import due_trigger, request_training
+from pipeline.training.supervisor import EXIT_INTERRUPTED, TrainingSupervisor
 from storage.db import make_engine, session_scope
 from storage.queries import status_summary
 from storage.tables import ModelVersion, TrainingRun
@@ -210,8 +210,8 @@ def test_run_job_reports_an_interruption_with_its_exit_code(engine, cfg):
 def test_a_run_whose_process_is_still_alive_is_not_started_twice(engine, cfg, procs):
     import sys
 
-    # A training job left running by a daemon that was killed: its command line names pipeline.train_job.
-    job = procs.popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.train_job"])
+    # A training job left running by a daemon that was killed: its command line names pipeline.training.job.
+    job = procs.popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.training.job"])
     try:
         request_training(engine, "manual")
         with session_scope(engine) as s:
@@ -238,23 +238,23 @@ def test_a_run_that_fails_in_training_is_logged_once_with_its_cause(engine, cfg,
     trainer = FakeTrainer(fail=TypeError("cross_entropy_loss(): argument 'input' must be Tensor, not dict"))
     sup = supervisor(engine, cfg.home, trainer)
     request_training(engine, "manual")
-    with caplog.at_level("INFO", logger="pipeline.training"):
+    with caplog.at_level("INFO", logger="pipeline.training.supervisor"):
         sup.tick(0.0)  # the inline job has already failed when it is "started"
         sup.tick(1.0)  # the supervisor sees it ended
-    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.training"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.training.supervisor"]
     assert lines == ["training run 1 started as v0001",
                      "training run 1 (v0001) failed: TypeError: cross_entropy_loss(): argument 'input' must be "
                      "Tensor, not dict; see models/v0001/train.log"]
-    assert [r.levelname for r in caplog.records if r.name == "pipeline.training"] == ["INFO", "ERROR"]
+    assert [r.levelname for r in caplog.records if r.name == "pipeline.training.supervisor"] == ["INFO", "ERROR"]
 
 
 def test_a_run_that_cannot_prepare_its_dataset_is_logged_with_its_cause(engine, cfg, caplog):
     sup = TrainingSupervisor(engine, settings_for(cfg.home), spawn=inline_spawn(engine, FakeTrainer()),
                              poll_seconds=0)
     request_training(engine, "manual")
-    with caplog.at_level("INFO", logger="pipeline.training"):
+    with caplog.at_level("INFO", logger="pipeline.training.supervisor"):
         sup.tick(0.0)
-    assert [r.getMessage() for r in caplog.records if r.name == "pipeline.training"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "pipeline.training.supervisor"] == [
         "training run 1 (v0001) failed: cannot prepare the dataset: no dataset yet: drop labelled images into "
         "labeled/"]
 
@@ -262,10 +262,10 @@ def test_a_run_that_cannot_prepare_its_dataset_is_logged_with_its_cause(engine, 
 def test_a_finished_run_is_logged_with_its_outcome(engine, cfg, caplog):
     sup = supervisor(engine, cfg.home)
     request_training(engine, "manual")
-    with caplog.at_level("INFO", logger="pipeline.training"):
+    with caplog.at_level("INFO", logger="pipeline.training.supervisor"):
         sup.tick(0.0)
         sup.tick(1.0)
-    assert [r.getMessage() for r in caplog.records if r.name == "pipeline.training"][-1] == (
+    assert [r.getMessage() for r in caplog.records if r.name == "pipeline.training.supervisor"][-1] == (
         "training run 1 (v0001) done: champion (no comparable champion; map50_95 0.5000)")
 
 
@@ -295,7 +295,7 @@ def test_status_shows_the_last_finished_run_failed_or_done(engine, cfg):
 
 
 def test_the_model_list_shows_failed_runs_with_their_error(engine, cfg):
-    from pipeline.registry import list_models
+    from pipeline.training.registry import list_models
 
     request_training(engine, "manual")
     supervisor(engine, cfg.home).tick(0.0)
@@ -316,7 +316,7 @@ def test_one_device_form_serves_torch_and_ultralytics(given, resolved):
     import torch
     from ultralytics.utils.torch_utils import parse_device
 
-    from pipeline.device import resolve_device
+    from pipeline.inference.device import resolve_device
 
     assert resolve_device(given) == resolved
     assert parse_device(resolved) == parse_device(given)
@@ -327,7 +327,7 @@ def test_one_device_form_serves_torch_and_ultralytics(given, resolved):
 def test_auto_is_the_gpu_when_torch_sees_one(monkeypatch):
     import torch
 
-    from pipeline.device import resolve_device
+    from pipeline.inference.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu"

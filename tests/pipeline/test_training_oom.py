@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.backoff import AttemptSpec, is_out_of_memory, next_attempt, smaller_variant
-from pipeline.train_job import run_job
-from pipeline.train_queue import request_training
+from pipeline.training.backoff import AttemptSpec, is_out_of_memory, next_attempt, smaller_variant
+from pipeline.training.job import run_job
+from pipeline.training.queue import request_training
 from storage.db import session_scope
 from storage.tables import TrainingRun
 from tests.pipeline.training_fakes import FakeTrainer, fake_prepare, out_of_memory, runs, settings_for
@@ -61,7 +61,7 @@ def test_what_counts_as_out_of_memory(exc, expected):
 
 
 def _start_run(engine, home, **settings):
-    from pipeline.training import TrainingSupervisor
+    from pipeline.training.supervisor import TrainingSupervisor
 
     run_id, _ = request_training(engine, "manual")
     sup = TrainingSupervisor(engine, settings_for(home, **settings), prepare=fake_prepare(),

@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import select
 
 from pipeline.errors import TrainingError
-from pipeline.reclassify import reclassify_recent
-from pipeline.registry import champion_weights, list_models, promote_version, rollback
-from pipeline.steps import Result, Step
-from pipeline.train_queue import request_training
-from pipeline.training import TrainingSupervisor
+from pipeline.inference.reclassify import reclassify_recent
+from pipeline.training.registry import champion_weights, list_models, promote_version, rollback
+from pipeline.inference.steps import Result, Step
+from pipeline.training.queue import request_training
+from pipeline.training.supervisor import TrainingSupervisor
 from storage.db import session_scope
 from storage.tables import File, ModelMetric, ModelVersion, Prediction
 from tests.pipeline.training_fakes import CLASSES, FakeTrainer, fake_prepare, inline_spawn, runs, settings_for

@@ -13,9 +13,9 @@ import yaml
 from sqlalchemy import select
 
 import watcher.jobs.upkeep as upkeep
-from pipeline.registry import list_models
-from pipeline.train_queue import request_training, run_summary
-from pipeline.training import TrainingSupervisor
+from pipeline.training.registry import list_models
+from pipeline.training.queue import request_training, run_summary
+from pipeline.training.supervisor import TrainingSupervisor
 from storage.db import session_scope
 from storage.tables import ModelMetric, ModelVersion, TrainingRun
 from tests.conftest import COCO_LABELS

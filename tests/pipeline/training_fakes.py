@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from pipeline.backoff import AttemptSpec, TrainingInterrupted
-from pipeline.registry import Evaluation
-from pipeline.train_job import run_job
+from pipeline.training.backoff import AttemptSpec, TrainingInterrupted
+from pipeline.training.registry import Evaluation
+from pipeline.training.job import run_job
 from pipeline.settings import DatasetOptions, TrainingSettings
 from storage.db import session_scope
 from storage.tables import File, Sample, TrainingRun

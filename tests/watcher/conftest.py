@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pipeline.steps import DecodeStep, Result, Step
+from pipeline.inference.steps import DecodeStep, Result, Step
 from storage.db import make_engine, session_scope
 from storage.tables import File, Prediction
 from watcher.config import load_config

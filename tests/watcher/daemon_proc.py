@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.steps import DecodeStep
+from pipeline.inference.steps import DecodeStep
 from watcher.config import load_config
 from watcher.daemon import Daemon
 from watcher.logs import setup_logging

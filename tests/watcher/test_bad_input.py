@@ -101,7 +101,7 @@ def test_every_bad_input_is_quarantined_with_its_reason(home, tmp_path, files_in
 
 def test_unreadable_file_is_quarantined(home, monkeypatch):
     """Root reads everything, so the permission error is injected where the file is opened."""
-    import pipeline.decode as decode
+    import pipeline.images.decode as decode
 
     real_open = os.open
 
@@ -185,7 +185,7 @@ def test_classify_preprocess_allocates_about_the_model_input_whatever_the_aspect
     code = """if True:
         import resource
         from PIL import Image
-        from pipeline.preprocess import center_crop
+        from pipeline.images.preprocess import center_crop
         img = Image.new("RGB", (1, 80_000), (1, 2, 3))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         x = center_crop(img, 64)

@@ -19,12 +19,12 @@ import pytest
 import yaml
 from PIL import Image
 
-import pipeline.labels as labels
-from pipeline.dataset import _current
+import pipeline.labels.formats as labels
+from pipeline.labels.dataset import _current
 from pipeline.errors import REASONS, Rejected, TrainingError
-from pipeline.labels import Box, class_name, parse_classes, parse_label
-from pipeline.quality import LabelledImage, assess_labels, same_object, same_objects
-from pipeline.trainer import _data_for
+from pipeline.labels.formats import Box, class_name, parse_classes, parse_label
+from pipeline.labels.quality import LabelledImage, assess_labels, same_object, same_objects
+from pipeline.training.trainer import _data_for
 from tests.conftest import run_cli
 from tests.labelimg import labelled_images, voc_xml, write_classes, yolo_text
 from tests.watcher.conftest import configure, rows
@@ -169,8 +169,8 @@ def test_the_classify_view_keeps_real_names_and_oversampling_links(tmp_path):
 @pytest.mark.slow
 def test_a_real_classify_training_names_its_classes_by_the_class_names(tmp_path):
     """Ultralytics takes a classify model's names from the view's folder names: they are the class names."""
-    from pipeline.backoff import AttemptSpec
-    from pipeline.trainer import UltralyticsTrainer
+    from pipeline.training.backoff import AttemptSpec
+    from pipeline.training.trainer import UltralyticsTrainer
 
     data = snapshot_with(tmp_path / "snap", ["만화", "동화"], n_per_class=3)
     out = tmp_path / "models" / "v0001"
@@ -316,7 +316,7 @@ def test_assess_labels_reports_the_same_overlaps_as_all_pairs():
 
 def test_the_grid_compares_far_fewer_pairs_than_all_pairs(monkeypatch):
     """Sub-quadratic by construction: 3,000 boxes, counted IoU computations instead of timed ones."""
-    import pipeline.quality as quality
+    import pipeline.labels.quality as quality
 
     count = Counting(quality.same_object)
     monkeypatch.setattr(quality, "same_object", count)

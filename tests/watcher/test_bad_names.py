@@ -13,8 +13,8 @@ from openpyxl import load_workbook
 from sqlalchemy import select
 
 import watcher.jobs.upkeep as upkeep
-from pipeline.dataset import _current
-from pipeline.report import write_report
+from pipeline.labels.dataset import _current
+from pipeline.report.workbook import write_report
 from storage.db import session_scope
 from storage.tables import ClassName, Sample
 from tests.conftest import coco_images, run_cli
@@ -150,7 +150,7 @@ def test_log_lines_escape_newlines_ansi_and_bad_bytes(fmt, capsys):
 
     setup_logging("INFO", fmt)
     try:
-        logging.getLogger("pipeline.ingest").warning("quarantined %s: %s", f"a\nb\r\x1b[2J\x9b{RAW}\u2028.jpg",
+        logging.getLogger("pipeline.intake.ingest").warning("quarantined %s: %s", f"a\nb\r\x1b[2J\x9b{RAW}\u2028.jpg",
                                                      "zero_bytes")
     finally:
         logging.getLogger().handlers[:] = []
@@ -238,7 +238,7 @@ def test_paths_too_long_for_the_system_are_logged_once_each(home, caplog):
 
 def test_process_counts_each_file_once_when_a_batch_is_retried(home):
     """`process` said "processed 1024 files" for 700: a batch that is retried was counted again."""
-    from pipeline.steps import Result, Step
+    from pipeline.inference.steps import Result, Step
     from watcher.config import load_config
     from watcher.daemon import Daemon
 

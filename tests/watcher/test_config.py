@@ -328,7 +328,7 @@ def test_the_gpu_example_config_is_valid():
 
 
 def test_a_reload_resolves_the_task_defaults_the_same_way(home, caplog):
-    from pipeline.steps import NoopStep
+    from pipeline.inference.steps import NoopStep
     from watcher.daemon import Daemon
 
     path = home / "coverwatch.yaml"

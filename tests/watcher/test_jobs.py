@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.steps import NoopStep
+from pipeline.inference.steps import NoopStep
 from watcher.config import load_config
 from watcher.daemon import MAX_SLEEP, Daemon
 

@@ -11,7 +11,7 @@ from PIL import Image
 from sqlalchemy import select
 
 import watcher.jobs.upkeep as upkeep
-from pipeline.dataset import _current
+from pipeline.labels.dataset import _current
 from storage.db import session_scope
 from storage.tables import ClassName, LabelEvent, Sample
 from tests.conftest import run_cli

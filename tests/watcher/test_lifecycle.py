@@ -216,7 +216,7 @@ def test_disk_full_during_the_move_leaves_the_file_and_retries(home, monkeypatch
 
 
 def test_disk_full_at_commit_rolls_back_and_retries(home, monkeypatch):
-    import pipeline.ingest as ingest
+    import pipeline.intake.ingest as ingest
 
     real = ingest._commit
     failures = {"n": 0}

@@ -154,12 +154,12 @@ def test_the_daemon_writes_a_report_when_one_is_due_and_not_before(home):
 
 
 def test_a_failing_report_is_logged_and_the_loop_goes_on(home, monkeypatch, caplog):
-    import pipeline.report
+    import pipeline.report.workbook
 
     def broken(*_a, **_k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(pipeline.report, "publish_report", broken)
+    monkeypatch.setattr(pipeline.report.workbook, "publish_report", broken)
     d = _daemon(home)
     try:
         with caplog.at_level(logging.ERROR, logger="watcher.jobs.upkeep"):

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.exc import OperationalError
 
-from pipeline.dataset import build_dataset
-from pipeline.labelled import expire_partners
+from pipeline.labels.dataset import build_dataset
+from pipeline.intake.labelled import expire_partners
 from storage.db import session_scope
 from storage.leases import acquire_lease
 from watcher.config import dataset_options
@@ -108,7 +108,7 @@ class Report(Job):
             return acquire_lease(s, "report", self.d.worker_id, every.total_seconds() * 0.9)
 
     def _publish(self, wall: datetime) -> None:
-        from pipeline.report import publish_report  # XlsxWriter: loaded when first needed
+        from pipeline.report.workbook import publish_report  # XlsxWriter: loaded when first needed
 
         cfg = self.d.cfg
         publish_report(self.d.engine, cfg.path("reports"), home=cfg.home, keep=cfg.reports.keep,
@@ -116,7 +116,7 @@ class Report(Job):
 
 
 class Training(Job):
-    """Serve the training queue (pipeline.training: triggers, one run at a time) on training roles, and
+    """Serve the training queue (pipeline.training.supervisor: triggers, one run at a time) on training roles, and
     re-classify recent images after a promotion on inference roles.
 
     Not in batch mode (`coverwatch process`, no observer): it would only start a run to stop it at exit.
@@ -126,7 +126,7 @@ class Training(Job):
 
     def __init__(self, daemon):
         super().__init__(daemon)
-        self.supervisor = None  # pipeline.training.TrainingSupervisor, made on the first run
+        self.supervisor = None  # pipeline.training.supervisor.TrainingSupervisor, made on the first run
         self._cfg = None
 
     def due(self, now: float) -> bool:
@@ -136,7 +136,7 @@ class Training(Job):
         return d.does_training or bool(d.cfg.training.reclassify_days)
 
     def run(self, now: float) -> None:
-        from pipeline.training import TrainingSupervisor
+        from pipeline.training.supervisor import TrainingSupervisor
         from watcher.config import training_settings
 
         d = self.d

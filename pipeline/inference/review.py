@@ -20,9 +20,9 @@ from pathlib import Path
 
 from PIL import ImageOps
 
-from pipeline.decode import pillow_open
-from pipeline.labels import centre
-from pipeline.steps import read_file
+from pipeline.images.decode import pillow_open
+from pipeline.labels.formats import centre
+from pipeline.inference.steps import read_file
 from storage.files import write_atomically
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from xlsxwriter.exceptions import XlsxWriterException
 
-from pipeline.report_data import (
+from pipeline.report.data import (
     class_rows,
     dataset_balance,
     label_events,
@@ -33,7 +33,7 @@ from pipeline.report_data import (
     scalar_metrics,
     training_attempts,
 )
-from pipeline.report_sheets import (
+from pipeline.report.sheets import (
     classes_sheet,
     detections_sheet,
     label_issues_sheet,
@@ -42,7 +42,7 @@ from pipeline.report_sheets import (
     summary_sheet,
     training_sheet,
 )
-from pipeline.report_style import EXCEL_MAX_ROWS, Book
+from pipeline.report.style import EXCEL_MAX_ROWS, Book
 from pipeline.settings import DatasetOptions
 from storage.db import session_scope
 from storage.errors import CoverwatchError

@@ -8,8 +8,8 @@
 
 Per call: ask `model_source` once and switch models first if the champion changed (so every row names the model
 that produced it); then decode chunk k+1 in the thread pool while the model runs on chunk k. The model is a
-`pipeline.model_io.Model`, opened by `pipeline.model_loader.open_model` (ONNX Runtime on CPU, PyTorch on CUDA) or
-by the `open_model` given (tests pass `pipeline.model_io.FakeModel`s): nothing below depends on which.
+`pipeline.inference.model_io.Model`, opened by `pipeline.inference.model_loader.open_model` (ONNX Runtime on CPU, PyTorch on CUDA) or
+by the `open_model` given (tests pass `pipeline.inference.model_io.FakeModel`s): nothing below depends on which.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline import model_loader as ml
-from pipeline.decode import MAX_ASPECT
+from pipeline.inference import model_loader as ml
+from pipeline.images.decode import MAX_ASPECT
 from pipeline.errors import ModelUnavailable, Rejected
-from pipeline.labels import WHOLE_IMAGE, corners
-from pipeline.model_io import Model
-from pipeline.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
-from pipeline.review import write_review
-from pipeline.steps import Item, Outcome, Result, Step, read_file
-from pipeline.threads import ThreadChooser
+from pipeline.labels.formats import WHOLE_IMAGE, corners
+from pipeline.inference.model_io import Model
+from pipeline.images.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
+from pipeline.inference.review import write_review
+from pipeline.inference.steps import Item, Outcome, Result, Step, read_file
+from pipeline.inference.threads import ThreadChooser
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,13 @@ class _Answer:
 
 
 class ClassifyStep(Step):
-    """Classify inbox images; a `pipeline.steps.Step`. Call `close()` when done (the daemon does).
+    """Classify inbox images; a `pipeline.inference.steps.Step`. Call `close()` when done (the daemon does).
 
     `weights`: a .pt path or a pretrained name (downloaded into the first folder of `allowed_roots` when online);
     `model_source()` -> (version, weights path) or None: the registry's champion, preferred over `weights`;
     `allowed_roots`: the only places weights load from; `review_dir=None` turns review copies off, and
     `review_below=1.0` sends every image there; `workers`: decode threads; `open_model(weights)`: the model
-    (default: `pipeline.model_loader.open_model` with these settings).
+    (default: `pipeline.inference.model_loader.open_model` with these settings).
     """
 
     def __init__(self, *, task: str, weights: str | Path, imgsz: int, batch: int, conf: float, backend: str = "auto",
@@ -188,7 +188,7 @@ class ClassifyStep(Step):
 
     def _open_yolo(self, weights: Path | str) -> Model:
         folders = [r for r in self.allowed_roots if r.is_dir()]
-        # Leave the decode pool its cores as one option: pipeline.threads measures which moves more images.
+        # Leave the decode pool its cores as one option: pipeline.inference.threads measures which moves more images.
         return ml.open_model(weights, allowed_roots=self.allowed_roots, imgsz=self.imgsz, backend=self.backend,
                              device=self.device, spare_threads=self.workers,
                              download_dir=folders[0] if folders else None)

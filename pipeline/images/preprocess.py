@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipeline.decode import MAX_ASPECT, open_checked, to_rgb  # the same opening, checks and conversions as decode
+from pipeline.images.decode import MAX_ASPECT, open_checked, to_rgb  # the same opening, checks and conversions as decode
 
 PAD_VALUE = 114  # Ultralytics' LetterBox padding
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -41,7 +41,7 @@ class ModelImage:
 
 def decode_for_model(data: bytes, *, max_pixels: int, task: str, imgsz: int, max_aspect: float = MAX_ASPECT
                      ) -> ModelImage:
-    """Decode like pipeline.decode.decode_image (same checks, same reason codes), drafting big JPEGs down."""
+    """Decode like pipeline.images.decode.decode_image (same checks, same reason codes), drafting big JPEGs down."""
     stored: list[tuple[int, int]] = []  # the size as stored, before any draft shrinks the decode
 
     def draft(img: Image.Image) -> None:

@@ -1,12 +1,12 @@
-"""The training process: `python -m pipeline.train_job --run ID` (started by pipeline.training).
+"""The training process: `python -m pipeline.training.job --run ID` (started by pipeline.training.supervisor).
 
-It runs the attempts of one run (the out-of-memory ladder of pipeline.backoff), writes progress and every attempt
+It runs the attempts of one run (the out-of-memory ladder of pipeline.training.backoff), writes progress and every attempt
 to the database, evaluates the result against the champion on the same validation split, and records the new
 version as champion or rejected. SIGTERM (or the daemon dying) stops it at the next batch with exit code 75; the
 row stays `running` and the next start resumes from `last.pt`. On CPU it lowers its own priority (os.nice) so
 the daemon's inference keeps going.
 
-The trainer is a parameter: `pipeline.trainer.UltralyticsTrainer` by default, a scripted fake in tests.
+The trainer is a parameter: `pipeline.training.trainer.UltralyticsTrainer` by default, a scripted fake in tests.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline import registry
-from pipeline.backoff import AttemptSpec, TrainingInterrupted, is_out_of_memory, next_attempt
+from pipeline.training import registry
+from pipeline.training.backoff import AttemptSpec, TrainingInterrupted, is_out_of_memory, next_attempt
 from pipeline.errors import TrainingError
 from pipeline.settings import TrainingSettings
-from pipeline.training import DB_ENV, EXIT_INTERRUPTED
+from pipeline.training.supervisor import DB_ENV, EXIT_INTERRUPTED
 from storage.clock import utcnow
 from storage.db import make_engine, session_scope
 from storage.queries import champion
@@ -34,7 +34,7 @@ from storage.tables import TrainingAttempt, TrainingRun
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRAINER = "pipeline.trainer:UltralyticsTrainer"
+DEFAULT_TRAINER = "pipeline.training.trainer:UltralyticsTrainer"
 
 
 def run_job(engine, run_id: int, *, trainer, stop=None, should_stop=None) -> int:
@@ -220,7 +220,7 @@ def load_trainer(path: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.train_job")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.training.job")
     parser.add_argument("--run", type=int, required=True)
     parser.add_argument("--trainer", default=DEFAULT_TRAINER, help="module:factory of the trainer (tests)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Training runs: the process that trains, and the supervisor that starts, polls and stops it.
 
 A run is a `training_runs` row: queued -> running -> done | failed (the queue and its triggers are in
-`pipeline.train_queue`). The run itself is `python -m pipeline.train_job` in its own process, so a CUDA crash
+`pipeline.training.queue`). The run itself is `python -m pipeline.training.job` in its own process, so a CUDA crash
 there cannot take the daemon down; it writes its progress, attempts and result to the database.
 `TrainingSupervisor.tick` starts it, polls it, and marks it failed if it dies without saying why. On shutdown
 it is sent SIGTERM; the row stays `running`, and the next start relaunches it, resuming from its `last.pt`.
@@ -27,7 +27,7 @@ from typing import Callable
 from sqlalchemy import or_, select, update
 
 from pipeline.settings import TrainingSettings
-from pipeline.train_queue import due_trigger, request_training, run_summary
+from pipeline.training.queue import due_trigger, request_training, run_summary
 from storage.clock import utcnow
 from storage.db import session_scope
 from storage.tables import ModelVersion, TrainingRun
@@ -42,11 +42,11 @@ EXIT_INTERRUPTED = 75  # the job stopped on request; resume it
 
 
 def spawn_job(run_id: int, *, database_url: str, log_path: Path, cwd: Path, trainer: str | None = None):
-    """Start `python -m pipeline.train_job` for a run; its output goes to `log_path`."""
+    """Start `python -m pipeline.training.job` for a run; its output goes to `log_path`."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, DB_ENV: database_url,
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "pipeline.train_job", "--run", str(run_id)]
+    cmd = [sys.executable, "-m", "pipeline.training.job", "--run", str(run_id)]
     if trainer:
         cmd += ["--trainer", trainer]
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ class TrainingSupervisor:
             return
         self._next = now + self.poll_seconds
         if step is not None and self.settings.reclassify_days:
-            from pipeline.reclassify import reclassify_recent
+            from pipeline.inference.reclassify import reclassify_recent
 
             reclassify_recent(self.engine, self.settings.home, step, days=self.settings.reclassify_days,
                               skip=self._skip)
@@ -172,7 +172,7 @@ class TrainingSupervisor:
 
     def _claim(self) -> int | None:
         """A run of ours interrupted by a restart (to resume), else the queued one; None when busy or idle."""
-        from pipeline.registry import version_name
+        from pipeline.training.registry import version_name
 
         with session_scope(self.engine) as s:
             running = s.scalar(select(TrainingRun).where(TrainingRun.state == "running"))
@@ -221,7 +221,7 @@ def prepare_dataset(engine, settings: TrainingSettings) -> dict:
     """Bring the managed dataset up to date; the run trains on that snapshot even if a newer one appears."""
     import yaml
 
-    from pipeline.dataset import build_dataset
+    from pipeline.labels.dataset import build_dataset
     from pipeline.errors import TrainingError
     from storage.tables import DatasetVersion
 
@@ -253,7 +253,7 @@ def _alive(pid: int | None) -> bool:
         cmd = " ".join(psutil.Process(pid).cmdline())
     except Exception:  # noqa: BLE001 - gone, or not ours to look at
         return False
-    return any(mark in cmd for mark in ("pipeline.train_job", "coverwatch", "watcher"))
+    return any(mark in cmd for mark in ("pipeline.training.job", "coverwatch", "watcher"))
 
 
 def _first_line(text: str | None) -> str:

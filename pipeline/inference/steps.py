@@ -1,6 +1,6 @@
 """What happens to an inbox image once it is complete. A step takes a batch and returns one outcome per item.
 
-The ingest machinery (pipeline.ingest) guarantees exactly-once bookkeeping whatever the step does; the step
+The ingest machinery (pipeline.intake.ingest) guarantees exactly-once bookkeeping whatever the step does; the step
 only computes. The real classifier is one step; `DecodeStep` (record the decoded size) and `NoopStep` (for
 benchmarks of the watcher alone) are others.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import insert
 
-from pipeline.decode import MAX_ASPECT, DecodedImage, decode_image, open_for_reading
+from pipeline.images.decode import MAX_ASPECT, DecodedImage, decode_image, open_for_reading
 from pipeline.errors import ModelUnavailable, Rejected
 from storage.tables import Detection, Prediction
 
@@ -84,7 +84,7 @@ def store_results(s, results: list[tuple[int, Result]]) -> None:
 
 
 def read_file(path: Path) -> bytes:
-    """Read a whole regular file without following links (see pipeline.decode.open_for_reading)."""
+    """Read a whole regular file without following links (see pipeline.images.decode.open_for_reading)."""
     import os
 
     fd = open_for_reading(path)

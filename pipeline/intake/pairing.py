@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
 
-from pipeline.decode import IMAGE_EXTENSIONS
+from pipeline.images.decode import IMAGE_EXTENSIONS
 
 CLASSES_FILE = "classes.txt"
 

@@ -28,9 +28,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from pipeline.decode import check_entry, open_for_reading
+from pipeline.images.decode import check_entry, open_for_reading
 from pipeline.errors import ModelUnavailable, Rejected
-from pipeline.steps import Item, Result, Step, store_results
+from pipeline.inference.steps import Item, Result, Step, store_results
 from storage.clock import as_utc, utcnow
 from storage.db import session_scope
 from storage.files import finish_moves, planned_destinations, unique_destination
@@ -141,7 +141,7 @@ def _transient(report: BatchReport, found: list[_Found], phase: str, exc: Except
 
 
 def _look(path: Path, root: Path, max_bytes: int, report: BatchReport) -> _Found | None:
-    from pipeline.decode import IMAGE_EXTENSIONS
+    from pipeline.images.decode import IMAGE_EXTENSIONS
 
     rel = path.relative_to(root).as_posix()
     f = _Found(path, rel)

@@ -24,7 +24,7 @@ from pathlib import Path
 import xlsxwriter
 from xlsxwriter.utility import xl_col_to_name
 
-from pipeline.report_xml import RowSpool, formula_cell, number_cell, splice, style_of, text_cell
+from pipeline.report.xml import RowSpool, formula_cell, number_cell, splice, style_of, text_cell
 from storage.clock import as_utc
 
 EXCEL_MAX_ROWS = 1_048_576  # header included

@@ -32,13 +32,13 @@ from urllib.parse import SplitResult, unquote, urlsplit
 import httpx
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.decode import IMAGE_EXTENSIONS, pillow_open
+from pipeline.images.decode import IMAGE_EXTENSIONS, pillow_open
 from pipeline.errors import FetchError
 from storage.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
-# Pillow format -> the extension the file is saved with; the same formats pipeline.decode accepts.
+# Pillow format -> the extension the file is saved with; the same formats pipeline.images.decode accepts.
 _EXTENSION_FOR = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif",
                   "GIF": ".gif"}
 _SAME_EXTENSION = {".jpeg": ".jpg", ".tiff": ".tif"}
@@ -163,7 +163,7 @@ def _create_temp(inbox: Path, base: str) -> tuple[Path, int]:
 
 
 def _identify(path: Path) -> str:
-    """The Pillow format of a complete download, from its bytes; only the formats pipeline.decode accepts."""
+    """The Pillow format of a complete download, from its bytes; only the formats pipeline.images.decode accepts."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

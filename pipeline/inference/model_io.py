@@ -1,6 +1,6 @@
 """The one boundary between the classifier step and a model: an NCHW float batch in, the raw output rows out.
 
-`pipeline.model_loader.open_model` makes the real ones (ONNX Runtime on an export cached beside the weights, or
+`pipeline.inference.model_loader.open_model` makes the real ones (ONNX Runtime on an export cached beside the weights, or
 PyTorch); `FakeModel` is shipped beside them, as httpx ships its MockTransport, so that batching, thread choice,
 review copies and hot swaps are tested without weights, torch or Ultralytics:
 
@@ -33,7 +33,7 @@ class Model(Protocol):
     backend: str  # recorded in every Result: onnx | torch | ...
     version: str  # the version rows name when the registry gives none
     source: str  # where it was loaded from, for messages
-    threads: tuple[int, ...]  # the thread counts `forward` can run on, widest first (pipeline.threads picks)
+    threads: tuple[int, ...]  # the thread counts `forward` can run on, widest first (pipeline.inference.threads picks)
 
     def forward(self, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
         """(N, 3, H, W) float32 in 0..1 -> N output rows; `threads`: one of `threads` (None: the first)."""
@@ -50,7 +50,7 @@ class FakeModel:
     `answer` itself when it is a fixed row (classify probabilities, say).
 
     `threads` are the counts it offers, and `seconds` how long one image takes on each (to steer
-    pipeline.threads); every forward is recorded in `calls` as (images, threads), every input shape in `shapes`.
+    pipeline.inference.threads); every forward is recorded in `calls` as (images, threads), every input shape in `shapes`.
     """
 
     def __init__(self, *, names: list[str], task: str = "classify", answer: Answer | Sequence[float],

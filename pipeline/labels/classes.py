@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from pipeline.labels import is_class_name, normalise_name
+from pipeline.labels.formats import is_class_name, normalise_name
 from storage.db import session_scope
 from storage.files import write_atomically
 from storage.tables import ClassName, LabelEvent
@@ -39,7 +39,7 @@ def register_classes(session: Session, names: list[str], *, file_id: int | None 
         name = normalise_name(raw)
         if not name or name in known:
             continue
-        if not is_class_name(name):  # every entry point validates with pipeline.labels.class_name first
+        if not is_class_name(name):  # every entry point validates with pipeline.labels.formats.class_name first
             raise ValueError(f"class name {name!r} was not validated before it reached the registry")
         position += 1
         known.add(name)

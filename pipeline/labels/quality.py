@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
-from pipeline.labels import Box
+from pipeline.labels.formats import Box
 
 
 @dataclass(frozen=True, slots=True)

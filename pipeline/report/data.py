@@ -1,7 +1,7 @@
 """What the report's small sheets say, read from the ORM tables as plain rows (no Excel here).
 
 Every caller upgrades the database to the head revision before it writes a report, so every table is there;
-the label findings are `pipeline.quality`'s, by the config's thresholds, as in the dataset build.
+the label findings are `pipeline.labels.quality`'s, by the config's thresholds, as in the dataset build.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.classes import class_names
-from pipeline.dataset import label_history
-from pipeline.quality import Quality, assess_labels
-from pipeline.registry import METRIC_FIELDS, SCORE
+from pipeline.labels.classes import class_names
+from pipeline.labels.dataset import label_history
+from pipeline.labels.quality import Quality, assess_labels
+from pipeline.training.registry import METRIC_FIELDS, SCORE
 from pipeline.settings import DatasetOptions
 from storage.tables import DatasetVersion, File, LabelEvent, ModelMetric, TrainingAttempt
 
@@ -28,7 +28,7 @@ def label_events(s: Session) -> list[dict]:
 
 def label_quality(s: Session, rules: DatasetOptions) -> Quality:
     """Ambiguous boxes, conflicting drops and imbalance of the labels now, by the same rule and thresholds
-    (the config's) as the dataset build: `pipeline.quality.assess_labels` on every drop."""
+    (the config's) as the dataset build: `pipeline.labels.quality.assess_labels` on every drop."""
     return assess_labels(label_history(s), names=class_names(s), iou_threshold=rules.ambiguity_iou,
                          warn_ratio=rules.imbalance_warn_ratio, balance=rules.balance)
 
@@ -71,7 +71,7 @@ def training_attempts(s: Session) -> dict[int, list[dict]]:
 
 
 def model_metrics(s: Session) -> dict[int, dict[str | None, dict[str, float]]]:
-    """Model version id -> class name (None: overall) -> its latest figures (`pipeline.registry` records them)."""
+    """Model version id -> class name (None: overall) -> its latest figures (`pipeline.training.registry` records them)."""
     out: dict[int, dict[str | None, dict[str, float]]] = {}
     for m in s.scalars(select(ModelMetric).order_by(ModelMetric.id)):
         figures = {k: getattr(m, k) for k in METRIC_FIELDS if getattr(m, k) is not None}
@@ -85,7 +85,7 @@ def scalar_metrics(metrics: dict | None) -> dict[str, float]:
 
 
 def primary_metric(champion, runs) -> str | None:
-    """The figure a model is judged by (`pipeline.registry.SCORE`): for the champion's task, else the last
+    """The figure a model is judged by (`pipeline.training.registry.SCORE`): for the champion's task, else the last
     run's."""
     task = champion.task if champion is not None else next(
         ((r.params or {}).get("task") for r, _mv in reversed(runs) if (r.params or {}).get("task")), None)

@@ -5,7 +5,7 @@
       current          -> v000012 (a symlink, for people browsing)
       v000012/         never changed once built: images/{train,val}, labels/{train,val}, data.yaml (relative,
                        self-contained), train.txt when training.balance is oversample (each image as
-                       often as it repeats; pipeline.trainer turns the repeats into class-folder links for
+                       often as it repeats; pipeline.training.trainer turns the repeats into class-folder links for
                        classify)
       v000011/         retired: kept a day after it stopped being current, for runs still reading it
 
@@ -38,10 +38,10 @@ from pathlib import Path
 import yaml
 from sqlalchemy import select, update
 
-from pipeline.classes import class_names
+from pipeline.labels.classes import class_names
 from pipeline.errors import DatasetError
-from pipeline.labels import WHOLE_IMAGE, Box, is_class_name
-from pipeline.quality import Balance, LabelledImage, Quality, assess_labels, plan_oversampling, unsettled
+from pipeline.labels.formats import WHOLE_IMAGE, Box, is_class_name
+from pipeline.labels.quality import Balance, LabelledImage, Quality, assess_labels, plan_oversampling, unsettled
 from pipeline.settings import DatasetOptions
 from storage.db import session_scope
 from storage.files import fsync_dir, write_atomically

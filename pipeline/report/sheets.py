@@ -10,8 +10,8 @@ from PIL import Image
 from sqlalchemy import Connection
 
 from pipeline.errors import REASONS
-from pipeline.report_data import per_class_metrics, scalar_metrics
-from pipeline.report_style import Book, Column, Table, write_blocks
+from pipeline.report.data import per_class_metrics, scalar_metrics
+from pipeline.report.style import Book, Column, Table, write_blocks
 from storage.queries import latest_detections_stmt, latest_predictions_stmt, quarantined_stmt
 
 PREDICTIONS = [Column("id", "int"), Column("original_name"), Column("predicted_class"), Column("confidence", "pct"),

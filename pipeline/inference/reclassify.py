@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import exists, select
 
-from pipeline.steps import Item, Result, store_results
+from pipeline.inference.steps import Item, Result, store_results
 from storage.db import session_scope
 from storage.queries import as_utc, champion
 from storage.tables import File, FileState, Prediction

@@ -7,7 +7,7 @@
     >>> t.evaluate(Path("models/v0004/weights/best.pt"), task="detect", data=..., device="auto").overall
     {'precision': 0.61, 'recall': 0.55, 'map50': 0.58, 'map50_95': 0.41, 'images': 25, 'instances': 84}
 
-Out-of-memory errors are not handled here: they propagate to pipeline.train_job, which steps down the ladder.
+Out-of-memory errors are not handled here: they propagate to pipeline.training.job, which steps down the ladder.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.backoff import AttemptSpec, TrainingInterrupted
-from pipeline.device import resolve_device
+from pipeline.training.backoff import AttemptSpec, TrainingInterrupted
+from pipeline.inference.device import resolve_device
 from pipeline.errors import TrainingError
-from pipeline.labels import is_class_name
-from pipeline.registry import Evaluation
+from pipeline.labels.formats import is_class_name
+from pipeline.training.registry import Evaluation
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Labelled drops, exactly once: pairs of image and label become Samples, everything else waits or is quarantined.
 
-The same four phases as pipeline.ingest, per batch:
+The same four phases as pipeline.intake.ingest, per batch:
     A  register   one transaction: a `files` row per file (folder 'labeled'), cheap rejections decided
-    B  decide     every live file of the touched folders is paired (pipeline.pairing), images decoded, labels
-                  parsed (pipeline.labels); nothing is written meanwhile
+    B  decide     every live file of the touched folders is paired (pipeline.intake.pairing), images decoded, labels
+                  parsed (pipeline.labels.formats); nothing is written meanwhile
     C  commit     one transaction: classes.txt names (`class_lists`), the registry, Samples and Labels (older
                   drops of the same image content marked `replaced_at`), final states and destinations
     D  move       files go to archive/labeled/<relpath> or quarantine/labeled/<relpath>
@@ -30,14 +30,14 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from pipeline.classes import class_names
-from pipeline.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, check_entry, decode_image
+from pipeline.labels.classes import class_names
+from pipeline.images.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, check_entry, decode_image
 from pipeline.errors import Rejected
-from pipeline.ingest import BatchReport, Layout, sha256_file
-from pipeline.labels import DEFAULT_MAX_BOXES, ParsedLabel, class_name, normalise_name, parse_classes, parse_label
-from pipeline.pairing import CLASSES_FILE, ClassFolder, Member, Pair, Reject, Wait, folder_of, kind_of, plan_pairs
-from pipeline.samples import Decisions, NewSample, commit_decisions
-from pipeline.steps import read_file
+from pipeline.intake.ingest import BatchReport, Layout, sha256_file
+from pipeline.labels.formats import DEFAULT_MAX_BOXES, ParsedLabel, class_name, normalise_name, parse_classes, parse_label
+from pipeline.intake.pairing import CLASSES_FILE, ClassFolder, Member, Pair, Reject, Wait, folder_of, kind_of, plan_pairs
+from pipeline.intake.samples import Decisions, NewSample, commit_decisions
+from pipeline.inference.steps import read_file
 from storage.clock import as_utc, utcnow
 from storage.db import session_scope
 from storage.files import finish_moves

@@ -1,4 +1,4 @@
-"""Phase C of a labelled drop: write what pipeline.labelled decided, in the caller's one transaction.
+"""Phase C of a labelled drop: write what pipeline.intake.labelled decided, in the caller's one transaction.
 
 classes.txt names go to `class_lists` and the registry; each accepted image becomes a Sample with its Label rows;
 files get their final state and a destination (archive/labeled/... or quarantine/labeled/...) before any move.
@@ -16,11 +16,11 @@ from datetime import datetime, timezone
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from pipeline.classes import register_classes
+from pipeline.labels.classes import register_classes
 from pipeline.errors import Rejected
-from pipeline.ingest import BatchReport, Layout
-from pipeline.labels import ParsedLabel
-from pipeline.pairing import Member
+from pipeline.intake.ingest import BatchReport, Layout
+from pipeline.labels.formats import ParsedLabel
+from pipeline.intake.pairing import Member
 from storage.files import planned_destinations, unique_destination
 from storage.tables import ClassList, File, FileState, Label, LabelEvent, Sample
 
@@ -45,7 +45,7 @@ class NewSample:
 
 @dataclass
 class Decisions:
-    """What pipeline.labelled decided for one batch; `commit_decisions` writes it."""
+    """What pipeline.intake.labelled decided for one batch; `commit_decisions` writes it."""
 
     classes: list[tuple[Member, list[str] | Rejected]] = field(default_factory=list)
     samples: list[NewSample] = field(default_factory=list)

@@ -59,7 +59,7 @@ def weights_of(home: Path, mv: ModelVersion) -> Path:
 
 
 def champion_weights(engine, home: Path) -> tuple[str, Path] | None:
-    """(version, best.pt) of the champion, or None: the `model_source` of `pipeline.classify.ClassifyStep`."""
+    """(version, best.pt) of the champion, or None: the `model_source` of `pipeline.inference.classify.ClassifyStep`."""
     with session_scope(engine) as s:
         mv = champion(s)
         return None if mv is None else (mv.version, weights_of(home, mv))

@@ -1,4 +1,4 @@
-"""YOLO weights in, a `pipeline.model_io.Model` out. The only module that imports Ultralytics (lazily: importing
+"""YOLO weights in, a `pipeline.inference.model_io.Model` out. The only module that imports Ultralytics (lazily: importing
 this is cheap).
 
     >>> model = open_model("models/v3/weights/best.pt", allowed_roots=[home / "models"], imgsz=640,
@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.device import resolve_device
+from pipeline.inference.device import resolve_device
 from pipeline.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def _load_file(path: Path) -> LoadedModel:
 
 
 class YoloModel:
-    """A loaded .pt as a `pipeline.model_io.Model`: ONNX Runtime sessions (one per thread count) or the PyTorch net."""
+    """A loaded .pt as a `pipeline.inference.model_io.Model`: ONNX Runtime sessions (one per thread count) or the PyTorch net."""
 
     def __init__(self, loaded: LoadedModel, imgsz: int, backend: str, forwards: dict[int, Callable]):
         self.loaded, self.imgsz, self.backend, self._forwards = loaded, imgsz, backend, forwards
@@ -154,7 +154,7 @@ def open_model(weights: str | os.PathLike, *, allowed_roots: list[Path], imgsz: 
                device: str = "auto", spare_threads: int = 0, download_dir: Path | None = None) -> YoloModel:
     """`load_model`, then the backend: on CPU `auto` is ONNX Runtime (exported once at `imgsz`), on CUDA PyTorch
     in half precision. On CPU the ONNX model gets two thread counts, all cores and all but `spare_threads` (the
-    caller's decode threads): pipeline.threads measures which moves more images."""
+    caller's decode threads): pipeline.inference.threads measures which moves more images."""
     loaded = load_model(weights, allowed_roots=allowed_roots, download_dir=download_dir)
     device = resolve_device(device)
     backend = backend if backend != "auto" else ("onnx" if device == "cpu" else "torch")
