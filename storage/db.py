@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -95,6 +97,33 @@ def sqlite_path(engine: Engine) -> Path | None:
     if engine.dialect.name != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
         return None
     return Path(name).absolute()
+
+
+LOST_SUFFIX = ".lost"  # beside the SQLite file: a note that it was deleted or replaced under a running daemon
+
+
+def note_lost(engine: Engine, message: str) -> None:
+    """Leave a note beside the database file (best effort): the new database made by the restart knows nothing
+    of what the old one held, so `status` reads the note and says so until a person removes it."""
+    path = sqlite_path(engine)
+    if path is None:
+        return
+    note = {"path": str(path), "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "message": message}
+    try:
+        path.with_name(path.name + LOST_SUFFIX).write_text(json.dumps(note), encoding="utf-8")
+    except OSError:
+        pass  # a full or read-only disk: the log line and the exit code still say it
+
+
+def lost_note(engine: Engine) -> dict | None:
+    """The note `note_lost` left, with `note` naming its file; None when there is none."""
+    path = sqlite_path(engine)
+    note = path.with_name(path.name + LOST_SUFFIX) if path else None
+    try:
+        data = json.loads(note.read_text(encoding="utf-8")) if note else None
+    except (OSError, ValueError):
+        return None
+    return {**data, "note": str(note)} if isinstance(data, dict) else None
 
 
 def _corrupt(where, why) -> DatabaseError:

@@ -170,7 +170,7 @@ def requeue(ctx: click.Context, ids: tuple[int, ...], all_: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Counts, queue depth, champion model, training state."""
-    from storage.db import check_writable, make_engine, session_scope, upgrade_database
+    from storage.db import check_writable, lost_note, make_engine, session_scope, upgrade_database
     from storage.queries import status_summary
 
     cfg = _config(ctx)
@@ -180,6 +180,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         check_writable(engine)  # it would read fine, but nothing can record anything in it
         with session_scope(engine) as s:
             summary = status_summary(s)
+        summary["database_lost"] = lost_note(engine)
     finally:
         engine.dispose()
     if as_json:
@@ -195,6 +196,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def _format_status(s: dict) -> str:
     daemon = s["daemon"]
     lines = []
+    if lost := s.get("database_lost"):
+        lines.append(f"warning: the database {lost['path']} was deleted or replaced at {lost['time']} while the "
+                     f"daemon ran; what it recorded before is gone (the files are in archive/); remove "
+                     f"{lost['note']} once dealt with")
     if daemon["running"]:
         for w in daemon["workers"]:
             lines.append(f"daemon: running (pid {w['pid']} on {w['host']}, up {w['uptime_seconds']:.0f}s, "

@@ -1,6 +1,7 @@
 """A database that is unreachable, damaged, read-only, locked, full or deleted: one line, the right exit code,
 no password, and a status that tells the truth."""
 
+import json
 import os
 import signal
 import socket
@@ -279,3 +280,13 @@ def test_a_deleted_database_stops_the_daemon_for_a_restart(home, tmp_path):
     finally:
         stop_daemon(proc)
     assert not list((home / "inbox").glob("*.jpg"))
+    # `status` says what happened, after the restart too, until the note is removed.
+    r = run_cli("-c", str(home / "coverwatch.yaml"), "status", "--json")
+    lost = json.loads(r.stdout)["database_lost"]
+    assert lost["path"] == str(home / "coverwatch.db") and lost["time"]
+    r = run_cli("-c", str(home / "coverwatch.yaml"), "status")
+    assert f"was deleted or replaced at {lost['time']}" in r.stdout
+    assert str(home / "coverwatch.db.lost") in r.stdout  # how to clear the warning
+    (home / "coverwatch.db.lost").unlink()
+    r = run_cli("-c", str(home / "coverwatch.yaml"), "status", "--json")
+    assert json.loads(r.stdout)["database_lost"] is None

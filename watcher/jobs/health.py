@@ -9,7 +9,7 @@ import os
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from storage.db import session_scope, sqlite_path
+from storage.db import note_lost, session_scope, sqlite_path
 from storage.errors import DatabaseLost
 from storage.tables import Worker
 from watcher.jobs.base import Job, utcnow
@@ -38,6 +38,7 @@ class DatabaseFile:
         msg = (f"database: {sqlite_path(self.engine)} was deleted or replaced while the daemon ran; stopping "
                f"without taking more files, so that a restart opens a new database and rescans the folders")
         log.error("%s", msg)
+        note_lost(self.engine, msg)  # the new database will not know: `status` reads this note
         self.notifier.status("stopping: the database file was deleted or replaced")
         raise DatabaseLost(msg)
 
