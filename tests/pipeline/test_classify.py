@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.inference import model_loader, preprocess
+from pipeline.images import preprocess
+from pipeline.inference import model_loader
 from pipeline.inference.classify import ClassifyStep
 from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.inference.steps import Item, Result
