@@ -23,7 +23,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from pipeline.dataset import build_dataset
-from pipeline.ingest import Claim, Layout, forget_vanished, ingest_batch
+from pipeline.ingest import ingest_batch
+from pipeline.intake.core import Claim, Layout, forget_vanished
 from pipeline.labelled import expire_partners, ingest_labelled
 from pipeline.steps import Step
 from storage.db import make_engine, session_scope, sqlite_path, upgrade_database

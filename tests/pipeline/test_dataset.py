@@ -15,7 +15,7 @@ import pipeline.dataset as dataset
 from pipeline.classes import export_classes
 from pipeline.dataset import build_dataset, export_dataset, split_of
 from pipeline.errors import DatasetError
-from pipeline.ingest import Layout
+from pipeline.intake.core import Layout
 from pipeline.labelled import ingest_labelled
 from storage.db import make_engine, session_scope
 from storage.tables import DatasetVersion, Label, LabelEvent, Sample
