@@ -1,7 +1,9 @@
-"""Several daemons on one inbox and one database: every file processed exactly once, even when one dies."""
+"""Several daemons on one drop folder and one database: every file processed exactly once, even when one dies."""
 
 import signal
 from collections import Counter
+
+from sqlalchemy import select
 
 from tests.watcher.conftest import configure, predictions, rows, wait_for
 from tests.watcher.test_crash import alive, start, write_jpegs
@@ -98,3 +100,52 @@ def test_three_workers_one_killed_every_labelled_file_once(home, tmp_path, procs
     labels = db_table(home, Label)
     assert len(labels) == boxes and all(x.replaced_at is None for x in labels)
     assert not [e for e in db_table(home, LabelEvent) if e.kind == "relabelled"]
+
+
+def test_two_workers_deciding_one_labelled_pair_write_it_once(cfg, engine, monkeypatch):
+    """Worker 1 has read the rows of a pair and is writing its Sample when worker 2 decides the same pair:
+    worker 2 waits for worker 1's rows (or retries later) and leaves them; no second Sample, no error."""
+    import threading
+
+    import pipeline.samples as samples
+    from pipeline.intake.core import Claim, Layout
+    from pipeline.labelled import ingest_labelled
+    from storage.db import session_scope
+    from storage.tables import Sample
+
+    layout = Layout(cfg.home, cfg.path("archive"), cfg.path("quarantine"))
+    options = dict(max_bytes=50_000_000, max_pixels=89_478_485, pair_timeout=30)
+    earlier = cfg.home / "labeled" / "earlier"  # its classes are known before the race
+    write_labelled(earlier, 0, 1)
+    ingest_labelled(engine, layout, cfg.home / "labeled", sorted(earlier.iterdir()), **options)
+    folder = cfg.home / "labeled" / "d"
+    write_labelled(folder, 1, 1)
+    paths = sorted(folder.iterdir())
+    in_record, second_done, real = threading.Event(), threading.Event(), samples._record_sample
+
+    def slow_record(*args):
+        if threading.current_thread().name == "worker-1":
+            in_record.set()
+            second_done.wait(3)  # worker 2 decides meanwhile (or is held back by our locks)
+        return real(*args)
+
+    monkeypatch.setattr(samples, "_record_sample", slow_record)
+    errors = []
+
+    def work(i):
+        try:
+            ingest_labelled(engine, layout, cfg.home / "labeled", paths, **options, claim=Claim(i, 60))
+        except Exception as exc:  # noqa: BLE001 - what the test looks for
+            errors.append(exc)
+        finally:
+            if i == 2:
+                second_done.set()
+
+    first = threading.Thread(target=work, args=(1,), name="worker-1")
+    first.start()
+    assert in_record.wait(30)
+    work(2)
+    first.join(30)
+    assert not errors, errors
+    with session_scope(engine) as s:
+        assert len(s.scalars(select(Sample)).all()) == 2
