@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
-from pipeline.intake.ingest import Layout
+from pipeline.intake.core import Layout
 from pipeline.inference.steps import Step
 from storage.db import make_engine, session_scope, upgrade_database
 from storage.errors import CoverwatchError

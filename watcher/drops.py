@@ -7,7 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.intake.ingest import Claim, ingest_batch
+from pipeline.intake.core import Claim
+from pipeline.intake.ingest import ingest_batch
 from pipeline.intake.labelled import ingest_labelled
 
 if TYPE_CHECKING:
@@ -94,7 +95,8 @@ class DropIntake:
         d, w = self.d, self.d.cfg.watch
         report = ingest_labelled(d.engine, d.layout, d.roots["labeled"], paths, max_bytes=w.max_bytes,
                                  max_pixels=w.max_pixels, pair_timeout=w.pair_timeout_seconds,
-                                 class_folder_grace=self.class_folder_grace(), max_boxes=w.max_boxes)
+                                 class_folder_grace=self.class_folder_grace(), max_boxes=w.max_boxes,
+                                 claim=Claim(d.worker_id, w.claim_seconds))
         d.upkeep.labels_changed |= report.processed > 0
         return report
 

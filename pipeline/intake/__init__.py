@@ -1,2 +1,2 @@
-"""Intake: how a file dropped into inbox/ or labeled/ is looked at, registered, claimed, decided and moved,
-once; `ingest` (images to classify), `labelled` (labelled drops), `fetch` (downloads into the inbox)."""
+"""Intake: what both drop folders share on a file's way in (`core`: look, register and claim, destinations, moves);
+what a file becomes is the caller's part: `ingest` (inbox/, a model step), `labelled` and `samples` (labeled/), `fetch`."""

@@ -1,7 +1,7 @@
 """Labelled drops, exactly once: pairs of image and label become Samples, everything else waits or is quarantined.
 
-The same four phases as pipeline.intake.ingest, per batch:
-    A  register   one transaction: a `files` row per file (folder 'labeled'), cheap rejections decided
+The same four phases as pipeline.intake.ingest, per batch, on the same intake path (pipeline.intake.core):
+    A  register   one transaction: a `files` row per file (folder 'labeled'), claimed, cheap rejections decided
     B  decide     every live file of the touched folders is paired (pipeline.intake.pairing), images decoded, labels
                   parsed (pipeline.labels.formats); nothing is written meanwhile
     C  commit     one transaction: classes.txt names (`class_lists`), the registry, Samples and Labels (older
@@ -22,25 +22,24 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from pipeline.labels.classes import class_names
-from pipeline.images.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, check_entry, decode_image
+from pipeline.images.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, decode_image
 from pipeline.errors import Rejected
-from pipeline.intake.ingest import BatchReport, Layout, sha256_file
+from pipeline.intake.core import (BatchReport, Claim, Found, Layout, Registration, look, move, quarantine,
+                                  register, transient)
 from pipeline.labels.formats import DEFAULT_MAX_BOXES, ParsedLabel, class_name, normalise_name, parse_classes, parse_label
 from pipeline.intake.pairing import CLASSES_FILE, ClassFolder, Member, Pair, Reject, Wait, folder_of, kind_of, plan_pairs
 from pipeline.intake.samples import Decisions, NewSample, commit_decisions
 from pipeline.inference.steps import read_file
 from storage.clock import as_utc, utcnow
 from storage.db import session_scope
-from storage.files import finish_moves
 from storage.names import shown
 from storage.tables import ClassList, File, FileState
 
@@ -51,33 +50,25 @@ DEFAULT_MAX_PIXELS = 89_478_485
 _LIVE = (FileState.pending.value, FileState.awaiting_partner.value)
 
 
-@dataclass
-class _Seen:
-    path: Path
-    rel: str
-    size: int = 0
-    mtime_ns: int = 0
-    sha256: str | None = None
-    rejected: Rejected | None = None
-
-
 def ingest_labelled(engine, layout: Layout, root: Path, paths: list[Path], *, max_bytes: int, max_pixels: int,
                     pair_timeout: float, class_folder_grace: float | None = None,
-                    max_boxes: int = DEFAULT_MAX_BOXES, now: datetime | None = None) -> BatchReport:
+                    max_boxes: int = DEFAULT_MAX_BOXES, now: datetime | None = None,
+                    claim: Claim = Claim()) -> BatchReport:
     """Take complete files under `root` (labeled/) to a processed, quarantined or awaiting_partner state.
 
     `class_folder_grace` (a classify home): images alone in a folder without label files are class-folder
     images as soon as the folder has been quiet this long; None (detect): only after `pair_timeout`.
     """
     report = BatchReport()
-    seen = [x for x in (_look(p, root, max_bytes, report) for p in paths) if x is not None]
+    seen = [x for x in (look(p, root, max_bytes, report, allowed=IMAGE_EXTENSIONS | LABEL_EXTENSIONS,
+                             empty_ok=_may_be_empty) for p in paths) if x is not None]
     if not seen:
         return report
     try:
         with session_scope(engine) as s:
-            _register(s, layout, seen)
-    except (OperationalError, IntegrityError, OSError) as exc:  # IntegrityError: another worker registered it
-        return _transient(report, [x.path for x in seen], "register", exc)
+            register(s, layout, seen, claim, _Drop(FOLDER))
+    except (OperationalError, OSError) as exc:
+        return transient(report, [x.path for x in seen], "register", exc)
     folders = {folder_of(x.rel) for x in seen}
     cutoff, grace_cutoff = _cutoffs(now, pair_timeout, class_folder_grace)
     return _resolve(engine, layout, root, folders, report, max_pixels=max_pixels, cutoff=cutoff,
@@ -114,56 +105,22 @@ def _cutoffs(now: datetime | None, pair_timeout: float, grace: float | None) -> 
 # -- phase A ------------------------------------------------------------------------------------------------
 
 
-def _look(path: Path, root: Path, max_bytes: int, report: BatchReport) -> _Seen | None:
-    x = _Seen(path, path.relative_to(root).as_posix())
-    try:
-        try:
-            st = check_entry(path, max_bytes=max_bytes, allowed=IMAGE_EXTENSIONS | LABEL_EXTENSIONS)
-        except Rejected as exc:
-            # An empty YOLO label is a background image; an empty classes.txt fails in its own parser.
-            if exc.code != "zero_bytes" or kind_of(x.rel) not in ("yolo", "classes"):
-                raise
-            st = os.lstat(path)
-        x.size, x.mtime_ns = st.st_size, st.st_mtime_ns
-        x.sha256 = sha256_file(path)
-    except FileNotFoundError:
-        return None
-    except Rejected as exc:
-        x.rejected = exc
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-        x.size, x.mtime_ns = st.st_size, st.st_mtime_ns
-    except OSError as exc:
-        log.warning("%s: cannot read (%s); will retry", path, exc.strerror)
-        report.retry.append(path)
-        return None
-    return x
+def _may_be_empty(rel: str) -> bool:
+    # An empty YOLO label is a background image; an empty classes.txt fails in its own parser.
+    return kind_of(rel) in ("yolo", "classes")
 
 
-def _register(s: Session, layout: Layout, seen: list[_Seen]) -> None:
-    by_loc = {layout.rel(x.path): x for x in seen}
-    left = {r.location: r for r in s.scalars(
-        select(File).where(File.location.in_(list(by_loc)), File.moved_at.is_(None)))}
-    for loc, x in by_loc.items():
-        old = left.get(loc)
-        if old is not None and old.final_path is not None:
-            continue  # only its move is pending: recovery finishes it
-        if old is not None and old.sha256 == x.sha256:
-            row = old  # a wait or a crash left this row (one live row per location): carry on with it
-            if x.rejected is None and row.state not in _LIVE:
-                row.state, row.reason, row.detail = FileState.pending.value, None, None
-        else:
-            if old is not None:  # replaced on disk before it was done: the old content is gone
-                old.state, old.reason, old.location = FileState.quarantined.value, "replaced", None
-                old.moved_at = old.processed_at = utcnow()
-            row = File(folder=FOLDER, source_path=x.rel, original_name=PurePosixPath(x.rel).name, size=x.size,
-                       mtime_ns=x.mtime_ns, sha256=x.sha256, location=loc, state=FileState.pending.value)
-            s.add(row)
-        if x.rejected is not None:
-            row.state, row.reason, row.detail = FileState.quarantined.value, x.rejected.code, str(x.rejected)
-    s.flush()
+class _Drop(Registration):
+    """A labelled file left behind with the same content goes on; it waits for its partner where it did."""
+
+    def carry_on(self, row: File, f: Found) -> bool:
+        if row.sha256 != f.sha256:
+            return False
+        if f.rejected is not None:
+            quarantine(row, f.rejected)
+        elif row.state not in _LIVE:
+            row.state, row.reason, row.detail = FileState.pending.value, None, None
+        return True
 
 
 # -- phase B ------------------------------------------------------------------------------------------------
@@ -176,7 +133,7 @@ def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff, grace
             members, locations, names, registered, class_folders = _load(s, root, folders)
             in_flight = _in_flight(s, root, folders) if grace_cutoff is not None else set()
     except OperationalError as exc:
-        return _transient(report, [], "loading the drop", exc)
+        return transient(report, [], "loading the drop", exc)
     home = layout.home
     batch = Decisions()
     for m in (m for m in members if m.kind == "classes"):
@@ -195,13 +152,9 @@ def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff, grace
         with session_scope(engine) as s:
             moving = commit_decisions(s, layout, batch, report)
     except (OperationalError, OSError) as exc:
-        return _transient(report, [home / locations[m.row_id] for m in members], "commit", exc)
+        return transient(report, [home / locations[m.row_id] for m in members], "commit", exc)
     report.retry.extend(home / locations[m.row_id] for m in batch.retry)
-    try:
-        with session_scope(engine) as s:
-            finish_moves(s, home, s.scalars(select(File).where(File.id.in_(moving))).all())
-    except (OperationalError, OSError) as exc:
-        log.warning("recording moves failed (%s); they are finished on the next pass", exc)
+    move(engine, home, moving)
     return report
 
 
@@ -307,12 +260,3 @@ def _decide_pair(job: Pair, size, batch: Decisions, home: Path, locations: dict,
 def _decode_size(path: Path, max_pixels: int) -> tuple[int, int]:
     img = decode_image(read_file(path), max_pixels=max_pixels)
     return img.width, img.height
-
-
-# -- helpers ------------------------------------------------------------------------------------------------
-
-
-def _transient(report: BatchReport, paths: list[Path], phase: str, exc: Exception) -> BatchReport:
-    log.warning("%s of a labelled drop failed (%s); the files stay in place and are retried", phase, exc)
-    report.retry.extend(paths)
-    return report

@@ -18,10 +18,9 @@ from sqlalchemy.orm import Session
 
 from pipeline.labels.classes import register_classes
 from pipeline.errors import Rejected
-from pipeline.intake.ingest import BatchReport, Layout
+from pipeline.intake.core import BatchReport, Layout, assign_destinations, vanish
 from pipeline.labels.formats import ParsedLabel
 from pipeline.intake.pairing import Member
-from storage.files import planned_destinations, unique_destination
 from storage.tables import ClassList, File, FileState, Label, LabelEvent, Sample
 
 log = logging.getLogger(__name__)
@@ -60,22 +59,16 @@ def commit_decisions(s: Session, layout: Layout, batch: Decisions, report: Batch
     members = [m for m, _ in batch.classes] + [m for m, *_ in batch.final + batch.waiting] + batch.vanished
     members += [m for x in batch.samples for m in (x.image, x.label) if m is not None]
     ids = [m.row_id for m in members]
-    # Also rows rejected at registration: they need their destination.
+    # Also rows rejected at registration: they need their destination. Locked, in one order: another worker
+    # deciding the same folder waits, then finds these rows decided (final_path set) and leaves them.
     rows = {r.id: r for r in s.scalars(select(File).where(
         File.folder == FOLDER, File.final_path.is_(None), File.moved_at.is_(None), File.location.is_not(None),
-        File.id.in_(ids) | (File.state == FileState.quarantined.value)))}
+        File.id.in_(ids) | (File.state == FileState.quarantined.value)).order_by(File.id).with_for_update())}
     now = datetime.now(timezone.utc)
+    for row in rows.values():
+        row.claimed_by = row.claim_expires_at = None  # decided here, whoever registered it
     finals: list[File] = [r for r in rows.values() if r.state == FileState.quarantined.value]
-    for m, result in batch.classes:
-        if (row := rows.get(m.row_id)) is None:
-            continue
-        if isinstance(result, Rejected):
-            _set_final(row, result.code, str(result))
-        else:
-            s.add(ClassList(file_id=row.id, folder=m.folder, names=result))
-            register_classes(s, result, file_id=row.id)
-            _set_final(row, None, f"{len(result)} class names")
-        finals.append(row)
+    finals += _record_classes(s, batch, rows)
     for sample in batch.samples:
         image, label = rows.get(sample.image.row_id), sample.label and rows.get(sample.label.row_id)
         if image is None or (sample.label is not None and label is None):
@@ -92,27 +85,35 @@ def commit_decisions(s: Session, layout: Layout, batch: Decisions, report: Batch
             report.waiting += 1
     for m in batch.vanished:
         if (row := rows.get(m.row_id)) is not None:
-            row.state, row.reason, row.location, row.moved_at = FileState.quarantined.value, "vanished", None, now
-    return [r.id for r in _destinations(s, layout, finals, report, now)]
+            vanish(row, now)
+    assign_destinations(s, layout, FOLDER, finals, now)
+    _count(finals, report)
+    return [r.id for r in finals]
 
 
-def _destinations(s: Session, layout: Layout, finals: list[File], report: BatchReport, now) -> list[File]:
-    taken: set[str] = set()
+def _record_classes(s: Session, batch: Decisions, rows: dict[int, File]) -> list[File]:
+    out = []
+    for m, result in batch.classes:
+        if (row := rows.get(m.row_id)) is None:
+            continue
+        if isinstance(result, Rejected):
+            _set_final(row, result.code, str(result))
+        else:
+            s.add(ClassList(file_id=row.id, folder=m.folder, names=result))
+            register_classes(s, result, file_id=row.id)
+            _set_final(row, None, f"{len(result)} class names")
+        out.append(row)
+    return out
+
+
+def _count(finals: list[File], report: BatchReport) -> None:
     for row in finals:
-        base = layout.archive if row.state == FileState.processed.value else layout.quarantine
-        row.final_path = unique_destination(layout.home, f"{layout.rel(base)}/{FOLDER}/{row.source_path}", taken)
-        row.processed_at = now
         if row.state == FileState.processed.value:
             report.processed += 1
             log.info("labelled: %s", row.source_path)
         else:
             report.quarantined += 1
             log.warning("quarantined %s: %s (%s)", row.source_path, row.reason, row.detail)
-    clash = planned_destinations(s, finals)
-    for r in finals:
-        if r.final_path in clash:
-            r.final_path = unique_destination(layout.home, r.final_path, taken | clash)
-    return finals
 
 
 def _record_sample(s: Session, x: NewSample, image: File, label: File | None, now: datetime) -> None:

@@ -434,7 +434,8 @@ def test_weights_outside_the_allowed_roots_are_refused(detect_weights, make_step
 def test_ingest_with_classify_step_writes_prediction_and_detection_rows(detect_weights, make_step, home, engine):
     from sqlalchemy import func, select
 
-    from pipeline.intake.ingest import Layout, ingest_batch
+    from pipeline.intake.ingest import ingest_batch
+    from pipeline.intake.core import Layout
     from storage.db import session_scope
     from storage.tables import Detection, File, Prediction
 

@@ -15,7 +15,7 @@ import pipeline.labels.dataset as dataset
 from pipeline.labels.classes import export_classes
 from pipeline.labels.dataset import build_dataset, export_dataset, split_of
 from pipeline.errors import DatasetError
-from pipeline.intake.ingest import Layout
+from pipeline.intake.core import Layout
 from pipeline.intake.labelled import ingest_labelled
 from storage.db import make_engine, session_scope
 from storage.tables import DatasetVersion, Label, LabelEvent, Sample

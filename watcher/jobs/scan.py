@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from pipeline.intake.ingest import Claim, forget_vanished
+from pipeline.intake.core import Claim, forget_vanished
 from storage.db import session_scope
 from storage.files import finish_moves, unfinished_moves
 from storage.leases import release_dead_workers, worker_process_alive
