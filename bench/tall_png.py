@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-COCO_IMAGES = ROOT.parent / "shared" / "datasets" / "coco128" / "images" / "train2017"
+from bench._data import coco_images  # noqa: E402 - coco128 beside the project, else the carried coco24
 
 
 def _env(workdir: Path) -> None:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             run.mkdir()
             home = make_home(run, args.code.resolve(), weights, args.imgsz, args.max_aspect)
             if drop == "photo":
-                shutil.copy(sorted(COCO_IMAGES.glob("*.jpg"))[0], home / "inbox" / "photo.jpg")
+                shutil.copy(coco_images()[0], home / "inbox" / "photo.jpg")
             else:
                 Image.new("RGB", (1, 80_000), (200, 30, 30)).save(home / "inbox" / "tall.png", optimize=True)
                 print(f"tall.png: {(home / 'inbox' / 'tall.png').stat().st_size} bytes")
