@@ -31,6 +31,29 @@ def install_version(home, engine, weights, version):
     promote_version(engine, version)
 
 
+def drop_promote_swap(home: Path, engine, step, images: list[Path], *, weights: Path | None, timeout: float) -> None:
+    """The daemon running `step`: 4 images wait for a first model (and stay in inbox/), v0001 is promoted and
+    classifies them and 4 more, then v0002 replaces it for the last 4, all without a restart."""
+    def processed(n):
+        wait_for(lambda: len([r for r in rows(home) if r.state == "processed"]) == n, timeout=timeout)
+
+    def drop(batch):
+        for src in batch:
+            shutil.copy(src, home / "inbox" / src.name)
+
+    with running(home, step=step):
+        drop(images[:4])
+        wait_for(lambda: len([r for r in rows(home) if r.state == "awaiting_model"]) == 4, timeout=60)
+        assert sorted(p.name for p in (home / "inbox").iterdir()) == sorted(s.name for s in images[:4])
+        install_version(home, engine, weights, "v0001")
+        processed(4)
+        drop(images[4:8])
+        processed(8)
+        install_version(home, engine, weights, "v0002")
+        drop(images[8:12])
+        processed(12)
+
+
 def test_a_promotion_while_running_swaps_the_fake_model_without_a_restart(home):
     configure(home, model={"imgsz": 64, "review_below": 0.0}, watch={"rescan_seconds": 3600})
     cfg = load_config(home / "coverwatch.yaml")
@@ -48,19 +71,7 @@ def test_a_promotion_while_running_swaps_the_fake_model_without_a_restart(home):
                         model_source=lambda: champion_weights(engine, home), open_model=open_model)
     images = coco_images(12)
     try:
-        with running(home, step=step):
-            for src in images[:4]:
-                shutil.copy(src, home / "inbox" / src.name)
-            wait_for(lambda: len([r for r in rows(home) if r.state == "awaiting_model"]) == 4, timeout=60)
-            install_version(home, engine, None, "v0001")
-            wait_for(lambda: len([r for r in rows(home) if r.state == "processed"]) == 4, timeout=60)
-            for src in images[4:8]:
-                shutil.copy(src, home / "inbox" / src.name)
-            wait_for(lambda: len([r for r in rows(home) if r.state == "processed"]) == 8, timeout=60)
-            install_version(home, engine, None, "v0002")
-            for src in images[8:12]:
-                shutil.copy(src, home / "inbox" / src.name)
-            wait_for(lambda: len([r for r in rows(home) if r.state == "processed"]) == 12, timeout=60)
+        drop_promote_swap(home, engine, step, images, weights=None, timeout=60)
     finally:
         engine.dispose()
     preds = predictions(home)
@@ -79,22 +90,7 @@ def test_waiting_images_are_classified_when_a_model_is_promoted_then_hot_swapped
     images = coco_images(12)
     step = build_step(cfg, engine)
     try:
-        with running(home, step=step):
-            for src in images[:4]:
-                shutil.copy(src, home / "inbox" / src.name)
-            wait_for(lambda: len([r for r in rows(home) if r.state == "awaiting_model"]) == 4, timeout=60)
-            assert sorted(p.name for p in (home / "inbox").iterdir()) == sorted(s.name for s in images[:4])
-
-            install_version(home, engine, detect_weights, "v0001")
-            wait_for(lambda: len([r for r in rows(home) if r.state == "processed"]) == 4, timeout=120)
-
-            for src in images[4:8]:
-                shutil.copy(src, home / "inbox" / src.name)
-            wait_for(lambda: len([r for r in rows(home) if r.state == "processed"]) == 8, timeout=120)
-            install_version(home, engine, detect_weights, "v0002")
-            for src in images[8:12]:
-                shutil.copy(src, home / "inbox" / src.name)
-            wait_for(lambda: len([r for r in rows(home) if r.state == "processed"]) == 12, timeout=120)
+        drop_promote_swap(home, engine, step, images, weights=detect_weights, timeout=120)
     finally:
         engine.dispose()
     preds = predictions(home)
