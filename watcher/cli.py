@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -68,6 +69,19 @@ config_option = click.option(
 
 def _config(ctx: click.Context, *, check_dirs: bool = True) -> Config:
     return load_config(resolve_config_path(ctx.find_root().obj.get("config")), check_dirs=check_dirs)
+
+
+@contextmanager
+def _database(cfg: Config, **engine_options):
+    """The config's database, upgraded to the current schema, for one command; disposed of at the end."""
+    from storage.db import make_engine, upgrade_database
+
+    engine = make_engine(cfg.database_url, **engine_options)
+    try:
+        upgrade_database(engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,7 +150,7 @@ def process(ctx: click.Context) -> None:
 @click.pass_context
 def requeue(ctx: click.Context, ids: tuple[int, ...], all_: bool) -> None:
     """Send quarantined files back through the pipeline."""
-    from storage.db import make_engine, session_scope, upgrade_database
+    from storage.db import session_scope
     from storage.files import finish_moves
     from storage.files import requeue as requeue_rows
     from storage.names import shown
@@ -145,9 +159,7 @@ def requeue(ctx: click.Context, ids: tuple[int, ...], all_: bool) -> None:
     if bool(ids) == all_:
         raise click.UsageError("give file IDs or --all")
     cfg = _config(ctx)
-    engine = make_engine(cfg.database_url)
-    try:
-        upgrade_database(engine)
+    with _database(cfg) as engine:
         inbox_rel = os.path.relpath(cfg.path("inbox"), cfg.home)
         with session_scope(engine) as s:
             rows = requeue_rows(s, cfg.home, Path(inbox_rel).as_posix(), None if all_ else list(ids))
@@ -157,8 +169,6 @@ def requeue(ctx: click.Context, ids: tuple[int, ...], all_: bool) -> None:
             finish_moves(s, cfg.home, moved)
             for row in moved:
                 click.echo(f"requeued {row.id} {shown(row.original_name)} (was {row.reason})")
-    finally:
-        engine.dispose()
     missing = set(ids) - found
     if missing:
         raise CoverwatchError(f"not in quarantine: {', '.join(map(str, sorted(missing)))}")
@@ -170,19 +180,15 @@ def requeue(ctx: click.Context, ids: tuple[int, ...], all_: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Counts, queue depth, champion model, training state."""
-    from storage.db import check_writable, lost_note, make_engine, session_scope, upgrade_database
+    from storage.db import check_writable, lost_note, session_scope
     from storage.queries import status_summary
 
     cfg = _config(ctx)
-    engine = make_engine(cfg.database_url)
-    try:
-        upgrade_database(engine)
+    with _database(cfg) as engine:
         check_writable(engine)  # it would read fine, but nothing can record anything in it
         with session_scope(engine) as s:
             summary = status_summary(s)
         summary["database_lost"] = lost_note(engine)
-    finally:
-        engine.dispose()
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False))
     else:
@@ -304,14 +310,9 @@ def classes() -> None:
 def classes_export(ctx: click.Context, file: Path) -> None:
     """Write the class names as labelImg's predefined_classes.txt."""
     from pipeline.labels.classes import export_classes
-    from storage.db import make_engine, upgrade_database
 
-    engine = make_engine(_config(ctx).database_url)
-    try:
-        upgrade_database(engine)
+    with _database(_config(ctx)) as engine:
         names = export_classes(engine, file)
-    finally:
-        engine.dispose()
     click.echo(f"wrote {len(names)} class names to {file}")
 
 
@@ -327,15 +328,10 @@ def dataset() -> None:
 def dataset_export(ctx: click.Context, dest: Path) -> None:
     """A self-contained copy of the managed dataset for `yolo train data=DEST/data.yaml`."""
     from pipeline.labels.dataset import build_dataset, export_dataset
-    from storage.db import make_engine, upgrade_database
 
     cfg = _config(ctx)
-    engine = make_engine(cfg.database_url)
-    try:
-        upgrade_database(engine)
+    with _database(cfg) as engine:
         build_dataset(engine, cfg.home, cfg.path("dataset"), dataset_options(cfg.training))  # bring it up to date
-    finally:
-        engine.dispose()
     export_dataset(cfg.path("dataset"), dest)
     click.echo(f"exported the dataset to {dest}; train with: yolo train data={dest / 'data.yaml'}")
 
@@ -348,20 +344,16 @@ def dataset_export(ctx: click.Context, dest: Path) -> None:
 def report(ctx: click.Context, output: Path | None) -> None:
     """Write the Excel report now."""
     from pipeline.report.workbook import publish_report, write_report
-    from storage.db import CLI_BUSY_TIMEOUT_MS, make_engine, upgrade_database
+    from storage.db import CLI_BUSY_TIMEOUT_MS
 
     cfg = _config(ctx)
-    engine = make_engine(cfg.database_url, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS)
-    try:
-        upgrade_database(engine)
+    with _database(cfg, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS) as engine:
         options = {"home": cfg.home, "low_confidence": cfg.model.review_below,
                    "labels": dataset_options(cfg.training)}
         if output is None:
             path = publish_report(engine, cfg.path("reports"), keep=cfg.reports.keep, **options)
         else:
             path = write_report(engine, output, **options)
-    finally:
-        engine.dispose()
     click.echo(str(path))
 
 
@@ -373,21 +365,16 @@ def train(ctx: click.Context, wait: bool) -> None:
     """Train now on the managed dataset; promotes if better (the daemon runs it, or --wait runs it here)."""
     from pipeline.training.queue import request_training
     from pipeline.training.supervisor import run_until_done
-    from storage.db import make_engine, upgrade_database
     from watcher.config import training_settings
 
     cfg = _config(ctx)
-    engine = make_engine(cfg.database_url)
-    try:
-        upgrade_database(engine)
+    with _database(cfg) as engine:
         run_id, merged = request_training(engine, "manual")
         click.echo(f"training run {run_id} {'was already queued; request merged' if merged else 'queued'}")
         if not wait:
             return
         out = run_until_done(engine, training_settings(cfg), run_id, database_url=cfg.database_url,
                              on_progress=lambda r: click.echo(_format_training(r), err=True))
-    finally:
-        engine.dispose()
     for a in out["attempts"]:
         if a["outcome"] != "ok":
             click.echo(f"attempt {a['n']}: {a['outcome']}: {a['reason']}")
@@ -457,14 +444,8 @@ def models_rollback(ctx: click.Context) -> None:
 
 
 def _with_engine(ctx: click.Context, fn):
-    from storage.db import make_engine, upgrade_database
-
-    engine = make_engine(_config(ctx).database_url)
-    try:
-        upgrade_database(engine)
+    with _database(_config(ctx)) as engine:
         return fn(engine)
-    finally:
-        engine.dispose()
 
 
 def _redacted_traceback(kind, value, tb) -> None:

@@ -9,23 +9,21 @@ from tests.watcher.conftest import configure, predictions, rows, wait_for
 from tests.watcher.test_crash import alive, start, write_jpegs
 
 
-def test_three_workers_one_killed_every_file_once(home, tmp_path, procs):
-    configure(home, watch={"settle_seconds": 0.2, "rescan_seconds": 2, "claim_seconds": 4})
-    n = 2000
-    logs = [tmp_path / f"calls-{i}.log" for i in range(3)]
-    workers = [start(procs, home, log) for log in logs]
+def kill_one_midway(home, workers, drop, *, folder: str, pattern: str, n: int, registered: int):
+    """Three live workers; `drop()` the files, kill -9 the first once `registered` rows exist (claims in hand),
+    wait until all `n` files are moved and `folder` is empty, stop the survivors. Every file once, processed:
+    the rows are returned for the caller's own checks."""
     try:
         for p in workers:
             wait_for(lambda p=p: alive(home, p.pid), timeout=90, interval=0.2)
-        write_jpegs(home / "inbox" / "a", 0, n // 2)
-        write_jpegs(home / "inbox" / "b", n // 2, n // 2)
-        wait_for(lambda: len(rows(home)) > n // 4, timeout=120, interval=0.2)
-        workers[0].send_signal(signal.SIGKILL)  # midway, claims in hand
+        drop()
+        wait_for(lambda: len(rows(home)) > registered, timeout=120, interval=0.2)
+        workers[0].send_signal(signal.SIGKILL)
         workers[0].wait(10)
 
         def settled():
-            rs = rows(home)
-            return len([r for r in rs if r.moved_at is not None]) == n and not any((home / "inbox").rglob("*.jpg"))
+            moved = len([r for r in rows(home) if r.moved_at is not None])
+            return moved == n and not any((home / folder).rglob(pattern))
 
         wait_for(settled, timeout=240, interval=0.5)
     finally:
@@ -37,6 +35,20 @@ def test_three_workers_one_killed_every_file_once(home, tmp_path, procs):
     rs = rows(home)
     assert len(rs) == n and {r.state for r in rs} == {"processed"}
     assert Counter(r.source_path for r in rs).most_common(1)[0][1] == 1
+    return rs
+
+
+def test_three_workers_one_killed_every_file_once(home, tmp_path, procs):
+    configure(home, watch={"settle_seconds": 0.2, "rescan_seconds": 2, "claim_seconds": 4})
+    n = 2000
+    logs = [tmp_path / f"calls-{i}.log" for i in range(3)]
+    workers = [start(procs, home, log) for log in logs]
+
+    def drop():
+        write_jpegs(home / "inbox" / "a", 0, n // 2)
+        write_jpegs(home / "inbox" / "b", n // 2, n // 2)
+
+    rs = kill_one_midway(home, workers, drop, folder="inbox", pattern="*.jpg", n=n, registered=n // 4)
     preds = predictions(home)
     assert len(preds) == n and len({p.file_id for p in preds}) == n
     calls = Counter()
@@ -71,29 +83,14 @@ def test_three_workers_one_killed_every_labelled_file_once(home, tmp_path, procs
     configure(home, watch={"settle_seconds": 0.2, "rescan_seconds": 2, "claim_seconds": 4})
     folders, per = 12, 15
     workers = [start(procs, home, tmp_path / f"calls-{i}.log") for i in range(3)]
-    try:
-        for p in workers:
-            wait_for(lambda p=p: alive(home, p.pid), timeout=90, interval=0.2)
-        boxes = sum(write_labelled(home / "labeled" / f"d{k:02d}", k * per, per) for k in range(folders))
-        wait_for(lambda: len(rows(home)) > folders * per // 2, timeout=120, interval=0.2)
-        workers[0].send_signal(signal.SIGKILL)  # midway, claims in hand
-        workers[0].wait(10)
-        n = folders * (2 * per + 1)
+    boxes = []
 
-        def settled():
-            rs = rows(home)
-            return len([r for r in rs if r.moved_at is not None]) == n and not any((home / "labeled").rglob("*.*"))
+    def drop():
+        boxes.append(sum(write_labelled(home / "labeled" / f"d{k:02d}", k * per, per) for k in range(folders)))
 
-        wait_for(settled, timeout=240, interval=0.5)
-    finally:
-        for p in workers[1:]:
-            p.send_signal(signal.SIGTERM)
-        for p in workers[1:]:
-            p.wait(30)
-    assert all(p.returncode == 0 for p in workers[1:])
-    rs = rows(home)
-    assert len(rs) == n and {r.state for r in rs} == {"processed"}
-    assert Counter(r.source_path for r in rs).most_common(1)[0][1] == 1
+    n = folders * (2 * per + 1)  # an image and a label per sample, and each folder's classes.txt
+    kill_one_midway(home, workers, drop, folder="labeled", pattern="*.*", n=n, registered=folders * per // 2)
+    boxes = boxes[0]
     samples = db_table(home, Sample)
     assert len(samples) == folders * per and len({x.image_sha256 for x in samples}) == folders * per
     assert all(x.replaced_at is None for x in samples)
