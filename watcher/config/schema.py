@@ -1,28 +1,17 @@
-"""The config: YAML in, frozen validated objects out, every error naming its key path.
-
-Example:
-    >>> cfg = load_config("home/coverwatch.yaml")
-    >>> cfg.watch.settle_seconds
-    1.0
-"""
+"""The config's keys: one frozen pydantic section per YAML mapping, their defaults and checks, and the
+Ultralytics model names each task accepts. Reading the file and its error lines are in `watcher.config`."""
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-from dataclasses import fields
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from pipeline.settings import DatasetOptions, TrainingSettings
-from watcher.errors import ConfigError
-
-log = logging.getLogger(__name__)
+log = logging.getLogger("watcher.config")
 
 STRIDE = 32
 CONFIG_ENV = "COVERWATCH_CONFIG"
@@ -228,170 +217,3 @@ def _check_model_task(key: str, name: str, task: str) -> None:
         "message": f"{key}: {name} is {_TASK_NOUN[found]} model but task is {task}; use {suggestion} or remove "
                    f"the key"})
 
-
-def resolve_config_path(given: str | os.PathLike | None) -> Path:
-    """`-c PATH`, else $COVERWATCH_CONFIG, else ./coverwatch.yaml."""
-    if given:
-        return Path(given)
-    env = os.environ.get(CONFIG_ENV)
-    return Path(env) if env else Path(DEFAULT_CONFIG_NAME)
-
-
-def load_config(path: str | os.PathLike, *, check_dirs: bool = True) -> Config:
-    """Read, validate and freeze the config; raise ConfigError with a one-line message naming the key."""
-    path = Path(path)
-    raw = _read_yaml(path)
-    home = path.resolve().parent
-    try:
-        cfg = Config.model_validate({**raw, "home": home, "config_path": path.resolve()})
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {_first_error(exc)}") from None
-    _check_paths(cfg, path)
-    if check_dirs:
-        _check_dirs(cfg)
-    return cfg
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found (create one with `coverwatch init`)") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a YAML config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
-    for key in ("home", "config_path"):
-        if key in raw:
-            raise ConfigError(f"{path}: {key}: unknown key")
-    return raw
-
-
-_MESSAGES = {
-    "extra_forbidden": "unknown key",
-    "missing": "required key is missing",
-}
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    if err["type"] == "task_mismatch":
-        return err["msg"]  # already names its key
-    loc = [str(p) for p in err["loc"] if not str(p).startswith(("literal[", "function-after", "constrained-int"))]
-    # pydantic names union members in the location ("int", "literal['auto']"); the user wants the key.
-    loc = [p for p in loc if p not in {"int", "str", "float", "bool", "list[int]", "none"}]
-    key = ".".join(loc) or "(top level)"
-    kind = err["type"]
-    msg = _MESSAGES.get(kind) or err["msg"]
-    if key == "training.batch":
-        msg = "expected a positive integer or 'auto'"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    got = err.get("input")
-    if kind not in _MESSAGES and not isinstance(got, (dict, list)):
-        msg = f"{msg} (got {got!r})"
-    return f"{key}: {msg[0].lower() + msg[1:]}"
-
-
-# A folder outside the home may be anywhere but here: these, and everything inside them, belong to the system...
-SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/sbin", "/sys", "/usr")
-# ...and these hold other people's folders (a share mounted under /mnt is fine, /mnt itself is not).
-SYSTEM_FOLDERS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/srv", "/tmp", "/var")
-_OVERLAP = "the folders must not overlap"
-
-
-def _check_paths(cfg: Config, path: Path) -> None:
-    """Refuse folders that overlap (one would feed another forever) or that are system folders."""
-    folders = {name: cfg.path(name) for name in FOLDERS}
-    for name, p in folders.items():
-        if not p.is_relative_to(cfg.home):
-            _check_system(cfg, name, p, path)
-        _check_home(cfg, name, p, path)
-    names = list(FOLDERS)
-    for i, first in enumerate(names):
-        for second in names[i + 1:]:
-            a, b = folders[first], folders[second]
-            if a == b:
-                raise ConfigError(f"{path}: {_key(cfg, second)} is the same folder as {_key(cfg, first)}: {_OVERLAP}")
-            if a.is_relative_to(b) or b.is_relative_to(a):
-                inner, outer = (first, second) if a.is_relative_to(b) else (second, first)
-                raise ConfigError(f"{path}: {_key(cfg, inner)} is inside {_key(cfg, outer)}: {_OVERLAP}")
-    db = _sqlite_file(cfg)
-    for name, p in folders.items():
-        if db is not None and db.is_relative_to(p):
-            raise ConfigError(f"{path}: database ({cfg.database}) is inside {_key(cfg, name)}: "
-                              "keep the database out of coverwatch's folders")
-
-
-def _key(cfg: Config, name: str) -> str:
-    """`paths.archive (inbox)`, with where a symlink led when it is not plain from the value."""
-    value = getattr(cfg.paths, name)
-    resolved = cfg.path(name)
-    if Path(os.path.normpath(cfg.home / value)) != resolved:
-        value = f"{value}, which is {resolved}"
-    return f"paths.{name} ({value})"
-
-
-def _check_home(cfg: Config, name: str, p: Path, path: Path) -> None:
-    if cfg.home.is_relative_to(p):
-        where = "is" if p == cfg.home else "contains"
-        raise ConfigError(f"{path}: {_key(cfg, name)} {where} the home folder, which holds {path.name} and the "
-                          f"database: {_OVERLAP}")
-
-
-def _check_system(cfg: Config, name: str, p: Path, path: Path) -> None:
-    top = Path(*p.parts[:2])  # /usr/local/x -> /usr
-    in_tree = str(top) in SYSTEM_TREES or top.name.startswith("lib")  # /lib, /lib32, /lib64, /libx32
-    if (in_tree and p == top) or str(p) in SYSTEM_FOLDERS or p == _user_home():
-        where = "is a system folder"
-    elif in_tree:
-        where = "is inside a system folder"
-    else:
-        return
-    raise ConfigError(f"{path}: {_key(cfg, name)} {where}, not a place for coverwatch's folders")
-
-
-def _user_home() -> Path | None:
-    try:
-        return Path.home().resolve()
-    except (RuntimeError, KeyError):  # no $HOME and no passwd entry
-        return None
-
-
-def _sqlite_file(cfg: Config) -> Path | None:
-    url = cfg.database_url
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and url[len(prefix):] not in ("", ":memory:"):
-        return Path(url[len(prefix):].split("?", 1)[0]).resolve()
-    return None
-
-
-def _check_dirs(cfg: Config) -> None:
-    for name in FOLDERS:
-        p = cfg.path(name)
-        if p.exists() and not p.is_dir():
-            raise ConfigError(f"paths.{name}: {p} exists and is not a directory")
-
-
-def dataset_options(training: TrainingConfig) -> DatasetOptions:
-    """How the dataset is built and its labels judged: the one value the dataset build and the report take."""
-    return DatasetOptions(**{f.name: getattr(training, f.name) for f in fields(DatasetOptions)})
-
-
-def training_settings(cfg: Config, **extra) -> TrainingSettings:
-    """The plain values `pipeline.training.supervisor` works with, from a loaded config (`extra`: e.g. workers)."""
-    t = cfg.training
-    rest = t.model_dump(exclude={f.name for f in fields(DatasetOptions)})
-    return TrainingSettings(home=cfg.home, dataset_dir=cfg.path("dataset"), models_dir=cfg.path("models"),
-                            task=cfg.task, dataset=dataset_options(t), **rest, **extra)
