@@ -194,13 +194,25 @@ def finish_moves(session: Session, home: Path, rows: Iterable[File],
     cannot be moved for a lasting reason stays where it is, noted `cannot_move`, and is tried again when
     `backoff` says so (every call without one); it never stops the other moves.
     """
-    failed, placed, folders = [], [], set()
     now = datetime.now(timezone.utc)
+    due = [row for row in rows if row.final_path is not None and row.location != row.final_path
+           and (backoff is None or backoff.due(row.id))]
+    failed, placed = _link_into_places(home, due, backoff, now)
+    folders = {(home / row.final_path).parent for row, made in placed if made}
+    try:
+        for folder in folders:
+            fsync_dir(folder)
+    except OSError as exc:
+        log.warning("cannot sync %d archive folders (%s); the moves are retried", len(folders), exc.strerror)
+        return failed + [row for row, _ in placed]
+    return failed + _drop_sources(home, placed, backoff, now)
+
+
+def _link_into_places(home: Path, rows: list[File], backoff: MoveBackoff | None,
+                      now: datetime) -> tuple[list[File], list[tuple[File, bool]]]:
+    """The first pass: each file gets its new name too. Returns the rows that failed and (row, name made)."""
+    failed, placed = [], []
     for row in rows:
-        if row.final_path is None or row.location == row.final_path:
-            continue
-        if backoff is not None and not backoff.due(row.id):
-            continue
         try:
             made = _link_into_place(home, row.location, row.final_path)
         except FileNotFoundError:
@@ -212,15 +224,14 @@ def finish_moves(session: Session, home: Path, rows: Iterable[File],
             _cannot_move(row, exc, backoff)
             failed.append(row)
         else:
-            if made:
-                folders.add((home / row.final_path).parent)
             placed.append((row, made))
-    try:
-        for folder in folders:
-            fsync_dir(folder)
-    except OSError as exc:
-        log.warning("cannot sync %d archive folders (%s); the moves are retried", len(folders), exc.strerror)
-        return failed + [row for row, _ in placed]
+    return failed, placed
+
+
+def _drop_sources(home: Path, placed: list[tuple[File, bool]], backoff: MoveBackoff | None,
+                  now: datetime) -> list[File]:
+    """The last pass, once the new names are synced: the old names go. Returns the rows that failed."""
+    failed = []
     for row, made in placed:
         try:
             _drop_source(home, row.location)

@@ -97,25 +97,14 @@ def oldest_waiting(session: Session) -> datetime | None:
 def status_summary(session: Session, now: datetime | None = None) -> dict:
     """The figures behind `coverwatch status --json`."""
     now = now or datetime.now(timezone.utc)
-    counts = state_counts(session)
     champ = champion(session)
     run = active_training(session)
-    workers = live_workers(session, now)
-    silent = silent_workers(session, now)
-    unmoved = move_pending(session)
-    oldest = oldest_waiting(session)
     last_report = session.scalar(select(Report).order_by(Report.created_at.desc()))
     last_run = last_finished_training(session)
+    workers = live_workers(session, now)
+    oldest = oldest_waiting(session)
     return {
-        "pending": counts[FileState.pending.value],
-        # processed and quarantined: those in their final place; move_pending: decided, still in the drop folder
-        "processed": counts[FileState.processed.value] - unmoved.get(FileState.processed.value, 0),
-        "quarantined": counts[FileState.quarantined.value] - unmoved.get(FileState.quarantined.value, 0),
-        "move_pending": unmoved.get(FileState.processed.value, 0),
-        "quarantine_move_pending": unmoved.get(FileState.quarantined.value, 0),
-        "awaiting_model": counts[FileState.awaiting_model.value],
-        "awaiting_partner": counts[FileState.awaiting_partner.value],
-        "duplicates": duplicate_count(session),
+        **_file_counts(session),
         "queue_depth": sum(w.queue_depth for w in workers),
         "oldest_waiting_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
         "last_report": None
@@ -128,25 +117,38 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
         else {"state": run.state, "epoch": run.epoch, "epochs": run.epochs, "trigger": run.trigger,
               "version": run.version, "losses": run.losses, "eta_seconds": run.eta_seconds},
         "last_training": None if last_run is None else training_outcome(*last_run),
-        "daemon": {
-            "running": bool(workers or silent),
-            # Alive by the process table, but their heartbeats stopped reaching the database.
-            "cannot_write": [
-                {"host": w.host, "pid": w.pid, "role": w.role,
-                 "heartbeat_age_seconds": round((now - as_utc(w.heartbeat_at)).total_seconds(), 1)}
-                for w in silent
-            ],
-            "workers": [
-                {
-                    "host": w.host,
-                    "pid": w.pid,
-                    "role": w.role,
-                    "uptime_seconds": round((now - as_utc(w.started_at)).total_seconds(), 1),
-                    "last_rescan": as_utc(w.last_rescan_at).isoformat() if w.last_rescan_at else None,
-                }
-                for w in workers
-            ],
-        },
+        "daemon": _daemon_summary(workers, silent_workers(session, now), now),
+    }
+
+
+def _file_counts(session: Session) -> dict[str, int]:
+    counts = state_counts(session)
+    unmoved = move_pending(session)
+    return {
+        "pending": counts[FileState.pending.value],
+        # processed and quarantined: those in their final place; move_pending: decided, still in the drop folder
+        "processed": counts[FileState.processed.value] - unmoved.get(FileState.processed.value, 0),
+        "quarantined": counts[FileState.quarantined.value] - unmoved.get(FileState.quarantined.value, 0),
+        "move_pending": unmoved.get(FileState.processed.value, 0),
+        "quarantine_move_pending": unmoved.get(FileState.quarantined.value, 0),
+        "awaiting_model": counts[FileState.awaiting_model.value],
+        "awaiting_partner": counts[FileState.awaiting_partner.value],
+        "duplicates": duplicate_count(session),
+    }
+
+
+def _daemon_summary(workers: list[Worker], silent: list[Worker], now: datetime) -> dict:
+    def age(t: datetime) -> float:
+        return round((now - as_utc(t)).total_seconds(), 1)
+
+    return {
+        "running": bool(workers or silent),
+        # Alive by the process table, but their heartbeats stopped reaching the database.
+        "cannot_write": [{"host": w.host, "pid": w.pid, "role": w.role, "heartbeat_age_seconds": age(w.heartbeat_at)}
+                         for w in silent],
+        "workers": [{"host": w.host, "pid": w.pid, "role": w.role, "uptime_seconds": age(w.started_at),
+                     "last_rescan": as_utc(w.last_rescan_at).isoformat() if w.last_rescan_at else None}
+                    for w in workers],
     }
 
 

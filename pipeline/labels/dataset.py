@@ -108,13 +108,17 @@ def build_dataset(engine, home: Path, dataset_dir: Path, options: DatasetOptions
             return None
     tmp = dataset_dir / f".build-{uuid.uuid4().hex[:12]}"
     try:
-        oversample = plan if oversampling else None
-        _write_snapshot(tmp, items, names, oversample)
-        build = _switch(engine, home, dataset_dir, tmp, items, names, quality, plan, oversample is not None,
-                        excluded, fingerprint)
+        _write_snapshot(tmp, items, names, plan if oversampling else None)
+        build = _switch(engine, home, dataset_dir, tmp, items, names, quality, plan, oversampling, excluded,
+                        fingerprint)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only still there when the build failed
     _retire(dataset_dir, build.path, retain_seconds, keep)
+    _log_findings(build, quality, excluded)
+    return build
+
+
+def _log_findings(build: DatasetBuild, quality, excluded: list[str]) -> None:
     for warning in filter(None, [quality.warning, *_split_warnings(build)]):
         log.warning("dataset v%06d: %s", build.version, warning)
     if quality.overlaps or quality.conflicts:
@@ -123,7 +127,6 @@ def build_dataset(engine, home: Path, dataset_dir: Path, options: DatasetOptions
     if excluded:
         log.warning("dataset v%06d: %d images left out of training until their drops agree "
                     "(training.conflicts: exclude; see the report's Label issues)", build.version, len(excluded))
-    return build
 
 
 def export_dataset(dataset_dir: Path, dest: Path) -> Path:

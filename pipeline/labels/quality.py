@@ -92,13 +92,7 @@ def same_objects(boxes: Sequence[Box], iou_threshold: float, *, split: int | Non
     if not 0 < iou_threshold < 1:  # the config keeps it there; anything else gets the plain check
         return _all_pairs(boxes, iou_threshold, split)
     reach = (1 - iou_threshold) * (1 + 1e-9)
-    grid: dict[tuple[int, int], dict[tuple[int, int], list[int]]] = defaultdict(lambda: defaultdict(list))
-    levels: dict[int, tuple[int, int]] = {}
-    for i, b in enumerate(boxes):
-        if b.w > 0 and b.h > 0 and math.isfinite(b.w * b.h * b.cx * b.cy):  # else IoU is 0 with anything
-            lx, ly = levels[i] = (math.frexp(b.w)[1] - 1, math.frexp(b.h)[1] - 1)  # exact: 2**l <= w < 2**(l+1)
-            cell = (math.floor(b.cx / (reach * 2.0 ** (lx + 1))), math.floor(b.cy / (reach * 2.0 ** (ly + 1))))
-            grid[(lx, ly)][cell].append(i)
+    grid, levels = _size_grid(boxes, reach)
     d = math.ceil(math.log2(1 / iou_threshold) + 1e-9)  # how many size classes apart two matches can be
     near = {k: [m for m in grid if abs(m[0] - k[0]) <= d and abs(m[1] - k[1]) <= d] for k in grid}
     found = []
@@ -121,6 +115,18 @@ def same_objects(boxes: Sequence[Box], iou_threshold: float, *, split: int | Non
                         v := same_object(a, boxes[j], iou_threshold)) is not None:
                     found.append((i, j, v))
     return sorted(found)
+
+
+def _size_grid(boxes: Sequence[Box], reach: float):
+    """Each box with an area, by size class (floor log2 of w, of h) and cell in that class's grid."""
+    grid: dict[tuple[int, int], dict[tuple[int, int], list[int]]] = defaultdict(lambda: defaultdict(list))
+    levels: dict[int, tuple[int, int]] = {}
+    for i, b in enumerate(boxes):
+        if b.w > 0 and b.h > 0 and math.isfinite(b.w * b.h * b.cx * b.cy):  # else IoU is 0 with anything
+            lx, ly = levels[i] = (math.frexp(b.w)[1] - 1, math.frexp(b.h)[1] - 1)  # exact: 2**l <= w < 2**(l+1)
+            cell = (math.floor(b.cx / (reach * 2.0 ** (lx + 1))), math.floor(b.cy / (reach * 2.0 ** (ly + 1))))
+            grid[(lx, ly)][cell].append(i)
+    return grid, levels
 
 
 def _all_pairs(boxes: Sequence[Box], iou_threshold: float, split: int | None) -> list[tuple[int, int, float]]:
