@@ -1,13 +1,5 @@
-"""The `coverwatch` command. Each command is thin: load the config, call one function, print.
-
-Errors the user can fix (CoverwatchError) print one line and exit 2, never a traceback. A database error that
-may pass by itself (locked, disk full, unreachable) is one line and exit 1, as is a database file deleted under
-the daemon: systemd restarts on 1 and not on 2 (RestartPreventExitStatus=2). No line shows a URL's password.
-A training run that failed (`train --wait`) prints its error in one line and exits 1.
-
-The commands live by topic: `base` (the root group, -c, the config and database of one command, error lines),
-`service`, `status`, `data`, `models`.
-"""
+"""The `coverwatch` command, one module per topic: service (init, run, process, requeue, doctor, fetch), status,
+data (classes, dataset, report), models (train, models); `base` holds what they share. Each command is thin."""
 
 from __future__ import annotations
 

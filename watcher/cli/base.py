@@ -1,5 +1,10 @@
-"""What every command shares: the root group, the -c option, the config and database of one command, and the
-error lines (CoverwatchError: one line, exit 2; a database that may come back: one line, exit 1)."""
+"""What every command shares: the root group, the -c option, the config and database of one command, the error lines.
+
+Errors the user can fix (CoverwatchError) print one line and exit 2, never a traceback. A database error that
+may pass by itself (locked, disk full, unreachable) is one line and exit 1, as is a database file deleted under
+the daemon: systemd restarts on 1 and not on 2 (RestartPreventExitStatus=2). No line shows a URL's password.
+A training run that failed (`train --wait`) prints its error in one line and exits 1.
+"""
 
 from __future__ import annotations
 

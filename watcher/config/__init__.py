@@ -1,12 +1,9 @@
-"""The config: YAML in, frozen validated objects out, every error naming its key path.
+"""The config: YAML in, frozen validated objects out, every error naming its key path. `schema` declares the keys
+and defaults, `folders` checks where the folders are; here: loading, one-line errors, plain values for `pipeline`.
 
-Example:
     >>> cfg = load_config("home/coverwatch.yaml")
     >>> cfg.watch.settle_seconds
     1.0
-
-`schema` declares the keys and their defaults, `folders` checks where the folders are; this module reads the file,
-turns pydantic's first error into one line, and makes the plain values `pipeline` works with.
 """
 
 from __future__ import annotations
