@@ -50,6 +50,13 @@ REASONS = {
     "missing_classes": "a YOLO label's folder has no classes.txt to map class ids to names",
     "image_rejected": "the label's image was rejected (see the image's own reason)",
     "label_rejected": "the image's label file was rejected (see the label's own reason)",
+    # review workbooks dropped into labeled/ (pipeline.review.guard, pipeline.review.read)
+    "workbook_macros": "a macro-enabled workbook (.xlsm, .xlsb, or a macro project inside): never opened",
+    "not_xlsx": "a spreadsheet that is not a plain .xlsx (.xls, .ods, damaged, encrypted): save it as .xlsx",
+    "workbook_too_big": "the workbook is bigger than 20 MiB, has too many parts, or more than 10,000 rows",
+    "zip_bomb": "the workbook's parts unpack to far more than they take (over 200 MiB, or over 100x one part)",
+    "xml_bomb": "a part of the workbook declares a DOCTYPE or an ENTITY, as XML bombs do: never parsed",
+    "not_review_workbook": "an .xlsx without the Review sheet and its 'id' and 'correct class' columns",
 }
 
 

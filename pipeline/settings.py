@@ -32,6 +32,16 @@ class DatasetOptions:
 
 
 @dataclass(frozen=True)
+class ReviewOptions:
+    """The review workbook and the corrections read back from it (`model.review_below`, the task, paths)."""
+
+    task: str  # detect: a correction is recorded and its image copied to review/, it is no box label
+    review_below: float  # predictions less sure than this need a person
+    review_dir: Path  # where detect corrections are copied for box labelling
+    max_pixels: int  # watch.max_pixels: thumbnails are made with the same decoding limit as everything else
+
+
+@dataclass(frozen=True)
 class TrainingSettings:
     """The `training:` section and the task, plus the folders a run needs."""
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from storage.clock import as_utc
 from storage.tables import (
+    CORRECTION_FOLDER,
     Detection,
     File,
     FileState,
@@ -24,8 +25,10 @@ HEARTBEAT_STALE = timedelta(seconds=30)
 
 
 def state_counts(session: Session) -> dict[str, int]:
+    """Files per state; the rows corrections made for archived images are no files anyone dropped."""
     counts = {s.value: 0 for s in FileState}
-    for state, n in session.execute(select(File.state, func.count()).group_by(File.state)):
+    dropped = File.folder != CORRECTION_FOLDER
+    for state, n in session.execute(select(File.state, func.count()).where(dropped).group_by(File.state)):
         counts[state] = n
     return counts
 

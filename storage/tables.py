@@ -51,13 +51,17 @@ class FileState(str, enum.Enum):
     requeued = "requeued"  # history: a quarantined file sent back; its next life is a new row
 
 
+CORRECTION_FOLDER = "correction"  # files.folder of a label a review workbook row made (see Correction)
+
+
 class File(Base):
     """One file that appeared in a drop folder, from registration to its final place."""
 
     __tablename__ = "files"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    folder: Mapped[str] = mapped_column(String(16))  # inbox | labeled
+    # inbox | labeled | CORRECTION_FOLDER (no dropped file: the archived image as a review workbook row labelled it)
+    folder: Mapped[str] = mapped_column(String(16))
     source_path: Mapped[str] = mapped_column(FsText)  # relative to the drop folder, as dropped
     original_name: Mapped[str] = mapped_column(FsText)
     size: Mapped[int] = mapped_column(BigInteger)
@@ -351,6 +355,35 @@ class Worker(Base):
     last_rescan_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     queue_depth: Mapped[int] = mapped_column(Integer, default=0)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Correction(Base):
+    """One filled row of a review workbook dropped into labeled/, recorded once per workbook content and row id.
+
+    `outcome`: labelled | unchanged | skipped | review_copy | unknown_class | unknown_row_id | image_gone |
+    conflicting_rows (pipeline.review.layout.OUTCOMES says what each means). A label it made is a Sample on its own
+    files row (folder "correction", the archived image's location), so re-corrections replace older labels the way
+    re-drops do."""
+
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workbook_file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
+    workbook_sha256: Mapped[str] = mapped_column(String(64))
+    workbook_name: Mapped[str] = mapped_column(ShownText)
+    sheet_row: Mapped[int] = mapped_column(Integer)  # the row number a person sees in the sheet
+    row_id: Mapped[str] = mapped_column(String(64))  # as written in the id column: "<file id>-<sha256[:12]>"
+    image_file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"), index=True)  # the inbox image
+    class_name: Mapped[str | None] = mapped_column(ShownText)  # what the person chose, as typed
+    outcome: Mapped[str] = mapped_column(String(32), index=True)
+    detail: Mapped[str | None] = mapped_column(ShownText)
+    label_file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"))  # the Sample's files row
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        # Exactly once: the same workbook content dropped again (or by two workers at once) records nothing new.
+        Index("ux_corrections_workbook_row", "workbook_sha256", "row_id", unique=True),
+    )
 
 
 class Lease(Base):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from pipeline.intake.core import Claim
 from pipeline.intake.ingest import ingest_batch
 from pipeline.intake.labelled import ingest_labelled
+from watcher.config import review_options
 
 if TYPE_CHECKING:
     from watcher.daemon import Daemon
@@ -96,7 +97,7 @@ class DropIntake:
         report = ingest_labelled(d.engine, d.layout, d.roots["labeled"], paths, max_bytes=w.max_bytes,
                                  max_pixels=w.max_pixels, pair_timeout=w.pair_timeout_seconds,
                                  class_folder_grace=self.class_folder_grace(), max_boxes=w.max_boxes,
-                                 claim=Claim(d.worker_id, w.claim_seconds))
+                                 claim=Claim(d.worker_id, w.claim_seconds), review=review_options(d.cfg))
         d.upkeep.labels_changed |= report.processed > 0
         return report
 

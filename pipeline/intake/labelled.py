@@ -36,7 +36,10 @@ from pipeline.intake.core import (BatchReport, Claim, Found, Layout, Registratio
                                   register, transient)
 from pipeline.labels.formats import DEFAULT_MAX_BOXES, ParsedLabel, class_name, normalise_name, parse_classes, parse_label
 from pipeline.intake.pairing import CLASSES_FILE, ClassFolder, Member, Pair, Reject, Wait, folder_of, kind_of, plan_pairs
+from pipeline.intake.corrections import read_workbook
 from pipeline.intake.samples import Decisions, NewSample, commit_decisions
+from pipeline.review.guard import WORKBOOK_EXTENSIONS
+from pipeline.settings import ReviewOptions
 from pipeline.inference.steps import read_file
 from storage.clock import as_utc, utcnow
 from storage.db import session_scope
@@ -48,20 +51,22 @@ log = logging.getLogger(__name__)
 FOLDER = "labeled"
 DEFAULT_MAX_PIXELS = 89_478_485
 _LIVE = (FileState.pending.value, FileState.awaiting_partner.value)
+_ACCEPTED = IMAGE_EXTENSIONS | LABEL_EXTENSIONS | WORKBOOK_EXTENSIONS  # other spreadsheets: refused with a reason
 
 
 def ingest_labelled(engine, layout: Layout, root: Path, paths: list[Path], *, max_bytes: int, max_pixels: int,
                     pair_timeout: float, class_folder_grace: float | None = None,
                     max_boxes: int = DEFAULT_MAX_BOXES, now: datetime | None = None,
-                    claim: Claim = Claim()) -> BatchReport:
+                    claim: Claim = Claim(), review: ReviewOptions | None = None) -> BatchReport:
     """Take complete files under `root` (labeled/) to a processed, quarantined or awaiting_partner state.
 
     `class_folder_grace` (a classify home): images alone in a folder without label files are class-folder
     images as soon as the folder has been quiet this long; None (detect): only after `pair_timeout`.
+    `review`: the task and review/ folder review workbooks' corrections need (None: classify, no copies).
     """
     report = BatchReport()
-    seen = [x for x in (look(p, root, max_bytes, report, allowed=IMAGE_EXTENSIONS | LABEL_EXTENSIONS,
-                             empty_ok=_may_be_empty) for p in paths) if x is not None]
+    seen = [x for x in (look(p, root, max_bytes, report, allowed=_ACCEPTED, empty_ok=_may_be_empty)
+                        for p in paths) if x is not None]
     if not seen:
         return report
     try:
@@ -72,12 +77,12 @@ def ingest_labelled(engine, layout: Layout, root: Path, paths: list[Path], *, ma
     folders = {folder_of(x.rel) for x in seen}
     cutoff, grace_cutoff = _cutoffs(now, pair_timeout, class_folder_grace)
     return _resolve(engine, layout, root, folders, report, max_pixels=max_pixels, cutoff=cutoff,
-                    grace_cutoff=grace_cutoff, max_boxes=max_boxes)
+                    grace_cutoff=grace_cutoff, max_boxes=max_boxes, review=review)
 
 
 def expire_partners(engine, layout: Layout, root: Path, *, pair_timeout: float, max_pixels: int = DEFAULT_MAX_PIXELS,
                     class_folder_grace: float | None = None, max_boxes: int = DEFAULT_MAX_BOXES,
-                    now: datetime | None = None) -> BatchReport:
+                    now: datetime | None = None, review: ReviewOptions | None = None) -> BatchReport:
     """Decide for files that waited `pair_timeout` for a partner (class-folder image, or quarantine), and for
     images that waited `class_folder_grace` in a possible class folder."""
     cutoff, grace_cutoff = _cutoffs(now, pair_timeout, class_folder_grace)
@@ -93,7 +98,7 @@ def expire_partners(engine, layout: Layout, root: Path, *, pair_timeout: float, 
     if not folders:
         return BatchReport()
     return _resolve(engine, layout, root, folders, BatchReport(), max_pixels=max_pixels, cutoff=cutoff,
-                    grace_cutoff=grace_cutoff, max_boxes=max_boxes)
+                    grace_cutoff=grace_cutoff, max_boxes=max_boxes, review=review)
 
 
 def _cutoffs(now: datetime | None, pair_timeout: float, grace: float | None) -> tuple[datetime, datetime | None]:
@@ -127,7 +132,7 @@ class _Drop(Registration):
 
 
 def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff, grace_cutoff=None,
-             max_boxes=DEFAULT_MAX_BOXES) -> BatchReport:
+             max_boxes=DEFAULT_MAX_BOXES, review=None) -> BatchReport:
     try:
         with session_scope(engine) as s:
             members, locations, names, registered, class_folders = _load(s, root, folders)
@@ -135,9 +140,11 @@ def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff, grace
     except OperationalError as exc:
         return transient(report, [], "loading the drop", exc)
     home = layout.home
-    batch = Decisions()
+    batch = Decisions(review=review)
     for m in (m for m in members if m.kind == "classes"):
         batch.classes.append((m, _read_classes(home / locations[m.row_id])))
+    for m in (m for m in members if m.kind == "workbook"):
+        _decide_workbook(m, home / locations[m.row_id], batch)
     for m, result in batch.classes:
         if isinstance(result, Rejected):
             names.pop(m.folder, None)  # a bad new classes.txt must not let labels fall back to an old one
@@ -255,6 +262,21 @@ def _decide_pair(job: Pair, size, batch: Decisions, home: Path, locations: dict,
         batch.final.append((job.image, "label_rejected", f"{job.label.source_path}: {exc.code}: {exc}"))
         return
     batch.samples.append(NewSample(job.image, job.label, kind, *size, parsed))
+
+
+def _decide_workbook(m: Member, path: Path, batch: Decisions) -> None:
+    try:
+        result = read_workbook(path)
+    except FileNotFoundError:
+        batch.vanished.append(m)
+    except OSError as exc:
+        log.warning("%s: cannot read (%s); will retry", m.source_path, exc.strerror)
+        batch.retry.append(m)
+    else:
+        if isinstance(result, Rejected):
+            batch.final.append((m, result.code, str(result)))
+        else:
+            batch.workbooks.append((m, result))
 
 
 def _decode_size(path: Path, max_pixels: int) -> tuple[int, int]:

@@ -23,18 +23,21 @@ from datetime import datetime
 from pathlib import PurePosixPath
 
 from pipeline.images.decode import IMAGE_EXTENSIONS
+from pipeline.review.guard import WORKBOOK_EXTENSIONS
 
 CLASSES_FILE = "classes.txt"
 
 
 def kind_of(source_path: str) -> str:
-    """image | yolo | voc | classes, from the name alone."""
+    """image | yolo | voc | classes | workbook (a review workbook, or another spreadsheet), from the name alone."""
     p = PurePosixPath(source_path)
     if p.name.lower() == CLASSES_FILE:
         return "classes"
     suffix = p.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         return "image"
+    if suffix in WORKBOOK_EXTENSIONS:
+        return "workbook"
     return {".txt": "yolo", ".xml": "voc"}.get(suffix, "other")
 
 

@@ -19,8 +19,12 @@ from sqlalchemy.orm import Session
 from pipeline.labels.classes import register_classes
 from pipeline.errors import Rejected
 from pipeline.intake.core import BatchReport, Layout, assign_destinations, vanish
+from pipeline.intake.corrections import record_corrections
 from pipeline.labels.formats import ParsedLabel
 from pipeline.intake.pairing import Member
+from pipeline.review.layout import SOURCE_FORMAT
+from pipeline.review.read import ReviewRows
+from pipeline.settings import ReviewOptions
 from storage.tables import ClassList, File, FileState, Label, LabelEvent, Sample
 
 log = logging.getLogger(__name__)
@@ -52,12 +56,15 @@ class Decisions:
     waiting: list[tuple[Member, str]] = field(default_factory=list)
     retry: list[Member] = field(default_factory=list)
     vanished: list[Member] = field(default_factory=list)
+    workbooks: list[tuple[Member, ReviewRows]] = field(default_factory=list)  # review workbooks, read
+    review: ReviewOptions | None = None  # what their corrections need (pipeline.intake.corrections)
 
 
 def commit_decisions(s: Session, layout: Layout, batch: Decisions, report: BatchReport) -> list[int]:
     """Write what was decided; return the ids of rows whose files now move to their committed destination."""
     members = [m for m, _ in batch.classes] + [m for m, *_ in batch.final + batch.waiting] + batch.vanished
     members += [m for x in batch.samples for m in (x.image, x.label) if m is not None]
+    members += [m for m, _ in batch.workbooks]
     ids = [m.row_id for m in members]
     # Also rows rejected at registration: they need their destination. Locked, in one order: another worker
     # deciding the same folder waits, then finds these rows decided (final_path set) and leaves them.
@@ -75,6 +82,7 @@ def commit_decisions(s: Session, layout: Layout, batch: Decisions, report: Batch
             continue  # another worker decided these meanwhile
         _record_sample(s, sample, image, label, now)
         finals += [r for r in (image, label) if r is not None]
+    finals += _record_workbooks(s, layout, batch, rows, now)
     for m, code, detail in batch.final:
         if (row := rows.get(m.row_id)) is not None:
             _set_final(row, code, detail)
@@ -106,6 +114,20 @@ def _record_classes(s: Session, batch: Decisions, rows: dict[int, File]) -> list
     return out
 
 
+def _record_workbooks(s: Session, layout: Layout, batch: Decisions, rows: dict[int, File], now) -> list[File]:
+    """Each review workbook's rows (pipeline.intake.corrections); the labels they make are Samples like any drop's."""
+    out = []
+    for m, read in batch.workbooks:
+        if (row := rows.get(m.row_id)) is None:
+            continue
+        for x in record_corrections(s, layout.home, row, read, batch.review, now):
+            member = Member(x.image.id, x.image.source_path, now)
+            _record_sample(s, NewSample(member, None, SOURCE_FORMAT, x.width, x.height, ParsedLabel(), x.class_name),
+                           x.image, None, now)
+        out.append(row)
+    return out
+
+
 def _count(finals: list[File], report: BatchReport) -> None:
     for row in finals:
         if row.state == FileState.processed.value:
@@ -128,7 +150,7 @@ def _record_sample(s: Session, x: NewSample, image: File, label: File | None, no
                     source_format=x.fmt))
     s.add_all(Label(file_id=image.id, image_sha256=image.sha256, class_name=b.class_name, cx=b.cx, cy=b.cy,
                     w=b.w, h=b.h, source_format=x.fmt) for b in x.parsed.boxes)
-    notes = [f"{len(x.parsed.boxes)} boxes" if x.fmt != "folder" else f"class {x.whole_image_class}"]
+    notes = [f"class {x.whole_image_class}" if x.whole_image_class else f"{len(x.parsed.boxes)} boxes"]
     if x.parsed.duplicates:
         notes.append(f"{x.parsed.duplicates} duplicate lines dropped")
         log.warning("%s: %d exact duplicate label lines dropped", label.source_path, x.parsed.duplicates)

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from xlsxwriter.exceptions import XlsxWriterException
 
+from pipeline.report.corrections import correction_figures, correction_items, corrections_sheet
 from pipeline.report.data import (
     class_rows,
     dataset_balance,
@@ -43,7 +44,7 @@ from pipeline.report.sheets import (
     training_sheet,
 )
 from pipeline.report.style import EXCEL_MAX_ROWS, Book
-from pipeline.settings import DatasetOptions
+from pipeline.settings import DatasetOptions, ReviewOptions
 from storage.db import session_scope
 from storage.errors import CoverwatchError
 from storage.files import replacing
@@ -103,9 +104,10 @@ def write_report(engine: Engine, out_path: Path, *, home: Path, now: datetime | 
 
 
 def publish_report(engine: Engine, folder: Path, *, home: Path, keep: int, now: datetime | None = None,
-                   **options) -> Path:
+                   review: ReviewOptions | None = None, **options) -> Path:
     """The scheduled report: folder/coverwatch-YYYYMMDD-HHMM.xlsx, a copy as folder/latest.xlsx, and only the
-    newest `keep` dated reports left. Returns the dated path."""
+    newest `keep` dated reports left. Returns the dated path. With `review`, the review workbook beside it
+    (pipeline.review.export: review-YYYYMMDD-HHMM.xlsx and review-latest.xlsx)."""
     now = now or datetime.now(timezone.utc)
     stamp = now.astimezone(options.get("tz")).strftime("%Y%m%d-%H%M")
     path = write_report(engine, Path(folder) / f"{PREFIX}{stamp}.xlsx", home=home, now=now, **options)
@@ -115,7 +117,20 @@ def publish_report(engine: Engine, folder: Path, *, home: Path, keep: int, now: 
     except OSError as exc:
         raise ReportError(f"report: cannot update {path.with_name(LATEST)}: {exc}") from None
     _prune(Path(folder), keep)
+    if review is not None:
+        _publish_review(engine, Path(folder), home=home, keep=keep, now=now, review=review)
     return path
+
+
+def _publish_review(engine: Engine, folder: Path, *, home: Path, keep: int, now: datetime,
+                    review: ReviewOptions) -> None:
+    """The report is written; a review workbook that cannot be is logged, not raised."""
+    from pipeline.review.export import publish_review_workbook
+
+    try:
+        publish_review_workbook(engine, folder, home=home, options=review, keep=keep, now=now)
+    except (OSError, XlsxWriterException) as exc:
+        log.warning("the review workbook could not be written: %s", exc)
 
 
 def _prune(folder: Path, keep: int) -> None:
@@ -150,8 +165,9 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
         metric = primary_metric(champ, runs)
         training_sheet(book, runs, champ, metric, attempts=training_attempts(s), figures=model_metrics(s))
         quarantine = quarantine_sheet(book, conn, chunk_rows)
+        corrections_sheet(book, s)
 
-        items = _summary_items(book, now, counts, status, champ, metric)
+        items = _summary_items(book, now, counts, status, champ, metric) + correction_items(correction_figures(s))
         items += [("warning", w) for w in _warnings(status, counts, classes, issues, reasons, runs, book, rules)]
         items += [("note", n) for n in _paging_notes(preds, dets, quarantine)]
         summary_sheet(book, summary_ws, items, _plots(home, champ))

@@ -92,7 +92,9 @@ def test_report_writes_a_dated_workbook_and_latest(home):
     assert proc.returncode == 0, proc.stderr
     path = Path(proc.stdout.strip())
     assert path.parent == (home / "reports").resolve() and path.name.startswith("coverwatch-")
-    assert sorted(p.name for p in (home / "reports").iterdir()) == sorted([path.name, "latest.xlsx"])
+    review = path.name.replace("coverwatch-", "review-")  # the review workbook comes with every report
+    assert sorted(p.name for p in (home / "reports").iterdir()) == sorted(
+        [path.name, "latest.xlsx", review, "review-latest.xlsx"])
     preds = pd.read_excel(home / "reports" / "latest.xlsx", sheet_name="Predictions")
     assert preds[["original_name", "predicted_class", "confidence"]].values.tolist() == [["동화.jpg", "동화", 0.77]]
     assert _reports(home) == [(f"reports/{path.name}", 1)]
@@ -116,8 +118,10 @@ def test_old_reports_are_pruned_to_reports_keep(home):
     (home / "reports" / "notes.txt").write_text("not ours")
     proc = run_cli("-c", str(home / "coverwatch.yaml"), "report")
     assert proc.returncode == 0, proc.stderr
+    new = Path(proc.stdout.strip()).name
     assert sorted(p.name for p in (home / "reports").iterdir()) == sorted(
-        ["coverwatch-20200101-0200.xlsx", Path(proc.stdout.strip()).name, "latest.xlsx", "notes.txt"])
+        ["coverwatch-20200101-0200.xlsx", new, "latest.xlsx", "notes.txt", new.replace("coverwatch-", "review-"),
+         "review-latest.xlsx"])
 
 
 def test_an_unwritable_output_is_one_line_and_exit_2(home, tmp_path):
@@ -139,7 +143,7 @@ def test_the_daemon_writes_a_report_when_one_is_due_and_not_before(home):
     try:
         d.loop_once()
         first = sorted(p.name for p in (home / "reports").iterdir())
-        assert "latest.xlsx" in first and len(first) == 2
+        assert "latest.xlsx" in first and "review-latest.xlsx" in first and len(first) == 4  # report, review
         d.loop_once()  # not due again for an hour
         assert len(_reports(home)) == 1
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from watcher.cli.base import cli, command_config, config_option, open_database
-from watcher.config import dataset_options
+from watcher.config import dataset_options, review_options
 
 @cli.group()
 def classes() -> None:
@@ -50,7 +50,8 @@ def dataset_export(ctx: click.Context, dest: Path) -> None:
 @cli.command()
 @config_option
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write to FILE (default: reports/coverwatch-YYYYMMDD-HHMM.xlsx and reports/latest.xlsx).")
+              help="Write to FILE (default: reports/coverwatch-YYYYMMDD-HHMM.xlsx and reports/latest.xlsx, with the "
+                   "review workbook beside them).")
 @click.pass_context
 def report(ctx: click.Context, output: Path | None) -> None:
     """Write the Excel report now."""
@@ -62,7 +63,8 @@ def report(ctx: click.Context, output: Path | None) -> None:
         options = {"home": cfg.home, "low_confidence": cfg.model.review_below,
                    "labels": dataset_options(cfg.training)}
         if output is None:
-            path = publish_report(engine, cfg.path("reports"), keep=cfg.reports.keep, **options)
+            path = publish_report(engine, cfg.path("reports"), keep=cfg.reports.keep, review=review_options(cfg),
+                                  **options)
         else:
             path = write_report(engine, output, **options)
     click.echo(str(path))

@@ -16,13 +16,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.settings import DatasetOptions, TrainingSettings
+from pipeline.settings import DatasetOptions, ReviewOptions, TrainingSettings
 from watcher.config.folders import check_folder_types, check_folders
 from watcher.config.schema import CONFIG_ENV, DEFAULT_CONFIG_NAME, FOLDERS, Config, TrainingConfig
 from watcher.errors import ConfigError
 
 __all__ = ["DEFAULT_CONFIG_NAME", "FOLDERS", "Config", "TrainingConfig", "dataset_options", "load_config",
-           "resolve_config_path", "training_settings"]
+           "resolve_config_path", "review_options", "training_settings"]
 
 
 def resolve_config_path(given: str | os.PathLike | None) -> Path:
@@ -112,3 +112,9 @@ def training_settings(cfg: Config, **extra) -> TrainingSettings:
     rest = t.model_dump(exclude={f.name for f in fields(DatasetOptions)})
     return TrainingSettings(home=cfg.home, dataset_dir=cfg.path("dataset"), models_dir=cfg.path("models"),
                             task=cfg.task, dataset=dataset_options(t), **rest, **extra)
+
+
+def review_options(cfg: Config) -> ReviewOptions:
+    """The review workbook's and the corrections' values: the task, model.review_below, review/, max_pixels."""
+    return ReviewOptions(task=cfg.task, review_below=cfg.model.review_below, review_dir=cfg.path("review"),
+                         max_pixels=cfg.watch.max_pixels)

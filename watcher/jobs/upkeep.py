@@ -12,7 +12,7 @@ from pipeline.labels.dataset import build_dataset
 from pipeline.intake.labelled import expire_partners
 from storage.db import session_scope
 from storage.leases import acquire_lease
-from watcher.config import dataset_options
+from watcher.config import dataset_options, review_options
 from watcher.jobs.base import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class LabelledUpkeep(Job):
         d, w = self.d, self.d.cfg.watch
         report = expire_partners(d.engine, d.layout, d.roots["labeled"], pair_timeout=w.pair_timeout_seconds,
                                  max_pixels=w.max_pixels, class_folder_grace=d.intake.class_folder_grace(),
-                                 max_boxes=w.max_boxes)
+                                 max_boxes=w.max_boxes, review=review_options(d.cfg))
         self.labels_changed |= report.processed > 0
 
 
@@ -112,7 +112,8 @@ class Report(Job):
 
         cfg = self.d.cfg
         publish_report(self.d.engine, cfg.path("reports"), home=cfg.home, keep=cfg.reports.keep,
-                       low_confidence=cfg.model.review_below, labels=dataset_options(cfg.training), now=wall)
+                       low_confidence=cfg.model.review_below, labels=dataset_options(cfg.training), now=wall,
+                       review=review_options(cfg))
 
 
 class Training(Job):
