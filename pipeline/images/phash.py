@@ -22,7 +22,7 @@ from PIL import Image
 
 BANDS = 4
 BAND_BITS = 16
-MAX_BITS = 11  # watch.near_duplicate_bits' ceiling: 137 probes per band; beyond, distinct photos match anyway
+MAX_BITS = 11  # watch.near_duplicate_bits' ceiling: 137 probes per band (12 would need 697)
 _MASK = (1 << BAND_BITS) - 1
 
 
