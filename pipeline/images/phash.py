@@ -15,6 +15,8 @@ band up to t = 3, 17 up to 7, 137 up to 11), and only those are checked on all 6
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from itertools import combinations
 
 import numpy as np
@@ -22,16 +24,24 @@ from PIL import Image
 
 BANDS = 4
 BAND_BITS = 16
+THUMB = 32  # ImageHash's pHash: hash_size 8 x highfreq_factor 4
+FLAT_LEVELS = 8  # a thumbnail spanning fewer grey levels has no structure to hash
 MAX_BITS = 11  # watch.near_duplicate_bits' ceiling: 137 probes per band (12 would need 697)
 _MASK = (1 << BAND_BITS) - 1
 
 
-def perceptual_hash(image: Image.Image | np.ndarray) -> int:
-    """The 64-bit pHash of an RGB (or grey) image as an unsigned int, first DCT row in the high bits."""
+def perceptual_hash(image: Image.Image | np.ndarray) -> int | None:
+    """The 64-bit pHash of an RGB (or grey) image as an unsigned int, first DCT row in the high bits; None for a
+    flat image (a blank page, a lens cap): with no structure every such image has the same hash."""
     import imagehash  # scipy comes with it: imported on the first hash, not at start-up
 
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
-    bits = imagehash.phash(img).hash.flatten()
+    # ImageHash's own first step, done here so that its thumbnail can be judged: it then resizes nothing.
+    thumb = img.convert("L").resize((THUMB, THUMB), Image.LANCZOS)
+    lo, hi = thumb.getextrema()
+    if hi - lo < FLAT_LEVELS:
+        return None
+    bits = imagehash.phash(thumb).hash.flatten()
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
@@ -53,6 +63,28 @@ def probes(band: int, max_bits: int) -> list[int]:
         for flip in combinations(range(BAND_BITS), r):
             out.append(band ^ sum(1 << b for b in flip))
     return out
+
+
+def near_pairs(hashes: Sequence[int | None], max_bits: int) -> list[tuple[int, int, int]]:
+    """Every pair (i < j, bits apart) of `hashes` at most `max_bits` apart, found through the same band probes
+    as the database lookup (in memory: the labelled images of a dataset build). None: no hash, no pair."""
+    if max_bits <= 0:
+        return []
+    index: list[dict[int, list[int]]] = [defaultdict(list) for _ in range(BANDS)]
+    for i, h in enumerate(hashes):
+        if h is not None:
+            for k, b in enumerate(bands(h)):
+                index[k][b].append(i)
+    found: dict[tuple[int, int], int] = {}
+    for j, h in enumerate(hashes):
+        if h is None:
+            continue
+        for k, b in enumerate(bands(h)):
+            for value in probes(b, min(max_bits, MAX_BITS)):
+                for i in index[k].get(value, ()):
+                    if i < j and (i, j) not in found and (d := distance(hashes[i], h)) <= max_bits:
+                        found[(i, j)] = d
+    return sorted((i, j, d) for (i, j), d in found.items())
 
 
 def to_db(h: int) -> int:

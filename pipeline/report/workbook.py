@@ -2,7 +2,7 @@
 
 Example:
     >>> write_report(engine, home / "reports" / "now.xlsx", home=home, low_confidence=0.4,
-    ...              labels=dataset_options(cfg.training))     # watcher.config: the thresholds that judge labels
+    ...              labels=dataset_options(cfg))     # watcher.config: the thresholds that judge labels
     PosixPath('.../reports/now.xlsx')
     >>> publish_report(engine, home / "reports", home=home, keep=48, labels=...)   # dated + latest.xlsx, pruned
 

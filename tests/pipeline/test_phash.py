@@ -8,7 +8,7 @@ import random
 import pytest
 from PIL import Image
 
-from pipeline.images.phash import MAX_BITS, bands, distance, from_db, perceptual_hash, probes, to_db
+from pipeline.images.phash import MAX_BITS, bands, distance, from_db, near_pairs, perceptual_hash, probes, to_db
 from pipeline.images.preprocess import decode_for_model
 from tests.conftest import coco_images
 
@@ -64,3 +64,19 @@ def test_any_hash_within_the_threshold_shares_a_probed_band():
         for bit in rnd.sample(range(64), rnd.randint(0, t)):
             other ^= 1 << bit
         assert any(b in probes(a, t) for a, b in zip(bands(h), bands(other)))
+
+
+@pytest.mark.parametrize("colour", [(0, 0, 0), (255, 255, 255), (1, 2, 3), (200, 30, 90)])
+def test_a_flat_image_has_no_hash(colour):
+    """Every blank image would share one hash and look like every other blank image."""
+    assert perceptual_hash(Image.new("RGB", (64, 48), colour)) is None
+
+
+def test_near_pairs_are_the_pairs_within_the_threshold():
+    rnd = random.Random(3)
+    base = [rnd.getrandbits(64) for _ in range(30)]
+    hashes = base + [h ^ (1 << rnd.randrange(64)) ^ (1 << rnd.randrange(64)) for h in base[:10]] + [None]
+    every = sorted((i, j, distance(a, b)) for i, a in enumerate(hashes) for j, b in enumerate(hashes)
+                   if i < j and a is not None and b is not None and distance(a, b) <= 6)
+    assert near_pairs(hashes, 6) == every and len(every) >= 10
+    assert near_pairs(hashes, 0) == []

@@ -293,15 +293,17 @@ def test_every_training_key_reaches_the_pipeline_once_as_frozen_values(tmp_path)
 
     cfg = load_config(write(tmp_path, "training: {val_fraction: 0.3, balance: oversample, ambiguity_iou: 0.6, "
                                       "imbalance_warn_ratio: 3, max_repeat: 2, conflicts: latest, epochs: 7, "
-                                      "device: '1', reclassify_days: 3, oom_imgsz_steps: [320]}\n"))
+                                      "device: '1', reclassify_days: 3, oom_imgsz_steps: [320]}\n"
+                                      "watch: {near_duplicate_bits: 4}\n"))
     settings = training_settings(cfg)
-    assert settings.dataset == dataset_options(cfg.training) == DatasetOptions(
+    assert settings.dataset == dataset_options(cfg) == DatasetOptions(
         val_fraction=0.3, balance="oversample", ambiguity_iou=0.6, imbalance_warn_ratio=3.0, max_repeat=2,
-        conflicts="latest")
+        conflicts="latest", near_duplicate_bits=4)
     assert (settings.epochs, settings.device, settings.reclassify_days, settings.oom_imgsz_steps) == (
         7, "1", 3, (320,))
     params = settings.as_params()
-    assert set(params) == set(TrainingConfig.model_fields) | {"home", "dataset_dir", "models_dir", "task", "workers"}
+    assert set(params) == set(TrainingConfig.model_fields) | {"home", "dataset_dir", "models_dir", "task", "workers",
+                                                              "near_duplicate_bits"}
     assert TrainingSettings.from_params(params) == settings
     assert all(f.default is f.default_factory for f in fields(DatasetOptions))  # both MISSING: no defaults
     assert [f.name for f in fields(TrainingSettings) if f.default is not f.default_factory] == ["workers"]
