@@ -169,7 +169,8 @@ def _summary_items(book: Book, now, counts: dict, status: dict, champ, metric: s
     items: list[tuple] = [("report written", now), ("period from", counts["first_prediction"]),
                           ("period to", counts["last_prediction"]), ("times shown in", tzname)]
     items += [(words, status.get(state, 0)) for state, words in STATE_WORDS.items() if state in status]
-    items += [("duplicates", status["duplicates"]), ("queue depth", status["queue_depth"]),
+    items += [("duplicates", status["duplicates"]), ("near-duplicates (looks like)", status["near_duplicates"]),
+              ("queue depth", status["queue_depth"]),
               ("images in this report", counts["predictions"]), ("boxes in this report", counts["detections"]),
               ("champion model", champ.version if champ else "none yet")]
     if champ is not None:
