@@ -58,11 +58,11 @@ def fill(url: str, n: int, boxes: int, chunk: int = 20_000) -> None:
 
 def child(url: str, home: Path, out: Path) -> None:
     from pipeline.report.workbook import write_report
-    from watcher.config import TrainingConfig, dataset_options
+    from watcher.config import Config, dataset_options
 
     engine = make_engine(url)
     t = time.perf_counter()
-    write_report(engine, out, home=home, labels=dataset_options(TrainingConfig()))
+    write_report(engine, out, home=home, labels=dataset_options(Config()))
     seconds = time.perf_counter() - t
     engine.dispose()
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

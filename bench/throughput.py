@@ -87,7 +87,7 @@ def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> f
     engine = make_engine(cfg.database_url)
     upgrade_database(engine)
     publish_report(engine, cfg.path("reports"), home=cfg.home, keep=cfg.reports.keep,  # this hour's report
-                   labels=dataset_options(cfg.training))
+                   labels=dataset_options(cfg))
     step = build_step(cfg, engine)
     step([Item(0, paths[0], "")])  # loads the model, exports it to ONNX (cached beside the weights), runs it once
     daemon = Daemon(cfg, step=step, engine=engine)

@@ -6,7 +6,7 @@ its default are declared, so the two cannot drift apart (a key on one side only 
 
 Example:
     >>> options = DatasetOptions(val_fraction=0.2, balance="none", ambiguity_iou=0.7, imbalance_warn_ratio=5.0,
-    ...                          max_repeat=4, conflicts="exclude")
+    ...                          max_repeat=4, conflicts="exclude", near_duplicate_bits=6)
     >>> build_dataset(engine, home, home / "dataset", options)      # and write_report(..., labels=options)
 """
 
@@ -29,6 +29,7 @@ class DatasetOptions:
     imbalance_warn_ratio: float
     max_repeat: int  # oversampling repeats an image at most this often
     conflicts: str  # exclude | latest: what training does with an image its drops disagree about
+    near_duplicate_bits: int  # images this many pHash bits apart are one cover (one split, a conflict); 0: off
 
 
 @dataclass(frozen=True)
@@ -82,4 +83,7 @@ class TrainingSettings:
         for k in _FOLDERS:
             p[k] = Path(p[k])
         p["oom_imgsz_steps"] = tuple(p["oom_imgsz_steps"])
+        # A run prepared before migration 0008 (resumed after the upgrade) built its snapshot without near-duplicate
+        # clusters: 0 is what it did, not a default.
+        params = {"near_duplicate_bits": 0, **params}
         return cls(**p, dataset=DatasetOptions(**{f.name: params[f.name] for f in fields(DatasetOptions)}))

@@ -6,7 +6,7 @@ import socket
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from storage.clock import as_utc
 from storage.tables import (
@@ -35,6 +35,11 @@ def state_counts(session: Session) -> dict[str, int]:
 
 def duplicate_count(session: Session) -> int:
     return session.scalar(select(func.count()).where(File.duplicate_of.is_not(None))) or 0
+
+
+def near_duplicate_count(session: Session) -> int:
+    """Files that look like an earlier one (a near-duplicate: a re-saved or resized copy of a cover)."""
+    return session.scalar(select(func.count()).where(File.looks_like.is_not(None))) or 0
 
 
 def champion(session: Session) -> ModelVersion | None:
@@ -137,6 +142,7 @@ def _file_counts(session: Session) -> dict[str, int]:
         "awaiting_model": counts[FileState.awaiting_model.value],
         "awaiting_partner": counts[FileState.awaiting_partner.value],
         "duplicates": duplicate_count(session),
+        "near_duplicates": near_duplicate_count(session),
     }
 
 
@@ -165,11 +171,15 @@ def _latest_prediction_ids():
 
 def latest_predictions_stmt():
     """One row per classified file: id, original_name, predicted_class, confidence, model_version, created_at,
-    final_path, state. Ordered by prediction id, for streaming."""
+    final_path, state, and the earlier file it looks like (looks_like, its original_name, looks_like_bits; None
+    for most). Ordered by prediction id, for streaming."""
+    earlier = aliased(File)
     return (
         select(Prediction.id, File.original_name, Prediction.predicted_class, Prediction.confidence,
-               Prediction.model_version, Prediction.created_at, File.final_path, File.state)
+               Prediction.model_version, Prediction.created_at, File.final_path, File.state, File.looks_like,
+               earlier.original_name, File.looks_like_bits)
         .join(File, File.id == Prediction.file_id)
+        .outerjoin(earlier, earlier.id == File.looks_like)
         .where(Prediction.id.in_(_latest_prediction_ids()))
         .order_by(Prediction.id)
     )

@@ -84,6 +84,16 @@ class File(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The image's 64-bit pHash (signed, as BIGINT stores it) and its four 16-bit bands, each indexed: a hash a
+    # few bits away shares a band or nearly (pipeline.images.phash), so a lookup never scans every hash.
+    phash: Mapped[int | None] = mapped_column(BigInteger)
+    phash_b0: Mapped[int | None] = mapped_column(Integer, index=True)
+    phash_b1: Mapped[int | None] = mapped_column(Integer, index=True)
+    phash_b2: Mapped[int | None] = mapped_column(Integer, index=True)
+    phash_b3: Mapped[int | None] = mapped_column(Integer, index=True)
+    # An inbox image that looks like an earlier one (watch.near_duplicate_bits): which, and how many bits apart.
+    looks_like: Mapped[int | None] = mapped_column(ForeignKey("files.id"))
+    looks_like_bits: Mapped[int | None] = mapped_column(Integer)
 
     predictions: Mapped[list[Prediction]] = relationship(back_populates="file")
 

@@ -89,7 +89,8 @@ class DropIntake:
             else:
                 report = ingest_batch(d.engine, d.layout, folder, d.roots[folder], paths, d.step,
                                       max_bytes=d.cfg.watch.max_bytes,
-                                      claim=Claim(d.worker_id, d.cfg.watch.claim_seconds))
+                                      claim=Claim(d.worker_id, d.cfg.watch.claim_seconds),
+                                      near_bits=d.cfg.watch.near_duplicate_bits)
             self._settle_outcome(paths, {str(p) for p in report.retry}, now)
 
     def _ingest_labelled(self, paths: list[Path]):

@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.inference import model_loader as ml
 from pipeline.images.decode import MAX_ASPECT
+from pipeline.images.phash import perceptual_hash
 from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.labels.formats import WHOLE_IMAGE, corners
 from pipeline.inference.model_io import Model
@@ -64,6 +65,7 @@ class _Prepared:
     image: ModelImage  # rgb dropped (None) once the input is made
     geometry: tuple | None  # detect: gain_x, gain_y, pad_x, pad_y, decoded width, decoded height
     decode_ms: float
+    phash: int  # of the decoded (drafted) image, before the crop: the whole cover
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,15 +227,17 @@ class ClassifyStep(Step):
                 rgb = image.rgb
                 x, geometry = letterbox(rgb, self.imgsz, stride)
                 geometry = (*geometry, rgb.shape[1], rgb.shape[0])
+                phash = perceptual_hash(rgb)
             else:
                 x, geometry = center_crop(image.image, self.imgsz), None
+                phash = perceptual_hash(image.image)
         except Rejected as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - one odd file must not sink its batch; ingest retries it
             log.exception("preparing %s failed", item.path)
             return exc
         image = ModelImage(None, image.width, image.height, image.orientation)  # free the full-size pixels now
-        return _Prepared(x, image, geometry, (time.perf_counter() - t0) * 1000)
+        return _Prepared(x, image, geometry, (time.perf_counter() - t0) * 1000, phash)
 
     def _infer(self, active: _Active, chunk: list[Item], prepared: list, threads: int) -> list[Outcome]:
         outcomes = list(prepared)
@@ -276,7 +280,8 @@ class ClassifyStep(Step):
                          orientation=p.image.orientation, version=active.version)
         return Result(width=p.image.width, height=p.image.height, predicted_class=a.predicted_class,
                       confidence=a.confidence, top5=a.top5, detections=a.detections, model_version=active.version,
-                      backend=active.model.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms)
+                      backend=active.model.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms,
+                      phash=p.phash)
 
 
 def _lower_priority(niceness: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from pipeline.images.decode import MAX_ASPECT, DecodedImage, decode_image, open_for_reading
+from pipeline.images.phash import perceptual_hash
 from pipeline.errors import ModelUnavailable, Rejected
 from storage.tables import Detection, Prediction
 
@@ -41,6 +42,7 @@ class Result:
     imgsz: int | None = None
     decode_ms: float | None = None
     infer_ms: float | None = None
+    phash: int | None = None  # the decoded image's perceptual hash (pipeline.images.phash)
 
 
 Outcome = Result | Rejected | ModelUnavailable
@@ -98,20 +100,22 @@ def read_file(path: Path) -> bytes:
 
 
 def decode_batch(items: list[Item], *, max_pixels: int, pool: ThreadPoolExecutor, max_aspect: float = MAX_ASPECT
-                 ) -> list[DecodedImage | Rejected]:
-    """Decode in a thread pool (Pillow releases the GIL while decoding); failures come back as Rejected."""
+                 ) -> list[tuple[DecodedImage, int] | Rejected]:
+    """Decode in a thread pool (Pillow releases the GIL while decoding), each image with its perceptual hash;
+    failures come back as Rejected."""
 
-    def one(item: Item) -> DecodedImage | Rejected:
+    def one(item: Item) -> tuple[DecodedImage, int] | Rejected:
         try:
-            return decode_image(read_file(item.path), max_pixels=max_pixels, max_aspect=max_aspect)
+            img = decode_image(read_file(item.path), max_pixels=max_pixels, max_aspect=max_aspect)
         except Rejected as exc:
             return exc
+        return img, perceptual_hash(img.rgb)
 
     return list(pool.map(one, items))
 
 
 class DecodeStep(Step):
-    """Decode safely and record the image size: the step before any model exists."""
+    """Decode safely and record the image size and hash: the step before any model exists."""
 
     def __init__(self, max_pixels: int, workers: int = 2, max_aspect: float = MAX_ASPECT):
         self.max_pixels, self.max_aspect = max_pixels, max_aspect
@@ -121,7 +125,8 @@ class DecodeStep(Step):
         t0 = time.perf_counter()
         decoded = decode_batch(items, max_pixels=self.max_pixels, pool=self.pool, max_aspect=self.max_aspect)
         ms = (time.perf_counter() - t0) * 1000 / max(1, len(items))
-        return [d if isinstance(d, Rejected) else Result(width=d.width, height=d.height, decode_ms=ms) for d in decoded]
+        return [d if isinstance(d, Rejected) else Result(width=d[0].width, height=d[0].height, decode_ms=ms, phash=d[1])
+                for d in decoded]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -55,6 +55,7 @@ class BatchReport:
     processed: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    near_duplicates: int = 0  # processed, and looking like an earlier file (pipeline.intake.near)
     waiting: int = 0
     retry: list[Path] = field(default_factory=list)  # transient failure: try again later
     errors: list[str] = field(default_factory=list)

@@ -10,6 +10,10 @@ A crash between any two of these leaves either a `pending` row with its file sti
 from B) or a committed destination (the move is finished at start-up). Disk full or a locked database: the
 transaction rolls back, the files stay where they are, and the caller retries later.
 
+C also records each classified image's perceptual hash and, when an earlier inbox file looks like it
+(`near_bits`, watch.near_duplicate_bits; 0: off), which one and how many bits apart (pipeline.intake.near). Such
+a file is still classified and archived like any other: only byte-identical copies reuse a result.
+
 C looks at each file again: one that is gone (deleted, or renamed: its new name is a new file) ends as
 `vanished`; one whose size, mtime or ctime changed since it was hashed is not committed but started over (the
 next pass registers its new content, the old row ends as `replaced`), so what is archived is what was
@@ -29,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.images.decode import IMAGE_EXTENSIONS
 from pipeline.errors import ModelUnavailable, Rejected
+from pipeline.intake.near import look_alike
 from pipeline.intake.core import (LIVE, BatchReport, Claim, Found, Layout, Registration, assign_destinations,
                                   claimable, gone, look, move, quarantine, register, transient, vanish)
 from pipeline.inference.steps import Item, Result, Step, store_results
@@ -45,9 +50,10 @@ UNSEEN = ("vanished", "replaced")  # quarantined before their content was looked
 
 def ingest_batch(
     engine, layout: Layout, folder: str, root: Path, paths: list[Path], step: Step, *, max_bytes: int,
-    claim: Claim = Claim(),
+    claim: Claim = Claim(), near_bits: int = 0,
 ) -> BatchReport:
-    """Take complete files under `root` (the `folder` drop folder) through to a final or waiting state.
+    """Take complete files under `root` (the `folder` drop folder) through to a final or waiting state;
+    `near_bits`: how many bits of perceptual hash apart an image may be from an earlier one to look like it.
 
     Example:
         >>> report = ingest_batch(engine, layout, "inbox", home / "inbox", [home / "inbox/a.jpg"], NoopStep(),
@@ -71,7 +77,7 @@ def ingest_batch(
     outcomes = _run_step(step, work, ids, report)
     try:
         with session_scope(engine) as s:
-            moving = [r.id for r in _commit(s, layout, folder, found, ids, outcomes, report, claim)]
+            moving = [r.id for r in _commit(s, layout, folder, found, ids, outcomes, report, claim, near_bits)]
     except (OperationalError, OSError) as exc:
         return transient(report, [f.path for f in found], "commit", exc)
     move(engine, layout.home, moving)
@@ -153,7 +159,7 @@ def _run_step(step: Step, work: list[Found], ids: dict, report: BatchReport) -> 
     return {i.file_id: o for i, o in zip(items, outcomes)}
 
 
-def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> list[File]:
+def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim, near_bits: int) -> list[File]:
     """Phase C: results, final states and destinations, for the rows this worker still holds."""
     rows = {r.id: r for r in s.scalars(select(File).where(File.id.in_(list(ids.values()))).with_for_update())}
     now = utcnow()
@@ -169,11 +175,20 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim) -> li
         elif row.state in FINAL:
             to_move.append(row)
             _count(report, row, quiet=row.id in results)
+            if row.id in results:
+                _near(s, row, results[row.id], near_bits, report)
         else:
             report.waiting += 1
     assign_destinations(s, layout, folder, to_move, now)
     store_results(s, list(results.items()))
     return to_move
+
+
+def _near(s: Session, row: File, result: Result, near_bits: int, report: BatchReport) -> None:
+    """Its hash, and the earlier file it looks like; rows earlier in this batch are flushed, so they count."""
+    if look_alike(s, row, result.phash, near_bits):
+        report.near_duplicates += 1
+        log.info("%s looks like file %d (%d bits apart)", row.source_path, row.looks_like, row.looks_like_bits)
 
 
 def _still_ours(row: File, f: Found, report: BatchReport, claim: Claim, now: datetime) -> bool:

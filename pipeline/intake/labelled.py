@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.labels.classes import class_names
 from pipeline.images.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, decode_image
+from pipeline.images.phash import perceptual_hash
 from pipeline.errors import Rejected
 from pipeline.intake.core import (BatchReport, Claim, Found, Layout, Registration, look, move, quarantine,
                                   register, transient)
@@ -231,12 +232,12 @@ def _decide(job, batch: Decisions, home: Path, locations: dict, names: dict, max
     else:
         image = job.image
         try:
-            size = _decode_size(home / locations[image.row_id], max_pixels)
+            size, phash = _decode(home / locations[image.row_id], max_pixels)
             if isinstance(job, ClassFolder):
                 name = class_name(job.class_name, f"class folder {image.folder}:")
-                batch.samples.append(NewSample(image, None, "folder", *size, ParsedLabel(), name))
+                batch.samples.append(NewSample(image, None, "folder", *size, ParsedLabel(), name, phash))
             else:
-                _decide_pair(job, size, batch, home, locations, names, max_boxes)
+                _decide_pair(job, size, phash, batch, home, locations, names, max_boxes)
         except FileNotFoundError as exc:
             gone = image if exc.filename == str(home / locations[image.row_id]) else job.label
             batch.vanished.append(gone)
@@ -251,7 +252,7 @@ def _decide(job, batch: Decisions, home: Path, locations: dict, names: dict, max
                 batch.final.append((job.label, "image_rejected", f"{image.source_path}: {exc.code}"))
 
 
-def _decide_pair(job: Pair, size, batch: Decisions, home: Path, locations: dict, names: dict,
+def _decide_pair(job: Pair, size, phash: int | None, batch: Decisions, home: Path, locations: dict, names: dict,
                  max_boxes: int) -> None:
     kind = job.label.kind
     try:
@@ -261,7 +262,7 @@ def _decide_pair(job: Pair, size, batch: Decisions, home: Path, locations: dict,
         batch.final.append((job.label, exc.code, str(exc)))
         batch.final.append((job.image, "label_rejected", f"{job.label.source_path}: {exc.code}: {exc}"))
         return
-    batch.samples.append(NewSample(job.image, job.label, kind, *size, parsed))
+    batch.samples.append(NewSample(job.image, job.label, kind, *size, parsed, phash=phash))
 
 
 def _decide_workbook(m: Member, path: Path, batch: Decisions) -> None:
@@ -279,6 +280,7 @@ def _decide_workbook(m: Member, path: Path, batch: Decisions) -> None:
             batch.workbooks.append((m, result))
 
 
-def _decode_size(path: Path, max_pixels: int) -> tuple[int, int]:
+def _decode(path: Path, max_pixels: int) -> tuple[tuple[int, int], int | None]:
+    """The image's size and perceptual hash, from its one decode."""
     img = decode_image(read_file(path), max_pixels=max_pixels)
-    return img.width, img.height
+    return (img.width, img.height), perceptual_hash(img.rgb)

@@ -20,6 +20,7 @@ from pipeline.labels.classes import register_classes
 from pipeline.errors import Rejected
 from pipeline.intake.core import BatchReport, Layout, assign_destinations, vanish
 from pipeline.intake.corrections import record_corrections
+from pipeline.intake.near import record_hash
 from pipeline.labels.formats import ParsedLabel
 from pipeline.intake.pairing import Member
 from pipeline.review.layout import SOURCE_FORMAT
@@ -44,6 +45,7 @@ class NewSample:
     height: int
     parsed: ParsedLabel
     whole_image_class: str | None = None
+    phash: int | None = None  # of the decoded image (pipeline.images.phash); None: a flat image
 
 
 @dataclass
@@ -141,6 +143,7 @@ def _count(finals: list[File], report: BatchReport) -> None:
 def _record_sample(s: Session, x: NewSample, image: File, label: File | None, now: datetime) -> None:
     used = [b.class_name for b in x.parsed.boxes] or ([x.whole_image_class] if x.whole_image_class else [])
     register_classes(s, list(dict.fromkeys(used)), file_id=image.id)
+    record_hash(image, x.phash)  # the dataset build groups near-duplicates by it
     _replace_older(s, image, used, now)
     s.add(Sample(image_file_id=image.id, label_file_id=label.id if label else None, image_sha256=image.sha256,
                  source_format=x.fmt, width=x.width, height=x.height,

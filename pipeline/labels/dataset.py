@@ -14,7 +14,9 @@ data.yaml once and then opens images and labels for hours. Renaming folders unde
 under a running job, and two renames are never one atomic step. A snapshot is built whole in a hidden folder,
 renamed into place, and only then named by data.yaml, so a run sees the old dataset or the new one, never a mix,
 and keeps its own to the end. Images are hard links into archive/ (copies across file systems), so a snapshot
-costs only its label files. The split is by content hash, so the same picture always lands in the same split.
+costs only its label files. The split is by content hash, so the same picture always lands in the same split;
+near-duplicates (watch.near_duplicate_bits) are one group, split by the hash of the group's first image, so
+two photos of one cover never straddle train and val.
 
 Example:
     >>> build = build_dataset(engine, home, home / "dataset", options)   # pipeline.settings.DatasetOptions
@@ -41,7 +43,9 @@ from sqlalchemy import select, update
 from pipeline.labels.classes import class_names
 from pipeline.errors import DatasetError
 from pipeline.labels.formats import WHOLE_IMAGE, Box, is_class_name
-from pipeline.labels.quality import Balance, LabelledImage, Quality, assess_labels, plan_oversampling, unsettled
+from pipeline.images.phash import from_db
+from pipeline.labels.quality import (Balance, LabelledImage, Quality, assess_labels, near_groups, plan_oversampling,
+                                     unsettled)
 from pipeline.settings import DatasetOptions
 from storage.db import session_scope
 from storage.files import fsync_dir, write_atomically
@@ -89,9 +93,10 @@ def build_dataset(engine, home: Path, dataset_dir: Path, options: DatasetOptions
     """
     with session_scope(engine) as s:
         names = class_names(s)
-        items, history = _load(s, home, options.val_fraction)
+        items, history = _load(s, home, options)
     quality = assess_labels(history, names=names, iou_threshold=options.ambiguity_iou,
-                            warn_ratio=options.imbalance_warn_ratio, balance=options.balance)
+                            warn_ratio=options.imbalance_warn_ratio, balance=options.balance,
+                            near_bits=options.near_duplicate_bits)
     left_out = unsettled(quality) if options.conflicts == "exclude" else set()
     excluded = sorted(left_out)
     items = [i for i in items if i.sha not in left_out]
@@ -165,10 +170,11 @@ def _drops(s):
         xywh = WHOLE_IMAGE if lab.cx is None else (lab.cx, lab.cy, lab.w, lab.h)
         boxes.setdefault(lab.file_id, []).append(Box(lab.class_name, *xywh))
     return [(LabelledImage(sample.image_sha256, sample.id, image.original_name, tuple(boxes.get(image.id, [])),
-                           sample.replaced_at is None), sample, image) for sample, image in rows]
+                           sample.replaced_at is None, None if image.phash is None else from_db(image.phash)),
+             sample, image) for sample, image in rows]
 
 
-def _load(s, home: Path, val_fraction: float) -> tuple[list[_Item], list[LabelledImage]]:
+def _load(s, home: Path, options: DatasetOptions) -> tuple[list[_Item], list[LabelledImage]]:
     items, history = [], []
     for im, sample, image in _drops(s):
         mine = list(im.boxes)
@@ -184,7 +190,10 @@ def _load(s, home: Path, val_fraction: float) -> tuple[list[_Item], list[Labelle
                         image.final_path)
             continue
         items.append(_Item(sample.image_sha256, _snapshot_name(image.original_name, sample.image_sha256),
-                           home / image.location, split_of(sample.image_sha256, val_fraction), mine))
+                           home / image.location, "", mine))
+    anchor = near_groups(history, options.near_duplicate_bits)
+    for it in items:  # near-duplicates take the split of their group's first image
+        it.split = split_of(anchor.get(it.sha, it.sha), options.val_fraction)
     return items, history
 
 

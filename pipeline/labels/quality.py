@@ -1,9 +1,11 @@
 """What is wrong with the labels as a whole: ambiguous classes and imbalance. Pure functions on plain data.
 
 The user's two labelling problems, measured instead of repeated:
-- ambiguity: boxes of different classes on the same object (IoU above a threshold) in one drop, and the same
-  image content labelled with different classes in different drops. Both feed a class co-occurrence matrix:
-  which classes people use for the same objects, i.e. which to merge or define more sharply.
+- ambiguity: boxes of different classes on the same object (IoU above a threshold) in one drop, the same
+  image content labelled with different classes in different drops, and near-duplicates (the same cover
+  photographed twice: perceptual hashes at most `near_bits` apart) labelled with different classes. All feed a
+  class co-occurrence matrix: which classes people use for the same objects, i.e. which to merge or define
+  more sharply.
 - imbalance: images and boxes per class, each class's ratio to the largest (by images), a warning above a limit;
   `plan_oversampling` says how often to repeat each training image so small classes approach the largest one.
 
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
+from pipeline.images.phash import near_pairs
 from pipeline.labels.formats import Box
 
 
@@ -37,6 +40,7 @@ class LabelledImage:
     name: str  # the image's file name, for people
     boxes: tuple[Box, ...]
     current: bool = True  # False: replaced by a later drop (still evidence of ambiguity)
+    phash: int | None = None  # the image's perceptual hash (pipeline.images.phash); None: none recorded
 
 
 @dataclass
@@ -51,7 +55,9 @@ class Quality:
     warning: str | None = None
     overlaps: list[dict] = field(default_factory=list)  # one drop, one object, two classes
     # One image content, several drops, different classes: {"image", "names", "classes" (every class it was
-    # given), "classes_by_drop", "settled" (its latest drop repeats an earlier drop's classes)}.
+    # given), "classes_by_drop", "settled" (its latest drop repeats an earlier drop's classes)}. Two near-duplicate
+    # images labelled differently: the same, for the later ("name"), with "near_duplicate_of" (the earlier's name),
+    # "near_bits" and "images" (both keys); settled only once their labels agree.
     conflicts: list[dict] = field(default_factory=list)
     cooccurrence: dict[str, dict[str, int]] = field(default_factory=dict)  # symmetric, non-zero entries only
 
@@ -135,8 +141,9 @@ def _all_pairs(boxes: Sequence[Box], iou_threshold: float, split: int | None) ->
 
 
 def assess_labels(images: list[LabelledImage], *, names: list[str], iou_threshold: float,
-                  warn_ratio: float, balance: str = "none") -> Quality:
-    """`balance` only words the advice of the imbalance warning."""
+                  warn_ratio: float, balance: str = "none", near_bits: int = 0) -> Quality:
+    """`balance` only words the advice of the imbalance warning; `near_bits` (watch.near_duplicate_bits, 0: off)
+    makes near-duplicates labelled with different classes conflicts."""
     q = Quality()
     current = [im for im in images if im.current]
     _imbalance(q, current, names, warn_ratio, balance)
@@ -153,6 +160,7 @@ def assess_labels(images: list[LabelledImage], *, names: list[str], iou_threshol
     for key, drops in sorted(by_key.items()):
         if len(drops) > 1:
             _across_drops(q, key, drops, iou_threshold, pairs)
+    _near_duplicates(q, current, near_bits, iou_threshold, pairs)
     for (a, b), n in sorted(pairs.items()):
         q.cooccurrence.setdefault(a, {})[b] = n
         q.cooccurrence.setdefault(b, {})[a] = n
@@ -178,10 +186,51 @@ def _across_drops(q: Quality, key: str, drops: list[LabelledImage], threshold: f
             pairs[_pair(both[i], both[j])] += 1
 
 
+def _near_duplicates(q: Quality, current: list[LabelledImage], near_bits: int, threshold: float,
+                     pairs: dict) -> None:
+    """Near-duplicate images (current drops, distinct content) whose class sets differ, as conflicts."""
+    for i, j, bits in near_pairs([im.phash for im in current], near_bits):
+        x, y = sorted((current[i], current[j]), key=lambda im: im.drop)
+        cx, cy = sorted({b.class_name for b in x.boxes}), sorted({b.class_name for b in y.boxes})
+        if x.key == y.key or cx == cy:
+            continue
+        q.conflicts.append({"image": y.key, "names": sorted({x.name, y.name}), "classes": sorted({*cx, *cy}),
+                            "classes_by_drop": {str(x.drop): cx, str(y.drop): cy}, "settled": False,
+                            "name": y.name, "near_duplicate_of": x.name, "near_bits": bits,
+                            "images": [x.key, y.key]})
+        both = x.boxes + y.boxes
+        for a, b, _v in same_objects(both, threshold, split=len(x.boxes)):
+            pairs[_pair(both[a], both[b])] += 1
+
+
+def near_groups(images: list[LabelledImage], near_bits: int) -> dict[str, str]:
+    """Each image key -> its group's anchor: images linked by near-duplicate pairs (at most `near_bits` apart,
+    chained) are one group, anchored on the key whose first drop came first. A later copy of a cover thus
+    joins the group (and the split) its cover already has. `near_bits` 0: every key is its own anchor."""
+    first: dict[str, tuple[int, int | None]] = {}
+    for im in images:
+        drop, h = first.get(im.key, (im.drop, im.phash))
+        first[im.key] = (min(drop, im.drop), h if h is not None else im.phash)
+    keys = list(first)
+    parent = list(range(len(keys)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j, _bits in near_pairs([first[k][1] for k in keys], near_bits):
+        a, b = sorted((root(i), root(j)), key=lambda r: (first[keys[r]][0], keys[r]))
+        parent[b] = a  # the root is always the group's earliest key
+    return {k: keys[root(i)] for i, k in enumerate(keys)}
+
+
 def unsettled(q: Quality) -> set[str]:
-    """Images whose drops disagree and whose latest drop is not confirmed by an earlier one: under
-    `training.conflicts: exclude` they stay out of training until a drop repeats the class it was last given."""
-    return {c["image"] for c in q.conflicts if not c.get("settled")}
+    """Images whose drops disagree and whose latest drop is not confirmed by an earlier one, and near-duplicates
+    labelled differently: under `training.conflicts: exclude` they stay out of training until a drop repeats
+    the class it was last given (or the near-duplicates' labels agree)."""
+    return {key for c in q.conflicts if not c.get("settled") for key in c.get("images", [c["image"]])}
 
 
 def _imbalance(q: Quality, current: list[LabelledImage], names: list[str], warn_ratio: float, balance: str) -> None:

@@ -30,7 +30,8 @@ def label_quality(s: Session, rules: DatasetOptions) -> Quality:
     """Ambiguous boxes, conflicting drops and imbalance of the labels now, by the same rule and thresholds
     (the config's) as the dataset build: `pipeline.labels.quality.assess_labels` on every drop."""
     return assess_labels(label_history(s), names=class_names(s), iou_threshold=rules.ambiguity_iou,
-                         warn_ratio=rules.imbalance_warn_ratio, balance=rules.balance)
+                         warn_ratio=rules.imbalance_warn_ratio, balance=rules.balance,
+                         near_bits=rules.near_duplicate_bits)
 
 
 def dataset_balance(s: Session) -> dict | None:
@@ -48,6 +49,9 @@ def quality_issues(quality: Quality, conflicts: str) -> list[dict]:
         out.append({"kind": "ambiguous_box", "original_name": o["name"], "image_sha256": o["image"],
                     "detail": f"{' / '.join(o['classes'])} on the same object (IoU {o['iou']:.2f})", "time": None})
     for c in quality.conflicts:
+        if "near_duplicate_of" in c:
+            out.append(_near_issue(c, conflicts))
+            continue
         drops = "; ".join(f"drop {d}: {', '.join(cl) or 'no class'}" for d, cl in c["classes_by_drop"].items())
         last = next(reversed(c["classes_by_drop"].values()))
         excluded = conflicts == "exclude" and not c["settled"]
@@ -58,6 +62,18 @@ def quality_issues(quality: Quality, conflicts: str) -> list[dict]:
                     "detail": f"labelled {', '.join(c['classes'])} in different drops ({drops}); {fate}",
                     "time": None, "excluded": excluded})
     return out
+
+
+def _near_issue(c: dict, conflicts: str) -> dict:
+    """Two photos of one cover labelled differently, as a conflicting_labels row naming the earlier photo."""
+    here, there = (c["classes_by_drop"][d] for d in sorted(c["classes_by_drop"], key=int, reverse=True))
+    excluded = conflicts == "exclude"
+    fate = ("both left out of training until their labels agree" if excluded
+            else "each trained with its own labels")
+    detail = (f"near-duplicate of {c['near_duplicate_of']} ({c['near_bits']} bits apart): labelled "
+              f"{', '.join(here) or 'no class'} here, {', '.join(there) or 'no class'} there; {fate}")
+    return {"kind": "conflicting_labels", "original_name": c["name"], "image_sha256": c["image"],
+            "detail": detail, "time": None, "excluded": excluded}
 
 
 def training_attempts(s: Session) -> dict[int, list[dict]]:

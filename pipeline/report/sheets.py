@@ -15,7 +15,7 @@ from pipeline.report.style import Book, Column, Table, write_blocks
 from storage.queries import latest_detections_stmt, latest_predictions_stmt, quarantined_stmt
 
 PREDICTIONS = [Column("id", "int"), Column("original_name"), Column("predicted_class"), Column("confidence", "pct"),
-               Column("model_version"), Column("time", "date"), Column("archive_path", "link")]
+               Column("model_version"), Column("time", "date"), Column("archive_path", "link"), Column("looks_like")]
 DETECTIONS = [Column("prediction_id", "int"), Column("original_name"), Column("class_name"),
               Column("confidence", "pct"), *(Column(n, "float") for n in ("x1", "y1", "x2", "y2"))]
 CLASSES = [Column("class"), Column("labels", "int"), Column("labelled_images", "int"), Column("predictions", "int"),
@@ -44,7 +44,8 @@ def _stream(book: Book, conn: Connection, name: str, columns, stmt, shape, chunk
 
 def predictions_sheet(book: Book, conn: Connection, chunk_rows: int) -> Table:
     def shape(r):
-        return (r[0], r[1], r[2], r[3], r[4], r[5], r[6] if r[7] == "processed" else None)
+        looks_like = None if r[8] is None else f"#{r[8]} {r[9]} ({r[10]} bits apart)"
+        return (r[0], r[1], r[2], r[3], r[4], r[5], r[6] if r[7] == "processed" else None, looks_like)
 
     return _stream(book, conn, "Predictions", PREDICTIONS, latest_predictions_stmt(), shape, chunk_rows)
 

@@ -2,7 +2,7 @@
 
 Example:
     >>> write_report(engine, home / "reports" / "now.xlsx", home=home, low_confidence=0.4,
-    ...              labels=dataset_options(cfg.training))     # watcher.config: the thresholds that judge labels
+    ...              labels=dataset_options(cfg))     # watcher.config: the thresholds that judge labels
     PosixPath('.../reports/now.xlsx')
     >>> publish_report(engine, home / "reports", home=home, keep=48, labels=...)   # dated + latest.xlsx, pruned
 
@@ -185,7 +185,8 @@ def _summary_items(book: Book, now, counts: dict, status: dict, champ, metric: s
     items: list[tuple] = [("report written", now), ("period from", counts["first_prediction"]),
                           ("period to", counts["last_prediction"]), ("times shown in", tzname)]
     items += [(words, status.get(state, 0)) for state, words in STATE_WORDS.items() if state in status]
-    items += [("duplicates", status["duplicates"]), ("queue depth", status["queue_depth"]),
+    items += [("duplicates", status["duplicates"]), ("near-duplicates (looks like)", status["near_duplicates"]),
+              ("queue depth", status["queue_depth"]),
               ("images in this report", counts["predictions"]), ("boxes in this report", counts["detections"]),
               ("champion model", champ.version if champ else "none yet")]
     if champ is not None:

@@ -21,6 +21,7 @@ from storage.db import make_engine, session_scope
 from storage.tables import DatasetVersion, Label, LabelEvent, Sample
 from tests.labelimg import (coco_drop, coco_names, expected_boxes, labelled_images, same_boxes, voc_xml,
                             write_classes, yolo_text)
+from tests.conftest import coco_images
 from tests.pipeline.training_fakes import options_for
 
 KOREAN = ["만화", "동화", "상상화"]
@@ -361,3 +362,69 @@ def test_the_configs_balance_settings_reach_the_training_runs_dataset(cfg, engin
     with session_scope(engine) as s:
         balance = s.scalars(select(DatasetVersion)).one().stats["balance"]
     assert balance["max_repeat"] == 2 and balance["factors"]["동화"] == 2.0
+
+
+def _class_folder_drop(cfg, engine, folder: str, covers: dict[str, tuple[str, bytes]]) -> None:
+    """labeled/<folder>/<class>/<name>: images alone, each with its folder's (registered) class."""
+    for name, (cls, data) in covers.items():
+        (cfg.path("labeled") / folder / cls).mkdir(parents=True, exist_ok=True)
+        (cfg.path("labeled") / folder / cls / name).write_bytes(data)
+    assert ingest(cfg, engine, folder).processed == len(covers)
+
+
+def _half_size(path: Path) -> bytes:
+    import io
+
+    img = Image.open(path).convert("RGB")
+    out = io.BytesIO()
+    img.resize((img.width // 2, img.height // 2), Image.LANCZOS).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def _splits(engine) -> dict[str, str]:
+    from storage.tables import File
+
+    with session_scope(engine) as s:
+        return dict(s.execute(select(File.original_name, Sample.split).join(File, File.id == Sample.image_file_id)
+                              .where(Sample.replaced_at.is_(None), Sample.split.is_not(None))).all())
+
+
+@pytest.mark.parametrize("near_bits", [6, 0])
+def test_near_duplicates_never_straddle_the_split(cfg, engine, near_bits):
+    """Each coco photo and its half-size copy, both 만화: one split with near-duplicates on; by content alone
+    (0: off) some pairs land apart."""
+    synthetic_drop(cfg, "base", KOREAN, {"만화": 1, "동화": 1})  # flat covers: they register the classes
+    ingest(cfg, engine, "base")
+    photos = coco_images(12)
+    _class_folder_drop(cfg, engine, "first", {p.name: ("만화", p.read_bytes()) for p in photos})
+    _class_folder_drop(cfg, engine, "again", {f"small {p.name}": ("만화", _half_size(p)) for p in photos})
+    build(cfg, engine, val_fraction=0.5, near_duplicate_bits=near_bits)
+    split = _splits(engine)
+    apart = [p.name for p in photos if split[p.name] != split[f"small {p.name}"]]
+    if near_bits:
+        assert apart == [] and {split[p.name] for p in photos} == {"train", "val"}
+    else:
+        assert apart  # content hashes alone scatter the copies
+
+
+def test_near_duplicates_labelled_differently_are_a_conflict(cfg, engine, tmp_path):
+    """The same cover photographed twice, one photo filed under 만화, the other under 동화: a conflict the
+    report lists ("near-duplicate of ..."), left out of training under conflicts: exclude."""
+    from pipeline.report.workbook import write_report
+
+    synthetic_drop(cfg, "base", KOREAN, {"만화": 1, "동화": 1})
+    ingest(cfg, engine, "base")
+    photo, other = coco_images(2)
+    _class_folder_drop(cfg, engine, "d1", {"cover.jpg": ("만화", photo.read_bytes()), "other.jpg": ("동화", other.read_bytes())})
+    _class_folder_drop(cfg, engine, "d2", {"cover small.jpg": ("동화", _half_size(photo))})
+    b = build(cfg, engine)
+    [c] = [c for c in b.quality.conflicts if "near_duplicate_of" in c]
+    assert (c["name"], c["near_duplicate_of"], c["classes"]) == ("cover small.jpg", "cover.jpg", ["동화", "만화"])
+    assert len(b.excluded) == 2 and b.train_images + b.val_images == 3  # the two flat covers and other.jpg
+    report = write_report(engine, tmp_path / "r.xlsx", home=cfg.home, labels=options_for())
+    issues = pd.read_excel(report, sheet_name="Label issues", usecols="A:D").dropna(how="all")
+    [row] = issues[issues["kind"] == "conflicting_labels"].to_dict("records")
+    assert row["original_name"] == "cover small.jpg"
+    assert row["detail"].startswith("near-duplicate of cover.jpg (") and "labelled 동화 here, 만화 there" in row["detail"]
+    off = build(cfg, engine, near_duplicate_bits=0)
+    assert off is not None and off.excluded == [] and off.train_images + off.val_images == 5

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.labels.formats import Box
-from pipeline.labels.quality import LabelledImage, assess_labels, iou, plan_oversampling, unsettled
+from pipeline.labels.quality import LabelledImage, assess_labels, iou, near_groups, plan_oversampling, unsettled
 
 NAMES = ["만화", "동화", "상상화", "역사"]
 WHOLE = (0.5, 0.5, 1.0, 1.0)
@@ -141,3 +141,46 @@ def test_an_image_with_a_rare_and_a_common_class_repeats_for_the_rare_one():
     plan = plan_oversampling(images, max_repeat=3)  # 만화 9, 동화 2, 역사 1 -> toward 9, at most 3x
     assert plan.repeats == {**{f"a{i}": 1 for i in range(8)}, "mix": 3, "b": 3, "c": 3}
     assert plan.after == {"동화": 6, "만화": 11, "역사": 3}
+
+
+H = 0x0123_4567_89AB_CDEF
+
+
+def near(key, drop, cls, h, current=True):
+    return LabelledImage(key, drop, f"{key}.jpg", (Box(cls, *WHOLE),), current, h)
+
+
+def test_near_duplicates_labelled_with_different_classes_are_a_conflict():
+    """The same cover photographed twice: one photo 만화, the other 동화. A third photo agrees with the first (no
+    conflict between them), a distinct cover 동화 is nobody's near-duplicate, and a flat image has no hash."""
+    images = [near("a", 1, "만화", H), near("b", 2, "동화", H ^ 0b111), near("c", 3, "만화", H ^ (0b11 << 40)),
+              near("far", 4, "동화", ~H & (1 << 64) - 1), near("flat", 5, "상상화", None),
+              near("b", 0, "만화", H ^ 0b111, current=False)]  # an older drop of b: its conflict is with a's class
+    q = assess_labels(images, names=NAMES, iou_threshold=0.7, warn_ratio=5.0, near_bits=6)
+    rows = [c for c in q.conflicts if "near_duplicate_of" in c]
+    assert rows == [
+        {"image": "b", "names": ["a.jpg", "b.jpg"], "classes": ["동화", "만화"],
+         "classes_by_drop": {"1": ["만화"], "2": ["동화"]}, "settled": False, "name": "b.jpg",
+         "near_duplicate_of": "a.jpg", "near_bits": 3, "images": ["a", "b"]},
+        {"image": "c", "names": ["b.jpg", "c.jpg"], "classes": ["동화", "만화"],
+         "classes_by_drop": {"2": ["동화"], "3": ["만화"]}, "settled": False, "name": "c.jpg",
+         "near_duplicate_of": "b.jpg", "near_bits": 5, "images": ["b", "c"]},
+    ]
+    assert unsettled(q) == {"a", "b", "c"}
+    assert q.cooccurrence["만화"]["동화"] >= 2  # the same cover, two genres: what the matrix is for
+    off = assess_labels(images, names=NAMES, iou_threshold=0.7, warn_ratio=5.0, near_bits=0)
+    assert [c for c in off.conflicts if "near_duplicate_of" in c] == [] and unsettled(off) == {"b"}
+
+
+def test_near_duplicates_that_agree_are_no_conflict():
+    images = [near("a", 1, "만화", H), near("b", 2, "만화", H ^ 0b11)]
+    assert assess_labels(images, names=NAMES, iou_threshold=0.7, warn_ratio=5.0, near_bits=6).conflicts == []
+
+
+def test_near_duplicate_groups_are_anchored_on_their_earliest_drop():
+    """The split follows the group's first image, so a later copy joins the split its cover already has."""
+    images = [near("x", 5, "만화", H ^ 0b11), near("y", 9, "만화", H ^ (0b11 << 60)), near("z", 2, "만화", H),
+              near("alone", 1, "만화", ~H & (1 << 64) - 1), near("flat", 3, "만화", None),
+              near("x", 1 - 10, "만화", H ^ 0b11, current=False)]  # x's first drop came before everything
+    assert near_groups(images, 6) == {"x": "x", "y": "x", "z": "x", "alone": "alone", "flat": "flat"}
+    assert near_groups(images, 0) == {"x": "x", "y": "y", "z": "z", "alone": "alone", "flat": "flat"}

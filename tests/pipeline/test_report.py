@@ -142,7 +142,8 @@ def test_every_sheet_reads_back_with_its_values(engine, seeded):
     assert list(book) == SHEETS
 
     preds = book["Predictions"]
-    assert preds.drop(columns="id").to_dict("records") == [
+    assert preds["looks_like"].isna().all()  # no image here looks like another
+    assert preds.drop(columns=["id", "looks_like"]).to_dict("records") == [
         {"original_name": "표지 1.jpg", "predicted_class": "만화", "confidence": 0.93, "model_version": "v1",
          "time": _naive(T0 + timedelta(hours=1)), "archive_path": "archive/inbox/표지 1.jpg"},
         {"original_name": 'cover "2".jpg', "predicted_class": "person", "confidence": 0.31,
@@ -212,6 +213,20 @@ def test_every_sheet_reads_back_with_its_values(engine, seeded):
     assert any("NotImplementedError" in w for w in warnings)
 
 
+def test_the_predictions_sheet_says_which_earlier_file_an_image_looks_like(engine, home):
+    with session_scope(engine) as s:
+        first = _file(s, "cover.jpg")
+        _predict(s, first, "만화", 0.9, "v1", T0)
+        again = _file(s, "cover (1).jpg", looks_like=first.id, looks_like_bits=2)
+        _predict(s, again, "만화", 0.8, "v1", T0 + timedelta(minutes=1))
+    path = _write(engine, home)
+    preds = pd.read_excel(path, sheet_name="Predictions")
+    assert _values(preds[["original_name", "looks_like"]]) == [
+        ["cover.jpg", None], ["cover (1).jpg", f"#{first.id} cover.jpg (2 bits apart)"]]
+    items = dict(pd.read_excel(path, sheet_name="Summary")[["item", "value"]].values.tolist())
+    assert items["near-duplicates (looks like)"] == 1
+
+
 def test_the_report_flags_what_the_dataset_build_flags_with_the_configs_thresholds(cfg, engine):
     """One rule (pipeline.labels.quality), the config's thresholds, the same labels: the same ambiguous pairs and the
     same imbalanced classes in the dataset build and in the report; and the build's before/after counts."""
@@ -261,7 +276,7 @@ def test_workbook_has_charts_pictures_frozen_headers_and_filters(engine, seeded)
         if name != "Summary":
             assert ws.auto_filter.ref and ws.auto_filter.ref.startswith("A1:"), name
     preds = wb["Predictions"]
-    assert preds.auto_filter.ref == "A1:G4"
+    assert preds.auto_filter.ref == "A1:H4"  # id ... archive_path, looks_like
     assert preds["D2"].number_format == "0.0%" and preds["F2"].is_date
     assert preds["A2"].number_format == "#,##0" and preds["G2"].font.u == "single"  # spooled: the column's format
     assert wb["Detections"]["E2"].number_format == "0.000" and wb["Quarantine"]["E2"].is_date
@@ -298,7 +313,7 @@ def test_an_empty_database_gives_every_sheet_with_its_columns(engine, home):
     book = pd.read_excel(_write(engine, home), sheet_name=None)
     assert list(book) == SHEETS
     assert list(book["Predictions"].columns) == ["id", "original_name", "predicted_class", "confidence",
-                                                 "model_version", "time", "archive_path"]
+                                                 "model_version", "time", "archive_path", "looks_like"]
     assert list(book["Quarantine"].columns) == ["original_name", "reason", "explanation", "detail", "time", "path"]
     assert list(book["Training runs"].columns)[:3] == ["run", "attempt", "state"]
     assert all(book[name].empty for name in SHEETS[1:])
@@ -364,7 +379,7 @@ def test_libreoffice_opens_the_workbook(engine, seeded, tmp_path):
     summary = (tmp_path / "csv" / "report-Summary.csv").read_text(encoding="utf-8")
     assert "champion model,v1" in summary and "Class 상상화: 31x fewer labelled images" in summary
     preds = (tmp_path / "csv" / "report-Predictions.csv").read_text(encoding="utf-8").splitlines()
-    assert preds[1].split(",")[1:3] == ["표지 1.jpg", "만화"] and preds[1].endswith(",archive/inbox/표지 1.jpg")
+    assert preds[1].split(",")[1:3] == ["표지 1.jpg", "만화"] and preds[1].endswith(",archive/inbox/표지 1.jpg,")
 
 
 def _soffice(soffice: str, profile: Path, path: Path, to: str, outdir: Path, name: str | None = None) -> Path:

@@ -102,11 +102,12 @@ def settings_for(home: Path, **kw) -> TrainingSettings:
     return training_settings(Config(home=home, training=values), workers=workers)
 
 
-def options_for(**training) -> DatasetOptions:
-    """The dataset options of a `training:` section saying `training` (the rest: the config's defaults)."""
-    from watcher.config import TrainingConfig, dataset_options
+def options_for(near_duplicate_bits: int = 6, **training) -> DatasetOptions:
+    """The dataset options of a `training:` section saying `training` and `watch.near_duplicate_bits` (the rest:
+    the config's defaults)."""
+    from watcher.config import Config, dataset_options
 
-    return dataset_options(TrainingConfig(**training))
+    return dataset_options(Config(training=training, watch={"near_duplicate_bits": near_duplicate_bits}))
 
 
 def add_samples(engine, n: int, *, tag: str = "s") -> None:

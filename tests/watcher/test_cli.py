@@ -76,6 +76,29 @@ def test_status_on_an_empty_home(tmp_path):
     assert "daemon: not running" in plain.stdout
 
 
+def test_status_counts_the_files_that_look_like_an_earlier_one(tmp_path):
+    from storage.db import make_engine, session_scope, upgrade_database
+    from storage.tables import File
+    from watcher.config import load_config
+
+    run_cli("init", str(tmp_path))
+    engine = make_engine(load_config(tmp_path / "coverwatch.yaml").database_url)
+    try:
+        upgrade_database(engine)
+        with session_scope(engine) as s:
+            first = File(folder="inbox", source_path="a.jpg", original_name="a.jpg", size=1, state="processed")
+            s.add(first)
+            s.flush()
+            s.add(File(folder="inbox", source_path="a2.jpg", original_name="a2.jpg", size=1, state="processed",
+                       looks_like=first.id, looks_like_bits=2))
+    finally:
+        engine.dispose()
+    s = json.loads(run_cli("-c", str(tmp_path / "coverwatch.yaml"), "status", "--json").stdout)
+    assert (s["processed"], s["duplicates"], s["near_duplicates"]) == (2, 0, 1)
+    plain = run_cli("-c", str(tmp_path / "coverwatch.yaml"), "status").stdout
+    assert "(0 duplicates, 1 looking like an earlier file)" in plain
+
+
 def test_installed_console_script(tmp_path):
     script = Path(sys.executable).parent / "coverwatch"
     if not script.exists():

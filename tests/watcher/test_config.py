@@ -22,6 +22,7 @@ def test_defaults_for_every_key(tmp_path):
     assert cfg.task == "detect"
     assert cfg.watch.settle_seconds == 1.0 and cfg.watch.rescan_seconds == 60 and cfg.watch.polling == "auto"
     assert cfg.watch.pair_timeout_seconds == 30
+    assert cfg.watch.near_duplicate_bits == 6
     assert (cfg.model.weights, cfg.model.imgsz, cfg.model.backend, cfg.model.batch) == ("yolo11n.pt", 640, "auto", 16)
     assert (cfg.model.conf, cfg.model.review_below, cfg.model.device) == (0.25, 0.4, "auto")
     t = cfg.training
@@ -56,6 +57,11 @@ def test_config_is_frozen(tmp_path):
         ("watch: {rescan_seconds: -5}", "watch.rescan_seconds: input should be greater than 0 (got -5)"),
         ("watch: {polling: maybe}", "watch.polling: input should be 'auto', True or False (got 'maybe')"),
         ("watch: {colour: red}", "watch.colour: unknown key"),
+        ("watch: {near_duplicate_bits: 12}",
+         "watch.near_duplicate_bits: input should be less than or equal to 11 (got 12)"),
+        ("watch: {near_duplicate_bits: -1}",
+         "watch.near_duplicate_bits: input should be greater than or equal to 0 (got -1)"),
+        ("watch: {near_duplicate_bits: 2.5}", "watch.near_duplicate_bits: input should be a valid integer (got 2.5)"),
         ("colour: red", "colour: unknown key"),
         ("task: segment", "task: input should be 'detect' or 'classify' (got 'segment')"),
         ("training: {batch: lots}", "training.batch: expected a positive integer or 'auto' (got 'lots')"),
@@ -287,15 +293,17 @@ def test_every_training_key_reaches_the_pipeline_once_as_frozen_values(tmp_path)
 
     cfg = load_config(write(tmp_path, "training: {val_fraction: 0.3, balance: oversample, ambiguity_iou: 0.6, "
                                       "imbalance_warn_ratio: 3, max_repeat: 2, conflicts: latest, epochs: 7, "
-                                      "device: '1', reclassify_days: 3, oom_imgsz_steps: [320]}\n"))
+                                      "device: '1', reclassify_days: 3, oom_imgsz_steps: [320]}\n"
+                                      "watch: {near_duplicate_bits: 4}\n"))
     settings = training_settings(cfg)
-    assert settings.dataset == dataset_options(cfg.training) == DatasetOptions(
+    assert settings.dataset == dataset_options(cfg) == DatasetOptions(
         val_fraction=0.3, balance="oversample", ambiguity_iou=0.6, imbalance_warn_ratio=3.0, max_repeat=2,
-        conflicts="latest")
+        conflicts="latest", near_duplicate_bits=4)
     assert (settings.epochs, settings.device, settings.reclassify_days, settings.oom_imgsz_steps) == (
         7, "1", 3, (320,))
     params = settings.as_params()
-    assert set(params) == set(TrainingConfig.model_fields) | {"home", "dataset_dir", "models_dir", "task", "workers"}
+    assert set(params) == set(TrainingConfig.model_fields) | {"home", "dataset_dir", "models_dir", "task", "workers",
+                                                              "near_duplicate_bits"}
     assert TrainingSettings.from_params(params) == settings
     assert all(f.default is f.default_factory for f in fields(DatasetOptions))  # both MISSING: no defaults
     assert [f.name for f in fields(TrainingSettings) if f.default is not f.default_factory] == ["workers"]

@@ -42,7 +42,7 @@ def dataset_export(ctx: click.Context, dest: Path) -> None:
 
     cfg = command_config(ctx)
     with open_database(cfg) as engine:
-        build_dataset(engine, cfg.home, cfg.path("dataset"), dataset_options(cfg.training))  # bring it up to date
+        build_dataset(engine, cfg.home, cfg.path("dataset"), dataset_options(cfg))  # bring it up to date
     export_dataset(cfg.path("dataset"), dest)
     click.echo(f"exported the dataset to {dest}; train with: yolo train data={dest / 'data.yaml'}")
 
@@ -61,7 +61,7 @@ def report(ctx: click.Context, output: Path | None) -> None:
     cfg = command_config(ctx)
     with open_database(cfg, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS) as engine:
         options = {"home": cfg.home, "low_confidence": cfg.model.review_below,
-                   "labels": dataset_options(cfg.training)}
+                   "labels": dataset_options(cfg)}
         if output is None:
             path = publish_report(engine, cfg.path("reports"), keep=cfg.reports.keep, review=review_options(cfg),
                                   **options)

@@ -55,7 +55,7 @@ def _format_status(s: dict) -> str:
         lines.append(f"files: {'; '.join(unmoved)} (still in the drop folder; moved when it can be)")
     lines.append(f"files: {s['processed']} processed, {s['quarantined']} quarantined, {s['pending']} pending, "
                  f"{s['awaiting_model']} awaiting a model, {s['awaiting_partner']} awaiting a label partner "
-                 f"({s['duplicates']} duplicates)")
+                 f"({s['duplicates']} duplicates, {s['near_duplicates']} looking like an earlier file)")
     oldest = s["oldest_waiting_seconds"]
     lines.append(f"queue: {s['queue_depth']} seen, not yet registered; oldest waiting file: "
                  f"{'none' if oldest is None else f'{oldest:.0f}s'}")

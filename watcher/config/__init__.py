@@ -101,9 +101,12 @@ def _first_error(exc: ValidationError) -> str:
 
 
 
-def dataset_options(training: TrainingConfig) -> DatasetOptions:
-    """How the dataset is built and its labels judged: the one value the dataset build and the report take."""
-    return DatasetOptions(**{f.name: getattr(training, f.name) for f in fields(DatasetOptions)})
+def dataset_options(cfg: Config) -> DatasetOptions:
+    """How the dataset is built and its labels judged: the one value the dataset build and the report take.
+    The `training:` keys, and `watch.near_duplicate_bits` (the inbox's "looks like" uses it too)."""
+    own = {"near_duplicate_bits": cfg.watch.near_duplicate_bits}
+    return DatasetOptions(**{f.name: own[f.name] if f.name in own else getattr(cfg.training, f.name)
+                             for f in fields(DatasetOptions)})
 
 
 def training_settings(cfg: Config, **extra) -> TrainingSettings:
@@ -111,7 +114,7 @@ def training_settings(cfg: Config, **extra) -> TrainingSettings:
     t = cfg.training
     rest = t.model_dump(exclude={f.name for f in fields(DatasetOptions)})
     return TrainingSettings(home=cfg.home, dataset_dir=cfg.path("dataset"), models_dir=cfg.path("models"),
-                            task=cfg.task, dataset=dataset_options(t), **rest, **extra)
+                            task=cfg.task, dataset=dataset_options(cfg), **rest, **extra)
 
 
 def review_options(cfg: Config) -> ReviewOptions:

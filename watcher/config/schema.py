@@ -46,6 +46,9 @@ class WatchConfig(_Section):
     # A 1x80000 PNG is 390 bytes; classify's resize of the short side to imgsz would make it gigabytes.
     max_aspect: Annotated[float, Field(ge=1)] = 20.0
     max_boxes: PositiveInt = 1000  # per label file; more is too_many_boxes (pipeline.labels.formats)
+    # Perceptual-hash bits two images may differ in and still be one cover (pipeline.images.phash): on coco128,
+    # re-saved, JPEG q60 and 0.5x copies differ by at most 2, 2% crops by 6, distinct photos by 16 or more. 0: off.
+    near_duplicate_bits: Annotated[int, Field(ge=0, le=11, strict=True)] = 6  # le: pipeline.images.phash.MAX_BITS
 
 
 def _auto_is_unset(v: Any) -> Any:

@@ -45,14 +45,14 @@ class LabelledUpkeep(Job):
             self.run(now)
 
     def run(self, now: float) -> None:
-        d, t = self.d, self.d.cfg.training
+        d = self.d
         try:
             if now >= self.next_expire:
                 self.next_expire = now + EXPIRE_SECONDS
                 self._expire()
             if self.labels_changed and now >= self.next_dataset and not d.stop.is_set():
                 self.next_dataset = now + DATASET_REBUILD_SECONDS
-                build_dataset(d.engine, d.cfg.home, d.cfg.path("dataset"), dataset_options(t))
+                build_dataset(d.engine, d.cfg.home, d.cfg.path("dataset"), dataset_options(d.cfg))
                 self.labels_changed = False
         except (OSError, OperationalError) as exc:
             log.warning("labelled upkeep failed (%s); trying again soon", exc)
@@ -112,7 +112,7 @@ class Report(Job):
 
         cfg = self.d.cfg
         publish_report(self.d.engine, cfg.path("reports"), home=cfg.home, keep=cfg.reports.keep,
-                       low_confidence=cfg.model.review_below, labels=dataset_options(cfg.training), now=wall,
+                       low_confidence=cfg.model.review_below, labels=dataset_options(cfg), now=wall,
                        review=review_options(cfg))
 
 
