@@ -74,3 +74,27 @@ def test_ece_by_hand(probs, truth, ece):
 
 def test_ece_of_no_rows_is_none():
     assert expected_calibration_error(np.zeros((0, 3)), np.zeros(0)) is None
+
+
+@pytest.mark.parametrize("manifest, expected", [
+    ('{"calibration": {"temperature": 1.8, "ece_before": 0.2, "ece_after": 0.05}}', 1.8),
+    ('{"calibration": null}', 1.0),  # detect, or a split too small: nothing fitted
+    ('{"state": "champion"}', 1.0),  # a version from before calibration
+    ('{"calibration": {"temperature": -3}}', 1.0),
+    ('{"calibration": {"temperature": "warm"}}', 1.0),
+    ('[1, 2]', 1.0),
+    ("{not json", 1.0),
+])
+def test_the_loader_reads_the_temperature_beside_the_weights(tmp_path, manifest, expected):
+    from pipeline.inference.model_loader import manifest_temperature
+
+    (tmp_path / "v0003" / "weights").mkdir(parents=True)
+    (tmp_path / "v0003" / "manifest.json").write_text(manifest)
+    assert manifest_temperature(tmp_path / "v0003" / "weights" / "best.pt") == expected
+
+
+def test_weights_outside_the_registry_are_not_calibrated(tmp_path):
+    from pipeline.inference.model_loader import manifest_temperature
+
+    (tmp_path / "manifest.json").write_text('{"calibration": {"temperature": 2.0}}')
+    assert manifest_temperature(tmp_path / "mine" / "best.pt") == 1.0

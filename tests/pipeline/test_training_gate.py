@@ -112,6 +112,10 @@ def test_per_class_figures_and_the_confusion_matrix_are_stored_and_listed(engine
     assert listed["confusion"] == matrix
     assert (listed["temperature"], listed["ece_before"], listed["ece_after"]) == (1.7, 0.2, 0.04)
     assert [c["class_name"] for c in listed["per_class"]] == CLASSES
+    # the classifier's loader reads T from the manifest the run wrote beside the weights
+    from pipeline.inference.model_loader import manifest_temperature
+
+    assert manifest_temperature(cfg.home / "models" / "v0001" / "weights" / "best.pt") == 1.7
     assert listed["per_class"][0] == {"class_name": "comic", "images": 3, "instances": 4, "precision": 0.75,
                                       "recall": 1.0, "map50": 0.6, "map50_95": 0.5}
 
