@@ -471,8 +471,9 @@ def test_model_quality_shows_each_version_per_class_its_calibration_and_confusio
                                                 ["v0001", "classify", 1.734, 0.2104, 0.0412]]
     confusion = pd.read_excel(path, sheet_name="Model quality", usecols="P:T").dropna(how="all")
     assert list(confusion.columns) == ["version.2", "true \\ predicted", "만화", "동화", "상상화"]
-    assert _values(confusion) == [["v0002", "만화", 38, 2, 0], ["v0002", "동화", 7, 5, 0], ["v0002", "상상화", 1, 0, 1],
-                                  ["v0001", "만화", 36, 4, None], ["v0001", "동화", 5, 7, None]]
+    assert _values(confusion) == [["v0002", "만화", 38, 2, 0], ["v0002", "동화", 7, 5, 0],
+                                  ["v0002", "상상화", 1, 0, 1], ["v0001", "만화", 36, 4, None],
+                                  ["v0001", "동화", 5, 7, None]]
     summary = pd.read_excel(path, sheet_name="Summary")
     items = summary[["item", "value"]].values.tolist()
     assert ["champion confidence calibration", "expected calibration error 0.210 uncalibrated, 0.041 calibrated "
