@@ -128,3 +128,23 @@ def test_listed_figures_are_a_champions_latest_evaluation(engine, cfg):
     train(engine, cfg.home, trainer, fingerprint="e" * 64)
     champion = next(m for m in list_models(engine) if m["version"] == "v0001")
     assert champion["per_class"][0]["recall"] == 0.7
+
+
+def test_a_run_interrupted_before_the_gate_existed_resumes_with_the_configs_gate(engine, cfg):
+    from pipeline.training.queue import run_summary
+    from storage.tables import TrainingRun
+
+    settings = settings_for(cfg.home)
+    old = {k: v for k, v in {**settings.as_params(), **fake_prepare()(engine, settings)}.items()
+           if k not in ("max_class_drop", "gate_min_images")}
+    with session_scope(engine) as s:  # what the version before this one left running when it was restarted
+        run = TrainingRun(state="running", trigger="manual", params=old, version="v0001", epochs=2)
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    TrainingSupervisor(engine, settings, prepare=fake_prepare(), spawn=inline_spawn(engine, FakeTrainer()),
+                       poll_seconds=0).tick(0.0)
+    summary = run_summary(engine, run_id)
+    assert (summary["state"], summary["error"], summary["model_state"]) == ("done", None, "champion")
+    with session_scope(engine) as s:
+        assert s.get(TrainingRun, run_id).params["max_class_drop"] == 0.05
