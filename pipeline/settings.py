@@ -58,7 +58,9 @@ class TrainingSettings:
     min_new_labels: int
     device: str | int | list
     at: str | None
-    promote_min_delta: float
+    promote_min_delta: float  # the candidate's overall score must beat the champion's by at least this
+    max_class_drop: float  # and no class with gate_min_images validation images may lose more recall than this
+    gate_min_images: int
     reclassify_days: int | None
     oom_imgsz_steps: tuple[int, ...]
     dataset: DatasetOptions

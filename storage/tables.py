@@ -256,6 +256,11 @@ class ModelVersion(Base):
     # Why it was promoted or rejected, with both figures on the same validation split.
     decision: Mapped[str | None] = mapped_column(Text)
     dataset_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # classify: softmax(log p / temperature) is the calibrated confidence (pipeline.inference.calibration);
+    # ece_*: its expected calibration error on the validation split before and after. None: not calibrated.
+    temperature: Mapped[float | None] = mapped_column(Float)
+    ece_before: Mapped[float | None] = mapped_column(Float)
+    ece_after: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         # One champion, whatever several daemons or a CLI do at the same moment.
@@ -404,3 +409,6 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[int] = mapped_column(Integer)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+import storage.tables_quality  # noqa: E402,F401 - its tables join Base.metadata wherever tables is imported

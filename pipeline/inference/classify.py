@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.inference import model_loader as ml
+from pipeline.inference.calibration import apply_temperature
 from pipeline.images.decode import MAX_ASPECT
 from pipeline.images.phash import perceptual_hash
 from pipeline.errors import ModelUnavailable, Rejected
@@ -269,7 +270,7 @@ class ClassifyStep(Step):
 
     def _answer(self, model: Model, y: np.ndarray, p: _Prepared) -> _Answer:
         if model.task == "classify":
-            return classify_answer(y, model.names)
+            return classify_answer(apply_temperature(y, model.temperature), model.names)
         rows = e2e_rows(y, self.conf) if model.end2end else nms_rows(y, self.conf, len(model.names))
         return detect_answer(rows, p.geometry, model.names)
 
@@ -293,7 +294,7 @@ def _lower_priority(niceness: int) -> None:
 
 
 def classify_answer(probs: np.ndarray, names: list[str]) -> _Answer:
-    """Top-1 and top-5 from a softmax row (the exported head applies softmax)."""
+    """Top-1 and top-5 from a softmax row (the exported head applies softmax; `_answer` calibrates it first)."""
     top = np.argsort(-probs, kind="stable")[:5]
     top5 = [[names[i], float(probs[i])] for i in top]
     return _Answer(top5[0][0], top5[0][1], top5, [], [(int(top[0]), *corners(*WHOLE_IMAGE))])

@@ -10,7 +10,8 @@ review copies and hot swaps are tested without weights, torch or Ultralytics:
     >>> model.calls                    # (images, threads) per forward; 0: the backend's own thread count
     [(16, 0), (4, 0)]
 
-Rows are what the network gives: classify, softmax probabilities per class; detect, (4 + classes, anchors) of
+Rows are what the network gives: classify, softmax probabilities per class (the step calibrates them with the
+model's `temperature`, pipeline.inference.calibration); detect, (4 + classes, anchors) of
 xywh boxes in input pixels and class scores (Ultralytics' head before NMS), or with `end2end` (YOLO26) up to
 max_det rows of x1, y1, x2, y2, score, class.
 """
@@ -34,6 +35,7 @@ class Model(Protocol):
     version: str  # the version rows name when the registry gives none
     source: str  # where it was loaded from, for messages
     threads: tuple[int, ...]  # the thread counts `forward` can run on, widest first (pipeline.inference.threads picks)
+    temperature: float  # classify: confidences are softmax(log p / temperature); 1.0 leaves them as they are
 
     def forward(self, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
         """(N, 3, H, W) float32 in 0..1 -> N output rows; `threads`: one of `threads` (None: the first)."""
@@ -55,8 +57,10 @@ class FakeModel:
 
     def __init__(self, *, names: list[str], task: str = "classify", answer: Answer | Sequence[float],
                  imgsz: int = 64, stride: int = 32, end2end: bool = False, version: str = "fake@000000000000",
-                 backend: str = "fake", threads: Sequence[int] = (0,), seconds: dict[int, float] | None = None):
+                 backend: str = "fake", threads: Sequence[int] = (0,), seconds: dict[int, float] | None = None,
+                 temperature: float = 1.0):
         self.names, self.task, self.imgsz, self.stride, self.end2end = list(names), task, imgsz, stride, end2end
+        self.temperature = temperature
         self.version, self.backend, self.source = version, backend, f"fake model {version}"
         self.threads = tuple(sorted(set(threads), reverse=True))
         self._answer, self._seconds = answer, seconds or {}

@@ -24,7 +24,9 @@ and the configured weights), never from a drop folder.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -142,12 +144,31 @@ class YoloModel:
         self.version = f"{loaded.path.stem[:40]}@{loaded.sha12}"
         self.source = str(loaded.path)
         self.threads = tuple(sorted(forwards, reverse=True))  # 0: the backend's own thread count
+        self.temperature = manifest_temperature(loaded.path) if loaded.task == "classify" else 1.0
 
     def forward(self, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
         return self._forwards[self.threads[0] if threads is None else threads](batch)
 
     def close(self) -> None:
         self._forwards = {}  # the sessions and the net go with the last reference
+
+
+def manifest_temperature(weights: Path) -> float:
+    """The temperature the registry fitted on the validation split for these weights (the `calibration` of
+    models/VERSION/manifest.json, beside weights/), or 1.0: weights outside the registry, a version trained
+    before calibration existed, or a manifest that says nothing usable."""
+    manifest = Path(weights).parent.parent / "manifest.json"
+    if Path(weights).parent.name != "weights" or not manifest.is_file():
+        return 1.0
+    try:
+        t = float((json.loads(manifest.read_text(encoding="utf-8")).get("calibration") or {}).get("temperature", 1.0))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("%s: no usable calibration (%s); confidences are left uncalibrated", manifest, exc)
+        return 1.0
+    if not (math.isfinite(t) and t > 0):
+        log.warning("%s: temperature %r is not a positive number; confidences are left uncalibrated", manifest, t)
+        return 1.0
+    return t
 
 
 def open_model(weights: str | os.PathLike, *, allowed_roots: list[Path], imgsz: int, backend: str = "auto",

@@ -34,6 +34,7 @@ from pipeline.report.data import (
     scalar_metrics,
     training_attempts,
 )
+from pipeline.report.quality import gate_warnings, model_quality_sheet
 from pipeline.report.sheets import (
     classes_sheet,
     detections_sheet,
@@ -164,11 +165,13 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
         label_issues_sheet(book, issues, order, quality.matrix(order), "same object")
         metric = primary_metric(champ, runs)
         training_sheet(book, runs, champ, metric, attempts=training_attempts(s), figures=model_metrics(s))
+        model_quality_sheet(book, s)
         quarantine = quarantine_sheet(book, conn, chunk_rows)
         corrections_sheet(book, s)
 
         items = _summary_items(book, now, counts, status, champ, metric) + correction_items(correction_figures(s))
         items += [("warning", w) for w in _warnings(status, counts, classes, issues, reasons, runs, book, rules)]
+        items += [("warning", w) for w in gate_warnings([mv for _r, mv in runs if mv is not None][-1:])]
         items += [("note", n) for n in _paging_notes(preds, dets, quarantine)]
         summary_sheet(book, summary_ws, items, _plots(home, champ))
     return preds.rows
@@ -195,6 +198,9 @@ def _summary_items(book: Book, now, counts: dict, status: dict, champ, metric: s
         if metric in metrics:
             items.append((f"champion {metric}", metrics.pop(metric)))
         items += [(f"champion {k}", v) for k, v in metrics.items()]
+        if champ.temperature is not None:
+            items.append(("champion confidence calibration", f"expected calibration error {champ.ece_before:.3f} "
+                          f"uncalibrated, {champ.ece_after:.3f} calibrated (temperature {champ.temperature:.2f})"))
     return items
 
 

@@ -129,16 +129,21 @@ def _finish(engine, run_id, trainer, spec, settings, params, folder, manifest) -
     best = folder / "weights" / "best.pt"
     evaluation = trainer.evaluate(best, task=task, data=data, device=settings.device)
     champ_eval, champ_version = _evaluate_champion(engine, trainer, settings, params)
+    # Before the version is recorded: the classifier may load it the moment it is champion, and reads its
+    # temperature from this manifest (pipeline.inference.model_loader).
+    manifest.update(arch=spec.arch, calibration=evaluation.calibration)
+    registry.write_manifest(folder, manifest)
     with session_scope(engine) as s:
         mv = registry.record_version(s, version=folder.name, task=task, folder=os.path.relpath(folder, settings.home),
                                      classes=params["classes"], fingerprint=params["fingerprint"],
                                      evaluation=evaluation, champion_eval=champ_eval,
-                                     min_delta=settings.promote_min_delta)
+                                     min_delta=settings.promote_min_delta, max_class_drop=settings.max_class_drop,
+                                     gate_min_images=settings.gate_min_images)
         run = s.get(TrainingRun, run_id)
         run.model_version_id, run.metrics = mv.id, evaluation.overall
         run.state, run.finished_at, run.pid, run.eta_seconds = "done", utcnow(), None, 0.0
         state, decision = mv.state, mv.decision
-    manifest.update(arch=spec.arch, state=state, decision=decision, metrics=asdict(evaluation),
+    manifest.update(state=state, decision=decision, metrics=asdict(evaluation),
                     champion={"version": champ_version, "metrics": asdict(champ_eval) if champ_eval else None})
     registry.write_manifest(folder, manifest)
 
@@ -205,7 +210,7 @@ def _clean(folder: Path) -> None:
 
 def _new_manifest(run_id, version, params, settings: TrainingSettings) -> dict:
     keys = ("task", "base", "epochs", "imgsz", "batch", "patience", "device", "balance", "max_repeat", "conflicts",
-            "val_fraction", "promote_min_delta", "oom_imgsz_steps")
+            "val_fraction", "promote_min_delta", "max_class_drop", "gate_min_images", "oom_imgsz_steps")
     return {"version": version, "run_id": run_id, "created_at": utcnow().isoformat(),
             "dataset": {k: params.get(k) for k in ("fingerprint", "data", "dataset_version_id")},
             "classes": params.get("classes"), "parameters": {k: params.get(k) for k in keys}, "attempts": []}

@@ -149,7 +149,7 @@ class TrainingSupervisor:
             return
         try:
             with session_scope(self.engine) as s:
-                prepared = bool(s.get(TrainingRun, run_id).params)  # a resumed run keeps its dataset snapshot
+                prepared = _keep_params(s.get(TrainingRun, run_id), self.settings)
             params = None if prepared else {**self.settings.as_params(), **self._prepare()}
             with session_scope(self.engine) as s:  # written after the build: its own transactions come first
                 run = s.get(TrainingRun, run_id)
@@ -254,6 +254,17 @@ def _alive(pid: int | None) -> bool:
     except Exception:  # noqa: BLE001 - gone, or not ours to look at
         return False
     return any(mark in cmd for mark in ("pipeline.training.job", "coverwatch", "watcher"))
+
+
+def _keep_params(run: TrainingRun, settings: TrainingSettings) -> bool:
+    """A resumed run keeps its dataset snapshot and settings; one interrupted by the restart that upgraded
+    coverwatch takes the config's value for a setting added since (training.max_class_drop, say)."""
+    if not run.params:
+        return False
+    missing = {k: v for k, v in settings.as_params().items() if k not in run.params}
+    if missing:
+        run.params = {**run.params, **missing}
+    return True
 
 
 def _first_line(text: str | None) -> str:

@@ -22,6 +22,7 @@ from pipeline.training.backoff import AttemptSpec, TrainingInterrupted
 from pipeline.inference.device import resolve_device
 from pipeline.errors import TrainingError
 from pipeline.labels.formats import is_class_name
+from pipeline.training.quality import classify_evaluation, detect_confusion
 from pipeline.training.registry import Evaluation
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,19 @@ class UltralyticsTrainer:
                     **args)
 
     def evaluate(self, weights: Path, *, task: str, data: Path, device) -> Evaluation:
-        """Figures of `weights` on the val split of `data`, at the image size it was trained with."""
+        """Figures of `weights` on the val split of `data`, at the image size it was trained with: per class
+        images, precision, recall (detect: mAP50 too), the confusion matrix, and (classify) the temperature that
+        calibrates its confidence on that split (`pipeline.training.quality`)."""
         from ultralytics import YOLO
 
         with tempfile.TemporaryDirectory(prefix="coverwatch-val-") as tmp:
             model = YOLO(str(weights), task=task)
-            r = model.val(data=str(_data_for(task, data, Path(tmp))), split="val", device=resolve_device(device),
-                          batch=16, plots=False, verbose=False, project=tmp, name="val", workers=0)
-        if task == "classify":
-            return Evaluation({"top1": float(r.top1), "top5": float(r.top5)})
+            view = _data_for(task, data, Path(tmp))
+            if task == "classify":
+                return _classify_evaluation(model, view / "val", resolve_device(device))
+            # plots=True: Ultralytics fills its confusion matrix only then (the plots land in `tmp`).
+            r = model.val(data=str(view), split="val", device=resolve_device(device), batch=16, plots=True,
+                          verbose=False, project=tmp, name="val", workers=0)
         return _detect_evaluation(r)
 
     @staticmethod
@@ -114,7 +119,29 @@ def _detect_evaluation(r) -> Evaluation:
         rows.append({"class_name": r.names[int(c)], "precision": p, "recall": rec, "map50": ap50, "map50_95": ap,
                      "images": int(per_image[c]) if per_image is not None else None,
                      "instances": int(per_class_n[c]) if per_class_n is not None else None})
-    return Evaluation(overall, rows)
+    matrix = getattr(getattr(r, "confusion_matrix", None), "matrix", None)
+    names = [str(r.names[i]) for i in range(len(r.names))]
+    return Evaluation(overall, rows, detect_confusion(matrix, names) if matrix is not None else None)
+
+
+def _classify_evaluation(model, val_dir: Path, device) -> Evaluation:
+    """Every val image through the model (Ultralytics' own classify transforms), its softmax row kept."""
+    import numpy as np
+
+    names = [str(model.names[i]) for i in range(len(model.names))]
+    index = {n: i for i, n in enumerate(names)}
+    paths, truth = [], []
+    for folder in sorted(p for p in val_dir.iterdir() if p.is_dir()) if val_dir.is_dir() else []:
+        if folder.name not in index:
+            log.warning("validation class %r is not one of the model's classes; left out", folder.name)
+            continue
+        for image in sorted(folder.iterdir()):
+            paths.append(str(image))
+            truth.append(index[folder.name])
+    probs = [r.probs.data.float().cpu().numpy()
+             for i in range(0, len(paths), 64)
+             for r in model.predict(paths[i:i + 64], device=device, batch=16, verbose=False)]
+    return classify_evaluation(np.stack(probs) if probs else np.zeros((0, len(names))), np.array(truth, int), names)
 
 
 def _data_for(task: str, data: Path, scratch: Path) -> Path:

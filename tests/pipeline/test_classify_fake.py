@@ -181,6 +181,36 @@ def test_a_champion_that_cannot_load_leaves_the_working_model_and_is_retried_lat
     assert step(items([path]))[0].model_version == "v1" and opened == ["m1", "broken", "broken"]
 
 
+# -- calibrated confidence -------------------------------------------------------------------------------
+
+
+def test_the_step_applies_the_models_temperature_to_every_confidence(make_step, tmp_path):
+    review = tmp_path / "review"
+    raw = FakeModel(names=["light", "dark", "gray"], answer=[0.9, 0.06, 0.04])
+    hot = FakeModel(names=["light", "dark", "gray"], answer=[0.9, 0.06, 0.04], temperature=2.0)
+    path = gray(tmp_path / "inbox" / "a.png", 230)
+    plain = make_step({"w1": raw}, review_dir=tmp_path / "raw-review", review_below=0.7)[0](items([path]))[0]
+    assert (plain.predicted_class, plain.confidence) == ("light", pytest.approx(0.9))
+    assert [p for _, p in plain.top5] == pytest.approx([0.9, 0.06, 0.04])  # T = 1 changes nothing
+    assert not (tmp_path / "raw-review" / "a.png").exists()
+    calibrated = make_step({"w1": hot}, review_dir=review, review_below=0.7)[0](items([path]))[0]
+    expected = np.sqrt([0.9, 0.06, 0.04]) / np.sqrt([0.9, 0.06, 0.04]).sum()  # softmax(log p / 2)
+    assert calibrated.predicted_class == "light" and calibrated.confidence == pytest.approx(expected[0], abs=1e-6)
+    assert [p for _, p in calibrated.top5] == pytest.approx(list(expected), abs=1e-6)
+    assert calibrated.confidence < 0.7 and (review / "a.png").exists(), "review_below judges the calibrated value"
+
+
+def test_the_temperature_follows_a_hot_swap_to_a_new_champion(make_step, tmp_path):
+    v1 = FakeModel(names=["light", "dark"], answer=[0.8, 0.2], temperature=1.0)
+    v2 = FakeModel(names=["light", "dark"], answer=[0.8, 0.2], temperature=3.0)
+    champions = iter([("v1", "m1"), ("v2", "m2")])
+    step, _ = make_step({"m1": v1, "m2": v2}, model_source=lambda: next(champions))
+    path = gray(tmp_path / "inbox" / "a.png", 230)
+    first, second = step(items([path]))[0], step(items([path]))[0]
+    assert (first.model_version, first.confidence) == ("v1", pytest.approx(0.8))
+    assert (second.model_version, second.confidence) == ("v2", pytest.approx(4 ** (1 / 3) / (4 ** (1 / 3) + 1)))
+
+
 def test_without_any_model_every_item_is_awaiting_model(make_step, tmp_path):
     step, _ = make_step({}, model_source=lambda: None)
     out = step(items([gray(tmp_path / "inbox" / "a.png", 230)] * 2))

@@ -24,8 +24,8 @@ from storage.tables import (ClassName, Detection, File, Label, ModelMetric, Mode
 from tests.pipeline.training_fakes import options_for
 
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
-SHEETS = ["Summary", "Predictions", "Detections", "Classes", "Label issues", "Training runs", "Quarantine",
-          "Corrections"]
+SHEETS = ["Summary", "Predictions", "Detections", "Classes", "Label issues", "Training runs", "Model quality",
+          "Quarantine", "Corrections"]
 CLASSES = ["만화", "동화", "상상화"]
 
 
@@ -316,6 +316,8 @@ def test_an_empty_database_gives_every_sheet_with_its_columns(engine, home):
                                                  "model_version", "time", "archive_path", "looks_like"]
     assert list(book["Quarantine"].columns) == ["original_name", "reason", "explanation", "detail", "time", "path"]
     assert list(book["Training runs"].columns)[:3] == ["run", "attempt", "state"]
+    assert list(book["Model quality"].columns)[:7] == ["version", "state", "class", "val_images", "precision",
+                                                       "recall", "map50"]
     assert all(book[name].empty for name in SHEETS[1:])
     items = dict(book["Summary"][["item", "value"]].values.tolist())
     assert items["champion model"] == "none yet"
@@ -450,3 +452,48 @@ def test_the_quarantine_sheet_explains_every_reason(engine, home):
     explained = dict(sheet[["reason", "explanation"]].values.tolist())
     assert explained == REASONS
     assert explained["replaced"] and explained["vanished"] and explained["processing_error"]
+
+
+def test_model_quality_shows_each_version_per_class_its_calibration_and_confusion(engine, home):
+    from storage.tables_quality import ModelConfusion
+
+    with session_scope(engine) as s:
+        v1 = ModelVersion(version="v0001", task="classify", path="models/v0001", state="champion", classes=CLASSES,
+                          created_at=T0, promoted_at=T0, metrics={"top1": 0.8}, temperature=1.734,
+                          ece_before=0.2104, ece_after=0.0412, decision="no comparable champion; top1 0.8000")
+        v2 = ModelVersion(version="v0002", task="classify", path="models/v0002", state="rejected", classes=CLASSES,
+                          created_at=T0, metrics={"top1": 0.85}, temperature=1.2, ece_before=0.1, ece_after=0.05,
+                          decision="rejected: 동화 recall 0.61 -> 0.42 (-0.19, more than training.max_class_drop "
+                                   "0.05); overall top1 0.8500 vs champion 0.8000 (+0.0500, needs +0)")
+        s.add_all([v1, v2])
+        s.flush()
+        s.add(TrainingRun(state="done", trigger="manual", model_version_id=v2.id, requested_at=T0))
+        for mv, recalls in ((v1, (0.9, 0.61, 0.5)), (v2, (0.95, 0.42, 0.5))):
+            s.add_all(ModelMetric(model_version_id=mv.id, class_name=c, images=n, precision=0.7, recall=r)
+                      for c, n, r in zip(CLASSES, (40, 12, 2), recalls))
+        s.add(ModelConfusion(model_version_id=v1.id, classes=CLASSES[:2], matrix=[[36, 4], [5, 7]]))
+        s.add(ModelConfusion(model_version_id=v2.id, classes=CLASSES, matrix=[[38, 2, 0], [7, 5, 0], [1, 0, 1]]))
+    path = _write(engine, home)
+    per_class = pd.read_excel(path, sheet_name="Model quality", usecols="A:G")
+    assert _values(per_class) == [
+        ["v0002", "rejected", "만화", 40, 0.7, 0.95, None], ["v0002", "rejected", "동화", 12, 0.7, 0.42, None],
+        ["v0002", "rejected", "상상화", 2, 0.7, 0.5, None], ["v0001", "champion", "만화", 40, 0.7, 0.9, None],
+        ["v0001", "champion", "동화", 12, 0.7, 0.61, None], ["v0001", "champion", "상상화", 2, 0.7, 0.5, None]]
+    calibration = pd.read_excel(path, sheet_name="Model quality", usecols="I:N").dropna(how="all")
+    assert list(calibration.columns) == ["version.1", "task", "temperature", "ece_uncalibrated", "ece_calibrated",
+                                         "decision"]
+    assert _values(calibration.iloc[:, :5]) == [["v0002", "classify", 1.2, 0.1, 0.05],
+                                                ["v0001", "classify", 1.734, 0.2104, 0.0412]]
+    confusion = pd.read_excel(path, sheet_name="Model quality", usecols="P:T").dropna(how="all")
+    assert list(confusion.columns) == ["version.2", "true \\ predicted", "만화", "동화", "상상화"]
+    assert _values(confusion) == [["v0002", "만화", 38, 2, 0], ["v0002", "동화", 7, 5, 0],
+                                  ["v0002", "상상화", 1, 0, 1], ["v0001", "만화", 36, 4, None],
+                                  ["v0001", "동화", 5, 7, None]]
+    summary = pd.read_excel(path, sheet_name="Summary")
+    items = summary[["item", "value"]].values.tolist()
+    assert ["champion confidence calibration", "expected calibration error 0.210 uncalibrated, 0.041 calibrated "
+            "(temperature 1.73)"] in items
+    assert ["warning", "Model v0002 was not promoted: 동화 recall 0.61 -> 0.42 (-0.19, more than "
+            "training.max_class_drop 0.05); overall top1 0.8500 vs champion 0.8000 (+0.0500, needs +0). A class "
+            "the model stopped recognising often means too few or mislabelled covers of it; see the Model quality "
+            "sheet."] in items

@@ -27,12 +27,17 @@ class FakeTrainer:
     """Trains nothing: writes weights files, reports epochs, and raises out-of-memory as scripted.
 
     `oom(spec)` says whether an attempt runs out of memory; `scores` maps a version folder name to the mAP50-95
-    its best.pt evaluates to (default 0.5); `stop_after` makes should_stop() true after that many epochs.
+    its best.pt evaluates to (default 0.5); `classes` maps a version to {class: figures} that replace that class's
+    default figures (recall 0.5 on 3 images), e.g. {"v0002": {"painting": {"recall": 0.42, "images": 12}}}, and a
+    class given None is left out of that version's figures; `confusion` and `calibration` map a version to what
+    its Evaluation carries; `stop_after` makes should_stop() true after that many epochs.
     """
 
     def __init__(self, *, oom=lambda spec: False, scores: dict | None = None, fail: Exception | None = None,
-                 wrapped: bool = False):
+                 wrapped: bool = False, classes: dict | None = None, confusion: dict | None = None,
+                 calibration: dict | None = None):
         self.oom, self.scores, self.fail, self.wrapped = oom, scores or {}, fail, wrapped
+        self.classes, self.confusion, self.calibration = classes or {}, confusion or {}, calibration or {}
         self.calls: list[AttemptSpec] = []
         self.evaluated: list[Path] = []
 
@@ -57,11 +62,14 @@ class FakeTrainer:
 
     def evaluate(self, weights, *, task, data, device):
         self.evaluated.append(Path(weights))
-        score = self.scores.get(Path(weights).parent.parent.name, 0.5)
+        version = Path(weights).parent.parent.name
+        score = self.scores.get(version, 0.5)
+        scripted = self.classes.get(version, {})
+        per_class = [{"class_name": c, "precision": 0.6, "recall": 0.5, "map50": score + 0.1, "map50_95": score,
+                      "images": 3, "instances": 4, **scripted.get(c, {})}
+                     for c in [*CLASSES, *(c for c in scripted if c not in CLASSES)] if scripted.get(c, {}) is not None]
         return Evaluation({"precision": 0.6, "recall": 0.5, "map50": score + 0.1, "map50_95": score,
-                           "instances": 10},
-                          [{"class_name": c, "precision": 0.6, "recall": 0.5, "map50": score + 0.1,
-                            "map50_95": score, "images": 3, "instances": 4} for c in CLASSES])
+                           "instances": 10}, per_class, self.confusion.get(version), self.calibration.get(version))
 
 
 class InlineJob:

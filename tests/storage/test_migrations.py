@@ -10,12 +10,14 @@ from storage.db import current_revision, make_engine, upgrade_database
 from storage.tables import Base
 from tests.conftest import USE_POSTGRES
 
+HEAD = "0009"
+
 
 def test_empty_database_upgrades_to_head_matching_the_models(db_url):
     engine = make_engine(db_url)
     try:
         upgrade_database(engine)
-        assert current_revision(engine) == "0009"
+        assert current_revision(engine) == HEAD
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == []
@@ -28,7 +30,7 @@ def test_upgrade_is_idempotent(db_url):
     try:
         upgrade_database(engine)
         upgrade_database(engine)
-        assert current_revision(engine) == "0009"
+        assert current_revision(engine) == HEAD
     finally:
         engine.dispose()
 
@@ -45,7 +47,7 @@ def test_database_from_an_older_revision_keeps_its_rows(db_url):
                 " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
             conn.execute(text("INSERT INTO classes (name, position, created_at) VALUES ('만화', 0, '2026-01-01')"))
         upgrade_database(engine)
-        assert current_revision(engine) == "0009"
+        assert current_revision(engine) == HEAD
         with engine.connect() as conn:
             assert conn.execute(text("SELECT source_path, state FROM files")).all() == [("a/b.jpg", "processed")]
             assert conn.execute(text("SELECT name FROM classes")).all() == [("만화",)]
@@ -63,5 +65,29 @@ def test_sqlite_pragmas_are_set_on_every_connection(tmp_path):
             assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
             assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 10_000
             assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    finally:
+        engine.dispose()
+
+
+def test_0006_keeps_model_versions_and_goes_back_down(db_url):
+    from alembic import command
+
+    from storage.db import _alembic_config
+
+    engine = make_engine(db_url)
+    try:
+        upgrade_database(engine, "0005")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO model_versions (version, task, path, state, created_at)"
+                              " VALUES ('v0001', 'classify', 'models/v0001', 'champion', '2026-01-01')"))
+        upgrade_database(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version, temperature, ece_before, ece_after FROM model_versions")
+                                ).all() == [("v0001", None, None, None)]
+            assert conn.execute(text("SELECT count(*) FROM model_confusions")).scalar() == 0
+        command.downgrade(_alembic_config(engine), "0005")
+        assert current_revision(engine) == "0005"
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM model_versions")).all() == [("v0001",)]
     finally:
         engine.dispose()

@@ -29,6 +29,7 @@ def test_defaults_for_every_key(tmp_path):
     assert (t.base, t.epochs, t.imgsz, t.batch, t.patience, t.min_new_labels, t.val_fraction, t.balance) == (
         "yolo11n.yaml", 100, 640, "auto", 20, 50, 0.2, "none")
     assert (t.max_repeat, t.conflicts, t.ambiguity_iou, t.imbalance_warn_ratio) == (4, "exclude", 0.7, 5.0)
+    assert (t.promote_min_delta, t.max_class_drop, t.gate_min_images) == (0.0, 0.05, 10)
     assert cfg.reports.every_minutes == 60
 
 
@@ -72,6 +73,13 @@ def test_config_is_frozen(tmp_path):
         ("training: {balance: always}", "training.balance: input should be 'none' or 'oversample' (got 'always')"),
         ("training: {max_repeat: 0}", "training.max_repeat: input should be greater than 0 (got 0)"),
         ("training: {conflicts: first}", "training.conflicts: input should be 'exclude' or 'latest' (got 'first')"),
+        ("training: {max_class_drop: 1.5}",
+         "training.max_class_drop: input should be less than or equal to 1 (got 1.5)"),
+        ("training: {max_class_drop: -0.1}",
+         "training.max_class_drop: input should be greater than or equal to 0 (got -0.1)"),
+        ("training: {gate_min_images: -1}",
+         "training.gate_min_images: input should be greater than or equal to 0 (got -1)"),
+        ("training: {gate_min_images: 2.5}", "training.gate_min_images: input should be a valid integer (got 2.5)"),
         ("model: {conf: 2}", "model.conf: input should be less than or equal to 1 (got 2)"),
         ("model: {imgsz: big}", "model.imgsz: input should be a valid integer (got 'big')"),
         ("model: {backend: tensorrt}", "model.backend: input should be 'auto', 'torch' or 'onnx' (got 'tensorrt')"),

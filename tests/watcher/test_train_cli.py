@@ -108,3 +108,46 @@ def test_status_shows_a_run_that_failed_in_training(home, engine):
     assert f"last training: run 1 v0001 failed {done.astimezone():%Y-%m-%d %H:%M}: TypeError: cross_entropy_loss(): " \
            "argument 'input' must be Tensor, not dict" in plain
     assert "training: idle" in plain
+
+
+def test_models_list_shows_per_class_figures_calibration_and_the_confusion_matrix(home, engine):
+    from storage.tables import ModelMetric
+    from storage.tables_quality import ModelConfusion
+
+    with session_scope(engine) as s:
+        mv = ModelVersion(version="v0001", task="classify", path="models/v0001", state="champion",
+                          classes=["만화", "동화"], metrics={"top1": 0.8}, promoted_at=datetime.now(timezone.utc),
+                          temperature=1.734, ece_before=0.2104, ece_after=0.0412)
+        s.add(mv)
+        s.flush()
+        s.add_all([ModelMetric(model_version_id=mv.id, class_name=None, top1=0.8, images=25),
+                   ModelMetric(model_version_id=mv.id, class_name="만화", images=20, precision=0.85, recall=0.9),
+                   ModelMetric(model_version_id=mv.id, class_name="동화", images=5, precision=0.5, recall=0.4),
+                   ModelConfusion(model_version_id=mv.id, classes=["만화", "동화"], matrix=[[18, 2], [3, 2]])])
+    listed = cli(home, "models", "list").stdout.splitlines()
+    assert listed[0].split()[:4] == ["v0001", "champion", "top1", "0.8000"]
+    assert listed[1:] == [
+        "    calibration: temperature 1.73, expected calibration error 0.210 -> 0.041",
+        "    class  images  precision  recall",
+        "    만화         20       0.85    0.90",
+        "    동화          5       0.50    0.40",
+        "    confusion matrix, rows true, columns predicted (만화, 동화):",
+        "    만화      18   2",
+        "    동화       3   2"]
+    (row,) = json.loads(cli(home, "models", "list", "--json").stdout)
+    assert (row["temperature"], row["ece_before"], row["ece_after"]) == (1.734, 0.2104, 0.0412)
+    assert row["per_class"] == [{"class_name": "만화", "images": 20, "precision": 0.85, "recall": 0.9},
+                                {"class_name": "동화", "images": 5, "precision": 0.5, "recall": 0.4}]
+    assert row["confusion"] == {"classes": ["만화", "동화"], "matrix": [[18, 2], [3, 2]]}
+
+
+def test_models_promote_forces_a_candidate_the_gate_refused(home, engine):
+    seed_models(engine)
+    with session_scope(engine) as s:
+        s.scalar(select(ModelVersion).where(ModelVersion.version == "v0003")).decision = (
+            "rejected: a recall 0.61 -> 0.42 (-0.19, more than training.max_class_drop 0.05)")
+    assert cli(home, "models", "promote", "v0003").stdout.strip() == "v0003 is the champion"
+    rows = {r["version"]: r for r in json.loads(cli(home, "models", "list", "--json").stdout)}
+    assert rows["v0003"]["state"] == "champion" and rows["v0002"]["state"] == "retired"
+    assert rows["v0003"]["decision"] == ("rejected: a recall 0.61 -> 0.42 (-0.19, more than "
+                                         "training.max_class_drop 0.05); promoted by hand")

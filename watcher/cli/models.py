@@ -69,6 +69,35 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
         score = "-" if m["score"] is None else f"{m['score']:.4f}"
         click.echo(f"{m['version']}  {m['state']:<11} {m['score_name']} {score}  {m['classes']} classes  "
                    f"{m['created_at']:%Y-%m-%d %H:%M}  {m['decision'] or ''}")
+        for line in _quality_lines(m):
+            click.echo(f"    {line}")
+
+
+def _quality_lines(m: dict) -> list[str]:
+    """Under a version: its calibration, its figures per class and its confusion matrix (latest evaluation)."""
+    out = []
+    if m["temperature"] is not None:
+        out.append(f"calibration: temperature {m['temperature']:.2f}, expected calibration error "
+                   f"{_figure(m['ece_before'], 3)} -> {_figure(m['ece_after'], 3)}")
+    confusion = m["confusion"] or {"classes": [], "matrix": []}
+    width = max([5, *(len(c["class_name"]) for c in m["per_class"]), *map(len, confusion["classes"])])
+    if m["per_class"]:
+        detect = m["task"] == "detect"
+        out.append(f"{'class':<{width}}  images  precision  recall" + ("   mAP50" if detect else ""))
+        for c in m["per_class"]:
+            out.append(f"{c['class_name']:<{width}}  {_figure(c.get('images'), 0):>6}  "
+                       f"{_figure(c.get('precision'), 2):>9}  {_figure(c.get('recall'), 2):>6}"
+                       + (f"  {_figure(c.get('map50'), 2):>6}" if detect else ""))
+    if confusion["matrix"]:
+        cell = max(3, *(len(str(v)) for row in confusion["matrix"] for v in row))
+        out.append(f"confusion matrix, rows true, columns predicted ({', '.join(confusion['classes'])}):")
+        out += [f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row)
+                for name, row in zip(confusion["classes"], confusion["matrix"])]
+    return out
+
+
+def _figure(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if digits else str(int(value))
 
 
 @models.command("promote")

@@ -92,6 +92,8 @@ class TrainingConfig(_Section):
     device: str | int | list[int] = "auto"
     at: str | None = None
     promote_min_delta: NonNegFloat = 0.0
+    max_class_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+    gate_min_images: Annotated[int, Field(ge=0, strict=True)] = 10
     reclassify_days: PositiveInt | None = None
     oom_imgsz_steps: tuple[PositiveInt, ...] = (512, 416, 320)
 
