@@ -15,7 +15,7 @@ def test_empty_database_upgrades_to_head_matching_the_models(db_url):
     engine = make_engine(db_url)
     try:
         upgrade_database(engine)
-        assert current_revision(engine) == "0005"
+        assert current_revision(engine) == "0007"
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == []
@@ -28,7 +28,7 @@ def test_upgrade_is_idempotent(db_url):
     try:
         upgrade_database(engine)
         upgrade_database(engine)
-        assert current_revision(engine) == "0005"
+        assert current_revision(engine) == "0007"
     finally:
         engine.dispose()
 
@@ -45,7 +45,7 @@ def test_database_from_an_older_revision_keeps_its_rows(db_url):
                 " '2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
             conn.execute(text("INSERT INTO classes (name, position, created_at) VALUES ('만화', 0, '2026-01-01')"))
         upgrade_database(engine)
-        assert current_revision(engine) == "0005"
+        assert current_revision(engine) == "0007"
         with engine.connect() as conn:
             assert conn.execute(text("SELECT source_path, state FROM files")).all() == [("a/b.jpg", "processed")]
             assert conn.execute(text("SELECT name FROM classes")).all() == [("만화",)]
