@@ -43,7 +43,7 @@ EXIT_INTERRUPTED = 75  # the job stopped on request; resume it
 
 def spawn_job(run_id: int, *, database_url: str, log_path: Path, cwd: Path, trainer: str | None = None):
     """Start `python -m pipeline.training.job` for a run; its output goes to `log_path`."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding pipeline/
     env = {**os.environ, DB_ENV: database_url,
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "pipeline.training.job", "--run", str(run_id)]
