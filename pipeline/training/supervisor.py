@@ -135,13 +135,26 @@ class TrainingSupervisor:
                 run.state, run.finished_at, run.pid = "failed", utcnow(), None
                 run.error = f"the training process ended with {_exit_text(rc)} without recording a result"
             mv = s.get(ModelVersion, run.model_version_id) if run.model_version_id else None
-            state, version, error = run.state, run.version, run.error
+            state, version, error, kind = run.state, run.version, run.error, run.kind
             outcome = f"{mv.state} ({mv.decision})" if mv is not None else None
+            if kind == "audit":
+                outcome = ", ".join(f"{k} {v}" for k, v in (run.metrics or {}).items())
         if state == "failed":
-            log.error("training run %d (%s) failed: %s; see %s", run_id, version, _first_line(error),
+            log.error("%s run %d (%s) failed: %s; see %s", _word(kind), run_id, version, _first_line(error),
                       self._shown(self._log_path(version)))
         elif state == "done":
-            log.info("training run %d (%s) done: %s", run_id, version, outcome or "no model recorded")
+            log.info("%s run %d (%s) done: %s", _word(kind), run_id, version, outcome or "no model recorded")
+            if kind == "train":
+                self._audit_after_training()
+
+    def _audit_after_training(self) -> None:
+        """`training.audit_folds` > 0: every finished training run is followed by an audit of its labels."""
+        if not self.settings.audit_folds:
+            return
+        if self.settings.task != "classify":
+            log.info("training.audit_folds is set, but the label audit covers task: classify only; none queued")
+            return
+        request_training(self.engine, "training", kind="audit", folds=self.settings.audit_folds)
 
     def _start_next(self) -> None:
         run_id = self._claim()
@@ -155,8 +168,9 @@ class TrainingSupervisor:
                 run = s.get(TrainingRun, run_id)
                 if params is not None:
                     run.params, run.dataset_version_id = params, params.get("dataset_version_id")
-                    run.epochs = self.settings.epochs
-                version = run.version
+                    run.epochs = self.settings.epochs if run.kind == "train" else \
+                        run.epochs or self.settings.audit_epochs  # `coverwatch audit --epochs` set it
+                version, kind = run.version, run.kind
         except Exception as exc:  # noqa: BLE001 - no dataset, a build error: this run fails, the daemon goes on
             self._fail(run_id, f"cannot prepare the dataset: {exc}")
             return
@@ -168,26 +182,31 @@ class TrainingSupervisor:
             return
         with session_scope(self.engine) as s:
             s.get(TrainingRun, run_id).pid = getattr(self.proc, "pid", None)
-        log.info("training run %d started as %s", run_id, version)
+        log.info("%s run %d started as %s", _word(kind), run_id, version)
 
     def _claim(self) -> int | None:
-        """A run of ours interrupted by a restart (to resume), else the queued one; None when busy or idle."""
+        """A run of ours interrupted by a restart (to resume), else the queued one (training before an audit);
+        None when busy or idle."""
         from pipeline.training.registry import version_name
 
         with session_scope(self.engine) as s:
-            running = s.scalar(select(TrainingRun).where(TrainingRun.state == "running"))
-            if running is not None:
-                if running.host not in (None, self.host) or _alive(running.pid):
-                    return None  # another host's run, or a job still alive from before a restart
-                log.info("resuming training run %d, interrupted by a restart", running.id)
-                running.pid = os.getpid()  # ours from now on: nobody else resumes it while we prepare
-                return running.id
-            queued = s.scalar(select(TrainingRun).where(TrainingRun.state == "queued"))
+            running = list(s.scalars(select(TrainingRun).where(TrainingRun.state == "running")
+                                     .order_by(TrainingRun.id)))
+            for run in running:
+                if run.host not in (None, self.host) or _alive(run.pid):
+                    continue  # another host's run, or a job still alive from before a restart
+                log.info("resuming %s run %d, interrupted by a restart", _word(run.kind), run.id)
+                run.pid = os.getpid()  # ours from now on: nobody else resumes it while we prepare
+                return run.id
+            if running:
+                return None  # one process at a time on a host: the other kind waits for it
+            queued = s.scalar(select(TrainingRun).where(TrainingRun.state == "queued")
+                              .order_by(TrainingRun.kind.desc(), TrainingRun.id).limit(1))  # train > audit
             if queued is None:
                 return None
             claimed = s.execute(update(TrainingRun).where(TrainingRun.id == queued.id, TrainingRun.state == "queued")
                                 .values(state="running", started_at=utcnow(), host=self.host, pid=os.getpid(),
-                                        version=version_name(queued.id))).rowcount
+                                        version=version_name(queued.id, queued.kind))).rowcount
             return queued.id if claimed else None
 
     def _prepare(self) -> dict:
@@ -256,6 +275,10 @@ def _alive(pid: int | None) -> bool:
     return any(mark in cmd for mark in ("pipeline.training.job", "coverwatch", "watcher"))
 
 
+def _word(kind: str | None) -> str:
+    return "training" if kind in (None, "train") else kind
+
+
 def _first_line(text: str | None) -> str:
     text = (text or "").strip()
     return text.splitlines()[0] if text else "failed"
@@ -281,8 +304,8 @@ def run_until_done(engine, settings: TrainingSettings, run_id: int, *, database_
             summary = run_summary(engine, run_id)
             if summary["state"] in ("done", "failed"):
                 return summary
-            if on_progress and (summary["state"], summary["epoch"]) != shown:
-                shown = (summary["state"], summary["epoch"])
+            if on_progress and (summary["state"], summary["fold"], summary["epoch"]) != shown:
+                shown = (summary["state"], summary["fold"], summary["epoch"])
                 on_progress(summary)
             time.sleep(poll_seconds)
     finally:

@@ -6,7 +6,7 @@ the daemon: systemd restarts on 1 and not on 2 (RestartPreventExitStatus=2). No 
 A training run that failed (`train --wait`) prints its error in one line and exits 1.
 
 The commands live by topic: `base` (the root group, -c, the config and database of one command, error lines),
-`service`, `status`, `data`, `models`.
+`service`, `status`, `data`, `models`, `audit`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from watcher.cli import data, models, service, status  # noqa: F401  (each registers its commands on `cli`)
+from watcher.cli import audit, data, models, service, status  # noqa: F401  (each registers its commands on `cli`)
 from watcher.cli.base import cli
 
 __all__ = ["cli", "main"]
