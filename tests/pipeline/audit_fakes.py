@@ -23,32 +23,42 @@ COLOURS = {"comic": (220, 30, 30), "fairy_tale": (30, 200, 40), "painting": (40,
 
 
 def make_snapshot(engine, home: Path, images: list[tuple[str, str]], *, version: int = 1) -> Path:
-    """`images`: (colour class, given label) each; returns the snapshot's data.yaml. Each image gets a File and a
-    Sample row under its content hash, as the labelled pipeline records them."""
+    """`images`: (colour class, given label) each, as 16 x 16 solid colours; returns the snapshot's data.yaml."""
+    pictures = []
+    for n, (colour, given) in enumerate(images):
+        r, g, b = COLOURS[colour]
+        pictures.append((Image.new("RGB", (16, 16), (r, g, (b + n) % 256)), given))  # n: every content differs
+    return snapshot_of(engine, home, pictures, CLASSES, version=version)
+
+
+def snapshot_of(engine, home: Path, pictures: list[tuple[Image.Image, str]], classes: list[str], *,
+                version: int = 1) -> Path:
+    """A dataset snapshot of these (picture, given class) pairs, every fifth in val; each image gets a File and
+    a Sample row under its content hash, as the labelled pipeline records them. Returns its data.yaml."""
     snap = home / "dataset" / f"v{version:06d}"
     for sub in ("images/train", "images/val", "labels/train", "labels/val"):
         (snap / sub).mkdir(parents=True, exist_ok=True)
     with session_scope(engine) as s:
-        for n, (colour, given) in enumerate(images):
+        for n, (picture, given) in enumerate(pictures):
             split = "val" if n % 5 == 4 else "train"
             path = snap / "images" / split / f"cover{n:03d}.png"
-            r, g, b = COLOURS[colour]
-            Image.new("RGB", (16, 16), (r, g, (b + n) % 256)).save(path)  # n: every content differs
-            (snap / "labels" / split / f"cover{n:03d}.txt").write_text(f"{CLASSES.index(given)} 0.5 0.5 1 1\n")
+            picture.save(path)
+            (snap / "labels" / split / f"cover{n:03d}.txt").write_text(f"{classes.index(given)} 0.5 0.5 1 1\n")
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
             f = File(folder="labeled", source_path=f"{given}/cover{n:03d}.png", original_name=f"cover{n:03d}.png",
                      size=path.stat().st_size, sha256=sha, state="processed", location=str(path.relative_to(home)))
             s.add(f)
             s.flush()
-            s.add(Sample(image_file_id=f.id, image_sha256=sha, source_format="folder", width=16, height=16))
-    (snap / "data.yaml").write_text(data_yaml(CLASSES, "images/train"))
+            s.add(Sample(image_file_id=f.id, image_sha256=sha, source_format="folder", width=picture.width,
+                         height=picture.height))
+    (snap / "data.yaml").write_text(data_yaml(classes, "images/train"))
     return snap / "data.yaml"
 
 
-def snapshot_prepare(data: Path):
+def snapshot_prepare(data: Path, classes: list[str] = CLASSES):
     """The supervisor's `prepare`: the run audits this snapshot."""
     return lambda engine, settings: {"data": str(data), "dataset_version_id": None, "fingerprint": "f" * 64,
-                                     "classes": list(CLASSES)}
+                                     "classes": list(classes)}
 
 
 class ColourTrainer(FakeTrainer):
