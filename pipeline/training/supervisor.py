@@ -67,6 +67,7 @@ class TrainingSupervisor:
     prepare: Callable | None = None  # (engine, settings) -> dataset params; default: build the managed dataset
     poll_seconds: float = 2.0
     host: str = field(default_factory=socket.gethostname)
+    only: int | None = None  # start no queued run but this one (a foreground --wait): the rest is the daemon's
     proc: object = None
     run_id: int | None = None
     _next: float = 0.0
@@ -200,7 +201,8 @@ class TrainingSupervisor:
                 return run.id
             if running:
                 return None  # one process at a time on a host: the other kind waits for it
-            queued = s.scalar(select(TrainingRun).where(TrainingRun.state == "queued")
+            wanted = TrainingRun.state == "queued" if self.only is None else TrainingRun.id == self.only
+            queued = s.scalar(select(TrainingRun).where(TrainingRun.state == "queued", wanted)
                               .order_by(TrainingRun.kind.desc(), TrainingRun.id).limit(1))  # train > audit
             if queued is None:
                 return None
@@ -289,14 +291,15 @@ def _exit_text(rc: int) -> str:
 
 
 def run_until_done(engine, settings: TrainingSettings, run_id: int, *, database_url: str, spawn=None,
-                   on_progress: Callable | None = None, poll_seconds: float = 1.0) -> dict:
+                   prepare=None, on_progress: Callable | None = None, poll_seconds: float = 1.0) -> dict:
     """Serve the queue in the foreground until run `run_id` ends (`coverwatch train --wait`); its summary.
 
     Interrupted (Ctrl-C), the job is stopped and resumes at the next start, in the daemon or here.
     """
     import time
 
-    sup = TrainingSupervisor(engine, settings, database_url=database_url, spawn=spawn, poll_seconds=0.0)
+    sup = TrainingSupervisor(engine, settings, database_url=database_url, spawn=spawn, prepare=prepare,
+                             poll_seconds=0.0, only=run_id)
     shown = None
     try:
         while True:

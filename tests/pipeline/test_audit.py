@@ -257,3 +257,18 @@ def test_too_few_images_for_the_folds_fail_the_audit_with_the_reason(engine, cfg
     summary = run_summary(engine, run_id)
     assert summary["state"] == "failed"
     assert summary["error"] == "3 labelled images in 2 classes: a 3-fold audit needs two classes and 6 images"
+
+
+def test_a_foreground_audit_does_not_train_a_model_the_new_labels_asked_for_first(engine, cfg):
+    from pipeline.training.supervisor import run_until_done
+
+    data = make_snapshot(engine, cfg.home, _images())
+    settings = _settings(cfg.home, "classify", min_new_labels=5)  # the 30 new labels ask for a training run
+    run_id, _ = request_training(engine, "manual", kind="audit", folds=2)
+    trainer = ColourTrainer()
+    out = run_until_done(engine, settings, run_id, database_url="unused", poll_seconds=0,
+                         spawn=lambda rid, log: InlineJob(run_job(engine, rid, trainer=trainer)),
+                         prepare=snapshot_prepare(data))
+    assert out["state"] == "done"
+    assert [(r.kind, r.state, r.trigger) for r in runs(engine)] == [("audit", "done", "manual"),
+                                                                     ("train", "queued", "labels")]
