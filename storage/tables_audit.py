@@ -31,6 +31,10 @@ class LabelAudit(Base):
     flagged: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list] = mapped_column(JSON)
     health_score: Mapped[float] = mapped_column(Float)  # cleanlab's overall_label_health_score, 0..1
+    # Out-of-sample top-1 (suggested == given) and the share of the largest class: fold models no better than
+    # always answering the largest class learned nothing, and their findings say little about the labels.
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    majority_share: Mapped[float | None] = mapped_column(Float)
     class_ranking: Mapped[list | None] = mapped_column(JSON)  # rank_classes_by_label_quality, worst first
     review_folder: Mapped[str | None] = mapped_column(FsText)  # where the flagged images were copied, under home
     seconds: Mapped[float | None] = mapped_column(Float)  # wall time of the folds and the analysis

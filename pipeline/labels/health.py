@@ -62,6 +62,16 @@ class Health:
     confusion: list[list[int]] = field(default_factory=list)  # [given][suggested] over `classes`
 
     @property
+    def accuracy(self) -> float:
+        """Out-of-sample top-1: the share of images whose suggested class is the given one."""
+        return sum(row[i] for i, row in enumerate(self.confusion)) / max(1, len(self.images))
+
+    @property
+    def majority_share(self) -> float:
+        """What always answering the largest class would score: models at or below it learned nothing."""
+        return max((sum(row) for row in self.confusion), default=0) / max(1, len(self.images))
+
+    @property
     def flagged(self) -> list[ImageHealth]:
         return sorted((i for i in self.images if i.flagged), key=lambda i: i.quality)
 
@@ -129,3 +139,8 @@ def _ranking(frame, names: list[str]) -> list[dict]:
                      "inverse_label_issues": int(r["Inverse Label Issues"]), "label_noise": float(r["Label Noise"]),
                      "quality": float(r["Label Quality Score"])})
     return rows
+
+
+def weak_models(accuracy: float | None, majority_share: float | None) -> bool:
+    """Fold models no better than always answering the largest class: their findings say little about labels."""
+    return accuracy is not None and majority_share is not None and accuracy <= majority_share

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from xlsxwriter.utility import xl_rowcol_to_cell
 
 from pipeline.report.style import Book, Column, Table, write_blocks
+from pipeline.labels.health import weak_models
 from storage.tables import AuditImage, ClassOverlap, File, LabelAudit, TrainingRun
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ FLAGGED = [Column("thumbnail"), Column("original_name"), Column("given_class"), 
 RANKING = [Column("class (worst labels first)"), Column("label_issues", "int"), Column("label_noise", "float"),
            Column("class_label_quality", "float")]
 HISTORY = [Column("audit", "date"), Column("run", "int"), Column("folds", "int"), Column("images", "int"),
-           Column("flagged", "int"), Column("label_health", "float")]
+           Column("flagged", "int"), Column("label_health", "float"), Column("fold_model_accuracy", "float"),
+           Column("largest_class_share", "float")]
 PAIRS = [Column("rank", "int"), Column("class_a"), Column("class_b"), Column("confused", "int"),
          Column("overlapping", "int"), Column("share_of_smaller", "float"), Column("joint_probability", "float"),
          Column("recommendation")]
@@ -57,7 +59,8 @@ def audit_findings(s: Session, home: Path) -> AuditFindings:
     audits = s.scalars(select(LabelAudit).join(TrainingRun, TrainingRun.id == LabelAudit.run_id)
                        .order_by(LabelAudit.id)).all()
     out.history = [{"time": a.created_at, "run": a.run_id, "folds": a.folds, "images": a.images,
-                    "flagged": a.flagged, "health": a.health_score} for a in audits]
+                    "flagged": a.flagged, "health": a.health_score, "accuracy": a.accuracy,
+                    "majority": a.majority_share} for a in audits]
     if not audits:
         return out
     last = audits[-1]
@@ -88,7 +91,8 @@ def label_health_sheet(book: Book, f: AuditFindings) -> list[Table]:
     flagged = [[None, r["name"], r["given"], r["suggested"], r["quality"], r["fold"], r["review"]]
                for r in f.flagged]
     ranking = [[r["class"], r["label_issues"], r["label_noise"], r["quality"]] for r in f.ranking]
-    history = [[h["time"], h["run"], h["folds"], h["images"], h["flagged"], h["health"]] for h in f.history]
+    history = [[h["time"], h["run"], h["folds"], h["images"], h["flagged"], h["health"], h["accuracy"],
+                h["majority"]] for h in f.history]
     tables = write_blocks(book, "Label health", [(FLAGGED, flagged), (RANKING, ranking), (HISTORY, history)])
     ws = tables[0].worksheet
     if f.flagged:
@@ -124,6 +128,11 @@ def health_warnings(f: AuditFindings) -> list[str]:
     if f.health is None:
         return []
     out = []
+    last = f.history[-1]
+    if weak_models(last["accuracy"], last["majority"]):
+        out.append(f"The last label audit's fold models were right on {last['accuracy']:.0%} of the images, no better "
+                   f"than always answering the largest class ({last['majority']:.0%}): its findings say little about "
+                   "the labels. Audit with more epochs (training.audit_epochs) or a pretrained training.base.")
     if f.flagged:
         where = f" Copies with their labels are in {f.review_folder}/ for labelImg." if f.review_folder else ""
         out.append(f"The last label audit flags {len(f.flagged)} images as likely mislabelled (label health "

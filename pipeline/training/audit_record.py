@@ -15,7 +15,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from pipeline.inference.review import write_review
-from pipeline.labels.health import Health, assess_health
+from pipeline.labels.health import Health, assess_health, weak_models
 from storage.clock import as_utc, utcnow
 from storage.db import session_scope
 from storage.tables import AuditImage, ClassOverlap, File, LabelAudit, Sample, TrainingRun
@@ -39,6 +39,7 @@ def record_audit(engine, run_id: int, plan, probs: dict[str, dict[str, float]]) 
         audit = LabelAudit(run_id=run_id, dataset_version_id=plan.dataset_version_id, task=plan.settings.task,
                            folds=plan.k, epochs=plan.settings.epochs, images=len(plan.items),
                            flagged=len(health.flagged), classes=health.classes, health_score=health.score,
+                           accuracy=health.accuracy, majority_share=health.majority_share,
                            class_ranking=health.ranking, review_folder=_rel(review, plan) if copies else None,
                            seconds=round((utcnow() - as_utc(run.started_at)).total_seconds(), 1)
                            if run.started_at else None)
@@ -98,9 +99,12 @@ def audit_outcome(engine, run_id: int, *, shown: int = 10) -> dict | None:
         pairs = s.scalars(select(ClassOverlap).where(ClassOverlap.audit_id == audit.id)
                           .order_by(ClassOverlap.rank).limit(shown)).all()
         return {"folds": audit.folds, "epochs": audit.epochs, "images": audit.images, "flagged": audit.flagged,
+                "accuracy": audit.accuracy, "majority_share": audit.majority_share,
+                "weak": weak_models(audit.accuracy, audit.majority_share),
                 "health_score": audit.health_score, "review_folder": audit.review_folder,
                 "worst_classes": (audit.class_ranking or [])[:3],
                 "flagged_images": [{"name": name or a.image_sha256[:12], "given": a.given_class,
                                     "suggested": a.suggested_class, "quality": a.quality} for a, name in flagged],
                 "pairs": [{"a": p.class_a, "b": p.class_b, "overlapping": p.overlapping, "share": p.share,
                            "recommendation": p.recommendation} for p in pairs]}
+

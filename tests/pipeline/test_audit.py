@@ -143,6 +143,7 @@ def test_an_audit_gives_every_image_a_prediction_from_a_fold_that_did_not_see_it
         audit = s.scalar(select(LabelAudit))
         rows = s.scalars(select(AuditImage).order_by(AuditImage.id)).all()
         assert (audit.images, audit.folds, len(rows), len({r.image_sha256 for r in rows})) == (30, 3, 30, 30)
+        assert (audit.accuracy, audit.majority_share) == (pytest.approx(28 / 30), pytest.approx(11 / 30))
         flagged = {(r.given_class, r.suggested_class) for r in rows if r.flagged}
         assert flagged == {("fairy_tale", "comic"), ("painting", "fairy_tale")}
         assert all(r.file_id is not None for r in rows)
@@ -272,3 +273,17 @@ def test_a_foreground_audit_does_not_train_a_model_the_new_labels_asked_for_firs
     assert out["state"] == "done"
     assert [(r.kind, r.state, r.trigger) for r in runs(engine)] == [("audit", "done", "manual"),
                                                                      ("train", "queued", "labels")]
+
+
+def test_fold_models_that_learned_nothing_are_called_weak(engine, cfg):
+    from pipeline.training.audit_record import audit_outcome
+
+    class Uniform(ColourTrainer):
+        def predict_probs(self, weights, images, **kw):
+            return [{c: 1 / 3 for c in CLASSES} for _ in images]
+
+    data = make_snapshot(engine, cfg.home, _images())
+    run_id, _ = request_training(engine, "manual", kind="audit", folds=2)
+    _supervisor(engine, cfg.home, data, Uniform()).tick(0.0)
+    out = audit_outcome(engine, run_id)
+    assert out["weak"] and out["accuracy"] <= out["majority_share"]

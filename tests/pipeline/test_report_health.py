@@ -84,3 +84,11 @@ def test_libreoffice_opens_the_label_health_sheets(engine, audited, tmp_path):
     assert "cover003.png,fairy_tale,comic" in health
     overlap = (tmp_path / "csv" / "r-Class overlap.csv").read_text(encoding="utf-8").splitlines()
     assert overlap[0].startswith("rank,class_a,class_b,confused")
+
+
+def test_the_summary_warns_when_the_last_audits_models_learned_nothing():
+    from pipeline.report.health import AuditFindings, health_warnings
+
+    weak = AuditFindings(health=0.4, history=[{"accuracy": 0.3, "majority": 0.4}])
+    assert health_warnings(weak)[0].startswith("The last label audit's fold models were right on 30% of the images")
+    assert health_warnings(AuditFindings(health=0.9, history=[{"accuracy": 0.8, "majority": 0.4}])) == []

@@ -51,3 +51,16 @@ def test_a_queued_audit_shows_in_status_beside_training(home, engine):
                                "version": None, "trigger": "manual"}
     assert status["training"]["state"] == "queued"
     assert "audit: queued fold 0/4 epoch 0/?" in cli(home, "status").stdout
+
+
+def test_the_outcome_says_when_the_fold_models_are_too_weak_to_judge_labels():
+    from watcher.cli.audit import _format_outcome
+
+    found = {"folds": 2, "epochs": 3, "images": 56, "flagged": 0, "health_score": 0.4, "accuracy": 0.3,
+             "majority_share": 0.4, "weak": True, "review_folder": None, "flagged_images": [], "pairs": [],
+             "worst_classes": []}
+    lines = _format_outcome("audit-0001", found).splitlines()
+    assert lines[0] == ("audit-0001: 2 folds x 3 epochs, 56 labelled images; label health 0.40 (1.0: no likely "
+                        "label errors); the fold models are right on 30% of the images they never saw")
+    assert lines[1].startswith("warning: that is no better than always answering the largest class (40%)")
+    assert _format_outcome("audit-0001", {**found, "weak": False}).splitlines()[1] == "no image looks mislabelled"

@@ -62,7 +62,12 @@ def _format_outcome(version: str, a: dict | None) -> str:
     if a is None:
         return f"{version}: no findings recorded"
     lines = [f"{version}: {a['folds']} folds x {a['epochs']} epochs, {a['images']} labelled images; label health "
-             f"{a['health_score']:.2f} (1.0: no likely label errors)"]
+             f"{a['health_score']:.2f} (1.0: no likely label errors); the fold models are right on "
+             f"{a['accuracy']:.0%} of the images they never saw"]
+    if a["weak"]:
+        lines.append(f"warning: that is no better than always answering the largest class ({a['majority_share']:.0%}): "
+                     "the models learned too little for these findings to say much about the labels; run longer "
+                     "(--epochs, training.audit_epochs) or from a pretrained training.base")
     if a["flagged"]:
         lines.append(f"{a['flagged']} images look mislabelled" + (
             f"; copied with their labels to {a['review_folder']}/ (fix them in labelImg, drop the pairs into "

@@ -37,6 +37,8 @@ def upgrade() -> None:
         sa.Column("flagged", sa.Integer(), nullable=False),
         sa.Column("classes", sa.JSON(), nullable=False),
         sa.Column("health_score", sa.Float(), nullable=False),
+        sa.Column("accuracy", sa.Float(), nullable=True),
+        sa.Column("majority_share", sa.Float(), nullable=True),
         sa.Column("class_ranking", sa.JSON(), nullable=True),
         sa.Column("review_folder", sa.Text(), nullable=True),
         sa.Column("seconds", sa.Float(), nullable=True),
