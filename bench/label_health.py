@@ -88,7 +88,7 @@ def run_audit(pictures, names, args) -> tuple[dict, float]:
     from pipeline.training.supervisor import TrainingSupervisor
     from pipeline.training.trainer import UltralyticsTrainer
     from storage.db import make_engine, session_scope, upgrade_database
-    from storage.tables import AuditImage, ClassOverlap, File
+    from storage.tables import AuditImage, ClassOverlap, File, LabelAudit
     from tests.pipeline.audit_fakes import snapshot_of, snapshot_prepare
     from tests.pipeline.training_fakes import InlineJob
     from watcher.config import Config, training_settings
@@ -115,8 +115,10 @@ def run_audit(pictures, names, args) -> tuple[dict, float]:
         rows = s.execute(select(AuditImage, File.original_name).join(File, File.id == AuditImage.file_id)).all()
         images = {index[n]: (a.given_class, a.suggested_class, a.flagged) for a, n in rows}
         pairs = [(p.class_a, p.class_b) for p in s.scalars(select(ClassOverlap).order_by(ClassOverlap.rank))]
+        audit = s.scalar(select(LabelAudit))
+        accuracy = (audit.accuracy, audit.majority_share)
     engine.dispose()
-    return {"images": images, "pairs": pairs}, seconds
+    return {"images": images, "pairs": pairs, "accuracy": accuracy}, seconds
 
 
 def run_baseline(pictures) -> tuple[set[int], list[tuple[str, str]], float]:
@@ -170,7 +172,8 @@ def main() -> None:
     found, seconds = run_audit(pictures, names, args)
     flagged = {i for i, (_g, _s, f) in found["images"].items() if f}
     print(f"audit ({args.folds} folds x {args.epochs} epochs, yolo11n-cls at {args.imgsz}, {args.device}): "
-          f"{figures(flagged, flipped, found['pairs'], pair)}; {seconds:.1f} s")
+          f"{figures(flagged, flipped, found['pairs'], pair)}; {seconds:.1f} s; fold models right on "
+          f"{found['accuracy'][0]:.0%} of the given labels (the largest class: {found['accuracy'][1]:.0%})")
     base_flagged, base_pairs, base_seconds = run_baseline(pictures)
     print(f"label files alone (quality.assess_labels): {figures(base_flagged, flipped, base_pairs, pair)}; "
           f"{base_seconds:.3f} s")
