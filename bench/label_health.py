@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -118,6 +119,7 @@ def run_audit(pictures, names, args) -> tuple[dict, float]:
         audit = s.scalar(select(LabelAudit))
         accuracy = (audit.accuracy, audit.majority_share)
     engine.dispose()
+    shutil.rmtree(home, ignore_errors=True)
     return {"images": images, "pairs": pairs, "accuracy": accuracy}, seconds
 
 
