@@ -6,6 +6,7 @@
     └── FetchError               `coverwatch fetch` could not download a URL; nothing was written to the inbox
     └── DatasetError             `coverwatch dataset export` cannot write the copy (no dataset yet, target not empty)
     └── TrainingError            a training cannot start or finish, or a registry change is impossible
+    └── AuditError               a label audit cannot be queued or run (no labels, detect, too few images)
 """
 
 from storage.errors import CoverwatchError
@@ -93,6 +94,14 @@ class TrainingError(CoverwatchError):
     """Raised by `pipeline.training.supervisor`, `pipeline.training.job` and `pipeline.training.registry`. Codes: no_dataset,
     nothing_fits (out of memory at the smallest settings), training_failed, unknown_version, no_previous,
     bad_class_name (a class name that is no safe folder name reached the classify view)."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail, code=code)
+
+
+class AuditError(CoverwatchError):
+    """Raised by `coverwatch audit` and `pipeline.training.audit`. Codes: no_labels (nothing labelled yet),
+    classify_only (task: detect), too_few_images (fewer than two classes, or than two images per fold)."""
 
     def __init__(self, code: str, detail: str):
         super().__init__(detail, code=code)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-_FOLDERS = ("home", "dataset_dir", "models_dir")
+_FOLDERS = ("home", "dataset_dir", "models_dir", "review_dir")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class TrainingSettings:
     home: Path
     dataset_dir: Path
     models_dir: Path
+    review_dir: Path  # where the label audit copies the images it flags
     task: str
     base: str
     epochs: int
@@ -63,6 +64,8 @@ class TrainingSettings:
     gate_min_images: int
     reclassify_days: int | None
     oom_imgsz_steps: tuple[int, ...]
+    audit_folds: int  # 0: no audit after a training run
+    audit_epochs: int
     dataset: DatasetOptions
     workers: int = 8  # dataloader processes: not a config key (Ultralytics caps them by the CPU count)
 
@@ -82,10 +85,13 @@ class TrainingSettings:
     def from_params(cls, params: dict) -> TrainingSettings:
         own = {f.name for f in fields(cls)} - {"dataset"}
         p = {k: v for k, v in params.items() if k in own}
+        p.setdefault("review_dir", str(Path(p["home"]) / "review"))  # a run recorded before the label audit
         for k in _FOLDERS:
             p[k] = Path(p[k])
         p["oom_imgsz_steps"] = tuple(p["oom_imgsz_steps"])
         # A run prepared before migration 0008 (resumed after the upgrade) built its snapshot without near-duplicate
         # clusters: 0 is what it did, not a default.
         params = {"near_duplicate_bits": 0, **params}
+        for key in ("audit_folds", "audit_epochs"):  # a run recorded before they existed (resumed after an upgrade)
+            p.setdefault(key, 0)
         return cls(**p, dataset=DatasetOptions(**{f.name: params[f.name] for f in fields(DatasetOptions)}))

@@ -48,10 +48,10 @@ def champion(session: Session) -> ModelVersion | None:
     )
 
 
-def active_training(session: Session) -> TrainingRun | None:
+def active_training(session: Session, kind: str = "train") -> TrainingRun | None:
     return session.scalar(
         select(TrainingRun)
-        .where(TrainingRun.state.in_(("queued", "running")))
+        .where(TrainingRun.state.in_(("queued", "running")), TrainingRun.kind == kind)
         .order_by(TrainingRun.state.desc(), TrainingRun.requested_at)
     )
 
@@ -60,7 +60,8 @@ def last_finished_training(session: Session) -> tuple[TrainingRun, ModelVersion 
     """The newest run that ended (done or failed) with its model version, if it made one."""
     row = session.execute(
         select(TrainingRun, ModelVersion).outerjoin(ModelVersion, ModelVersion.id == TrainingRun.model_version_id)
-        .where(TrainingRun.state.in_(("done", "failed"))).order_by(TrainingRun.id.desc()).limit(1)).first()
+        .where(TrainingRun.state.in_(("done", "failed")), TrainingRun.kind == "train")
+        .order_by(TrainingRun.id.desc()).limit(1)).first()
     return None if row is None else (row[0], row[1])
 
 
@@ -107,6 +108,7 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
     now = now or datetime.now(timezone.utc)
     champ = champion(session)
     run = active_training(session)
+    audit = active_training(session, "audit")
     last_report = session.scalar(select(Report).order_by(Report.created_at.desc()))
     last_run = last_finished_training(session)
     workers = live_workers(session, now)
@@ -125,6 +127,10 @@ def status_summary(session: Session, now: datetime | None = None) -> dict:
         else {"state": run.state, "epoch": run.epoch, "epochs": run.epochs, "trigger": run.trigger,
               "version": run.version, "losses": run.losses, "eta_seconds": run.eta_seconds},
         "last_training": None if last_run is None else training_outcome(*last_run),
+        "audit": None
+        if audit is None
+        else {"state": audit.state, "fold": audit.fold, "folds": audit.folds, "epoch": audit.epoch,
+              "epochs": audit.epochs, "version": audit.version, "trigger": audit.trigger},
         "daemon": _daemon_summary(workers, silent_workers(session, now), now),
     }
 
@@ -253,7 +259,7 @@ def quarantine_reasons(session: Session) -> dict[str, int]:
 def training_runs_with_models(session: Session) -> list[tuple[TrainingRun, ModelVersion | None]]:
     return list(session.execute(
         select(TrainingRun, ModelVersion).outerjoin(ModelVersion, ModelVersion.id == TrainingRun.model_version_id)
-        .order_by(TrainingRun.requested_at, TrainingRun.id)))
+        .where(TrainingRun.kind == "train").order_by(TrainingRun.requested_at, TrainingRun.id)))
 
 
 

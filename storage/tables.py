@@ -276,6 +276,9 @@ class TrainingRun(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # queued|running|done|failed
+    # train: a model is trained and judged; audit: K short fold runs give every labelled image out-of-sample
+    # predictions (pipeline.training.audit). Each kind has its own queue of one queued and one running run.
+    kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
     trigger: Mapped[str] = mapped_column(String(32))
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     epoch: Mapped[int | None] = mapped_column(Integer)
@@ -294,12 +297,15 @@ class TrainingRun(Base):
     resume_path: Mapped[str | None] = mapped_column(Text)  # last.pt an interrupted run resumed from
     dataset_version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    fold: Mapped[int | None] = mapped_column(Integer)  # an audit's fold in progress (1-based) ...
+    folds: Mapped[int | None] = mapped_column(Integer)  # ... of this many
 
     attempts: Mapped[list[TrainingAttempt]] = relationship(back_populates="run", order_by="TrainingAttempt.n")
 
     __table_args__ = (
-        # At most one queued and one running run: requests merge into the queued one, even across processes.
-        Index("ux_training_runs_active", "state", unique=True,
+        # At most one queued and one running run of each kind: requests merge into the queued one, even across
+        # processes.
+        Index("ux_training_runs_active", "kind", "state", unique=True,
               sqlite_where=text("state IN ('queued', 'running')"),
               postgresql_where=text("state IN ('queued', 'running')")),
     )
@@ -412,3 +418,6 @@ class Lease(Base):
 
 
 import storage.tables_quality  # noqa: E402,F401 - its tables join Base.metadata wherever tables is imported
+# The label-health tables live in their own module (this one would pass ~400 lines); importing it here puts them
+# in Base.metadata for every user of Base (Alembic, the schema test).
+from storage.tables_audit import AuditImage, ClassOverlap, LabelAudit  # noqa: E402,F401

@@ -1,2 +1,2 @@
 """Labels and dataset: label formats (YOLO, VOC, class folders), class names, label quality (ambiguity, imbalance,
-conflicts), and the managed dataset's immutable snapshots."""
+conflicts), the managed dataset's immutable snapshots, and the label audit's folds and findings (cleanlab)."""

@@ -35,6 +35,7 @@ from pipeline.report.data import (
     training_attempts,
 )
 from pipeline.report.quality import gate_warnings, model_quality_sheet
+from pipeline.report.health import audit_findings, class_overlap_sheet, health_warnings, label_health_sheet
 from pipeline.report.sheets import (
     classes_sheet,
     detections_sheet,
@@ -163,6 +164,9 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
         classes_sheet(book, classes)
         issues = label_events(s) + quality_issues(quality, rules.conflicts)
         label_issues_sheet(book, issues, order, quality.matrix(order), "same object")
+        audit = audit_findings(s, home)
+        label_health_sheet(book, audit)
+        class_overlap_sheet(book, audit)
         metric = primary_metric(champ, runs)
         training_sheet(book, runs, champ, metric, attempts=training_attempts(s), figures=model_metrics(s))
         model_quality_sheet(book, s)
@@ -172,6 +176,7 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
         items = _summary_items(book, now, counts, status, champ, metric) + correction_items(correction_figures(s))
         items += [("warning", w) for w in _warnings(status, counts, classes, issues, reasons, runs, book, rules)]
         items += [("warning", w) for w in gate_warnings([mv for _r, mv in runs if mv is not None][-1:])]
+        items += [("warning", w) for w in health_warnings(audit)]
         items += [("note", n) for n in _paging_notes(preds, dets, quarantine)]
         summary_sheet(book, summary_ws, items, _plots(home, champ))
     return preds.rows

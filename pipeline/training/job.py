@@ -1,10 +1,12 @@
 """The training process: `python -m pipeline.training.job --run ID` (started by pipeline.training.supervisor).
 
-It runs the attempts of one run (the out-of-memory ladder of pipeline.training.backoff), writes progress and every attempt
-to the database, evaluates the result against the champion on the same validation split, and records the new
+It runs the attempts of one run (the out-of-memory ladder of pipeline.training.backoff), writes progress and every
+attempt to the database, evaluates the result against the champion on the same validation split, and records the new
 version as champion or rejected. SIGTERM (or the daemon dying) stops it at the next batch with exit code 75; the
 row stays `running` and the next start resumes from `last.pt`. On CPU it lowers its own priority (os.nice) so
 the daemon's inference keeps going.
+
+A run of kind "audit" goes to pipeline.training.audit instead: K short fold runs, the same ladder and stop.
 
 The trainer is a parameter: `pipeline.training.trainer.UltralyticsTrainer` by default, a scripted fake in tests.
 """
@@ -42,6 +44,12 @@ def run_job(engine, run_id: int, *, trainer, stop=None, should_stop=None) -> int
     stop = stop or threading.Event()
     should_stop = should_stop or stop.is_set
     with session_scope(engine) as s:
+        kind = s.get(TrainingRun, run_id).kind
+    if kind == "audit":
+        from pipeline.training.audit import run_audit
+
+        return run_audit(engine, run_id, trainer=trainer, should_stop=should_stop)
+    with session_scope(engine) as s:
         run = s.get(TrainingRun, run_id)
         params, version, done = dict(run.params or {}), run.version, (run.epoch or 0) >= (run.epochs or 1)
     settings = TrainingSettings.from_params(params)
@@ -50,7 +58,7 @@ def run_job(engine, run_id: int, *, trainer, stop=None, should_stop=None) -> int
     try:
         spec, note = _first_spec(engine, settings, params, manifest, folder)
         manifest.setdefault("start", note)
-        spec = _train(engine, run_id, trainer, spec, settings, params, folder, manifest, should_stop,
+        spec = train_with_backoff(engine, run_id, trainer, spec, settings, params, folder, manifest, should_stop,
                       skip=done and spec.resume)
         _finish(engine, run_id, trainer, spec, settings, params, folder, manifest)
         return 0
@@ -89,8 +97,10 @@ def _first_spec(engine, settings, params, manifest, folder) -> tuple[AttemptSpec
     return AttemptSpec(model=settings.base, arch=settings.base, imgsz=settings.imgsz, batch=batch), "training.base"
 
 
-def _train(engine, run_id, trainer, spec, settings, params, folder, manifest, should_stop, skip) -> AttemptSpec:
-    """Run attempts down the out-of-memory ladder until one finishes; returns the one that did."""
+def train_with_backoff(engine, run_id, trainer, spec, settings, params, folder, manifest, should_stop, skip=False
+                       ) -> AttemptSpec:
+    """Run attempts down the out-of-memory ladder until one finishes; returns the one that did (the audit's
+    folds train through here too, each into its own `folder`)."""
     if skip:  # interrupted after its last epoch was saved: nothing left to train
         return spec
     while True:

@@ -9,6 +9,9 @@ neither loses nor repeats one. Triggers:
   least one labelled image changed since the last run (an unchanged dataset is not trained again);
 - manual: `coverwatch train`.
 
+An audit (`coverwatch audit`, or `training.audit_folds` after each training run) is a run of kind "audit" in
+the same table, with its own queue of one: a training request never merges into an audit, nor the reverse.
+
 Example:
     >>> request_training(engine, "manual")
     (4, False)
@@ -31,26 +34,28 @@ from storage.tables import ModelVersion, Sample, TrainingRun
 log = logging.getLogger(__name__)
 
 
-def request_training(engine, trigger: str, *, now: datetime | None = None) -> tuple[int, bool]:
-    """Queue a run, or merge into the queued one; returns (run id, merged).
+def request_training(engine, trigger: str, *, now: datetime | None = None, kind: str = "train",
+                     folds: int | None = None, epochs: int | None = None) -> tuple[int, bool]:
+    """Queue a run of `kind`, or merge into the queued one of that kind; returns (run id, merged).
 
     `now` (aware) stamps a new run's request time: the clock `due_trigger` decided with, so a scheduled run
-    counts for the slot it was asked for."""
+    counts for the slot it was asked for. `folds` and `epochs` (audits) override the config's for this run."""
     for _ in range(3):
         try:
             with session_scope(engine) as s:
-                queued = s.scalar(select(TrainingRun).where(TrainingRun.state == "queued"))
+                queued = s.scalar(select(TrainingRun).where(TrainingRun.state == "queued", TrainingRun.kind == kind))
                 if queued is not None:
                     parts = queued.trigger.split("+")
                     if trigger not in parts:
                         queued.trigger = "+".join([*parts, trigger])[:32]
+                    queued.folds, queued.epochs = folds or queued.folds, epochs or queued.epochs
                     return queued.id, True
-                run = TrainingRun(state="queued", trigger=trigger)
+                run = TrainingRun(state="queued", trigger=trigger, kind=kind, folds=folds, epochs=epochs)
                 if now is not None:
                     run.requested_at = now.astimezone(timezone.utc)
                 s.add(run)
                 s.flush()
-                log.info("training run %d queued (%s)", run.id, trigger)
+                log.info("%s run %d queued (%s)", "training" if kind == "train" else kind, run.id, trigger)
                 return run.id, False
         except IntegrityError:  # another process queued one between our read and write: merge into it
             continue
@@ -59,7 +64,7 @@ def request_training(engine, trigger: str, *, now: datetime | None = None) -> tu
 
 def due_trigger(s, settings: TrainingSettings, now: datetime) -> str | None:
     """The trigger that asks for a run now, or None; `now` is an aware wall-clock time."""
-    if s.scalar(select(TrainingRun.id).where(TrainingRun.state == "queued")) is not None:
+    if s.scalar(select(TrainingRun.id).where(TrainingRun.state == "queued", TrainingRun.kind == "train")) is not None:
         return None  # the queued run will train on the newest dataset anyway
     changed = changed_images(s)
     if changed >= settings.min_new_labels:
@@ -71,7 +76,8 @@ def due_trigger(s, settings: TrainingSettings, now: datetime) -> str | None:
 
 def changed_images(s) -> int:
     """Labelled images added or re-labelled since the last run started (all of them before the first run)."""
-    last = s.scalar(select(func.max(func.coalesce(TrainingRun.started_at, TrainingRun.requested_at))))
+    last = s.scalar(select(func.max(func.coalesce(TrainingRun.started_at, TrainingRun.requested_at)))
+                    .where(TrainingRun.kind == "train"))  # an audit trains no model: it resets nothing
     q = select(func.count(func.distinct(Sample.image_sha256)))
     if last is not None:
         q = q.where(Sample.created_at > last)
@@ -85,7 +91,8 @@ def _schedule_due(s, at: str, now: datetime) -> bool:
     if local < today_at:
         return False
     since = today_at.astimezone(timezone.utc)
-    done = s.scalar(select(TrainingRun.id).where(TrainingRun.trigger.contains("schedule"),
+    done = s.scalar(select(TrainingRun.id).where(TrainingRun.kind == "train",
+                                                 TrainingRun.trigger.contains("schedule"),
                                                  TrainingRun.requested_at >= since).limit(1))
     return done is None
 
@@ -95,7 +102,8 @@ def run_summary(engine, run_id: int) -> dict:
     with session_scope(engine) as s:
         run = s.get(TrainingRun, run_id)
         mv = s.get(ModelVersion, run.model_version_id) if run.model_version_id else None
-        return {"id": run.id, "state": run.state, "trigger": run.trigger, "version": run.version,
+        return {"id": run.id, "kind": run.kind, "state": run.state, "trigger": run.trigger, "version": run.version,
+                "fold": run.fold, "folds": run.folds,
                 "epoch": run.epoch, "epochs": run.epochs, "losses": run.losses, "eta_seconds": run.eta_seconds,
                 "error": run.error, "metrics": run.metrics, "model_state": mv.state if mv else None,
                 "decision": mv.decision if mv else None,

@@ -55,8 +55,9 @@ class Evaluation:
         return float(self.overall.get(SCORE[task]) or 0.0)
 
 
-def version_name(run_id: int) -> str:
-    return f"v{run_id:04d}"
+def version_name(run_id: int, kind: str = "train") -> str:
+    """models/v0007 for a training run; models/audit-0008 for an audit (its folds' models and log)."""
+    return f"v{run_id:04d}" if kind == "train" else f"{kind}-{run_id:04d}"
 
 
 def weights_of(home: Path, mv: ModelVersion) -> Path:
@@ -183,7 +184,7 @@ def list_models(engine) -> list[dict]:
                  "temperature": m.temperature, "ece_before": m.ece_before, "ece_after": m.ece_after,
                  "per_class": per_class.get(m.id, []), "confusion": confusions.get(m.id)}
                 for m in s.scalars(select(ModelVersion).order_by(ModelVersion.id.desc()))]
-        for r in s.scalars(select(TrainingRun).where(TrainingRun.state == "failed")):
+        for r in s.scalars(select(TrainingRun).where(TrainingRun.state == "failed", TrainingRun.kind == "train")):
             params = r.params or {}
             rows.append({"version": r.version or f"run {r.id}", "run": r.id, "state": "failed",
                          "task": params.get("task"), "score_name": SCORE.get(params.get("task")), "score": None,

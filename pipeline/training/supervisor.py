@@ -43,7 +43,7 @@ EXIT_INTERRUPTED = 75  # the job stopped on request; resume it
 
 def spawn_job(run_id: int, *, database_url: str, log_path: Path, cwd: Path, trainer: str | None = None):
     """Start `python -m pipeline.training.job` for a run; its output goes to `log_path`."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding pipeline/
     env = {**os.environ, DB_ENV: database_url,
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "pipeline.training.job", "--run", str(run_id)]
@@ -67,6 +67,7 @@ class TrainingSupervisor:
     prepare: Callable | None = None  # (engine, settings) -> dataset params; default: build the managed dataset
     poll_seconds: float = 2.0
     host: str = field(default_factory=socket.gethostname)
+    only: int | None = None  # start no queued run but this one (a foreground --wait): the rest is the daemon's
     proc: object = None
     run_id: int | None = None
     _next: float = 0.0
@@ -135,13 +136,26 @@ class TrainingSupervisor:
                 run.state, run.finished_at, run.pid = "failed", utcnow(), None
                 run.error = f"the training process ended with {_exit_text(rc)} without recording a result"
             mv = s.get(ModelVersion, run.model_version_id) if run.model_version_id else None
-            state, version, error = run.state, run.version, run.error
+            state, version, error, kind = run.state, run.version, run.error, run.kind
             outcome = f"{mv.state} ({mv.decision})" if mv is not None else None
+            if kind == "audit":
+                outcome = ", ".join(f"{k} {v}" for k, v in (run.metrics or {}).items())
         if state == "failed":
-            log.error("training run %d (%s) failed: %s; see %s", run_id, version, _first_line(error),
+            log.error("%s run %d (%s) failed: %s; see %s", _word(kind), run_id, version, _first_line(error),
                       self._shown(self._log_path(version)))
         elif state == "done":
-            log.info("training run %d (%s) done: %s", run_id, version, outcome or "no model recorded")
+            log.info("%s run %d (%s) done: %s", _word(kind), run_id, version, outcome or "no model recorded")
+            if kind == "train":
+                self._audit_after_training()
+
+    def _audit_after_training(self) -> None:
+        """`training.audit_folds` > 0: every finished training run is followed by an audit of its labels."""
+        if not self.settings.audit_folds:
+            return
+        if self.settings.task != "classify":
+            log.info("training.audit_folds is set, but the label audit covers task: classify only; none queued")
+            return
+        request_training(self.engine, "training", kind="audit", folds=self.settings.audit_folds)
 
     def _start_next(self) -> None:
         run_id = self._claim()
@@ -155,8 +169,9 @@ class TrainingSupervisor:
                 run = s.get(TrainingRun, run_id)
                 if params is not None:
                     run.params, run.dataset_version_id = params, params.get("dataset_version_id")
-                    run.epochs = self.settings.epochs
-                version = run.version
+                    run.epochs = self.settings.epochs if run.kind == "train" else \
+                        run.epochs or self.settings.audit_epochs  # `coverwatch audit --epochs` set it
+                version, kind = run.version, run.kind
         except Exception as exc:  # noqa: BLE001 - no dataset, a build error: this run fails, the daemon goes on
             self._fail(run_id, f"cannot prepare the dataset: {exc}")
             return
@@ -168,26 +183,32 @@ class TrainingSupervisor:
             return
         with session_scope(self.engine) as s:
             s.get(TrainingRun, run_id).pid = getattr(self.proc, "pid", None)
-        log.info("training run %d started as %s", run_id, version)
+        log.info("%s run %d started as %s", _word(kind), run_id, version)
 
     def _claim(self) -> int | None:
-        """A run of ours interrupted by a restart (to resume), else the queued one; None when busy or idle."""
+        """A run of ours interrupted by a restart (to resume), else the queued one (training before an audit);
+        None when busy or idle."""
         from pipeline.training.registry import version_name
 
         with session_scope(self.engine) as s:
-            running = s.scalar(select(TrainingRun).where(TrainingRun.state == "running"))
-            if running is not None:
-                if running.host not in (None, self.host) or _alive(running.pid):
-                    return None  # another host's run, or a job still alive from before a restart
-                log.info("resuming training run %d, interrupted by a restart", running.id)
-                running.pid = os.getpid()  # ours from now on: nobody else resumes it while we prepare
-                return running.id
-            queued = s.scalar(select(TrainingRun).where(TrainingRun.state == "queued"))
+            running = list(s.scalars(select(TrainingRun).where(TrainingRun.state == "running")
+                                     .order_by(TrainingRun.id)))
+            for run in running:
+                if run.host not in (None, self.host) or _alive(run.pid):
+                    continue  # another host's run, or a job still alive from before a restart
+                log.info("resuming %s run %d, interrupted by a restart", _word(run.kind), run.id)
+                run.pid = os.getpid()  # ours from now on: nobody else resumes it while we prepare
+                return run.id
+            if running:
+                return None  # one process at a time on a host: the other kind waits for it
+            wanted = TrainingRun.state == "queued" if self.only is None else TrainingRun.id == self.only
+            queued = s.scalar(select(TrainingRun).where(TrainingRun.state == "queued", wanted)
+                              .order_by(TrainingRun.kind.desc(), TrainingRun.id).limit(1))  # train > audit
             if queued is None:
                 return None
             claimed = s.execute(update(TrainingRun).where(TrainingRun.id == queued.id, TrainingRun.state == "queued")
                                 .values(state="running", started_at=utcnow(), host=self.host, pid=os.getpid(),
-                                        version=version_name(queued.id))).rowcount
+                                        version=version_name(queued.id, queued.kind))).rowcount
             return queued.id if claimed else None
 
     def _prepare(self) -> dict:
@@ -267,6 +288,10 @@ def _keep_params(run: TrainingRun, settings: TrainingSettings) -> bool:
     return True
 
 
+def _word(kind: str | None) -> str:
+    return "training" if kind in (None, "train") else kind
+
+
 def _first_line(text: str | None) -> str:
     text = (text or "").strip()
     return text.splitlines()[0] if text else "failed"
@@ -277,14 +302,15 @@ def _exit_text(rc: int) -> str:
 
 
 def run_until_done(engine, settings: TrainingSettings, run_id: int, *, database_url: str, spawn=None,
-                   on_progress: Callable | None = None, poll_seconds: float = 1.0) -> dict:
+                   prepare=None, on_progress: Callable | None = None, poll_seconds: float = 1.0) -> dict:
     """Serve the queue in the foreground until run `run_id` ends (`coverwatch train --wait`); its summary.
 
     Interrupted (Ctrl-C), the job is stopped and resumes at the next start, in the daemon or here.
     """
     import time
 
-    sup = TrainingSupervisor(engine, settings, database_url=database_url, spawn=spawn, poll_seconds=0.0)
+    sup = TrainingSupervisor(engine, settings, database_url=database_url, spawn=spawn, prepare=prepare,
+                             poll_seconds=0.0, only=run_id)
     shown = None
     try:
         while True:
@@ -292,8 +318,8 @@ def run_until_done(engine, settings: TrainingSettings, run_id: int, *, database_
             summary = run_summary(engine, run_id)
             if summary["state"] in ("done", "failed"):
                 return summary
-            if on_progress and (summary["state"], summary["epoch"]) != shown:
-                shown = (summary["state"], summary["epoch"])
+            if on_progress and (summary["state"], summary["fold"], summary["epoch"]) != shown:
+                shown = (summary["state"], summary["fold"], summary["epoch"])
                 on_progress(summary)
             time.sleep(poll_seconds)
     finally:

@@ -69,6 +69,18 @@ class UltralyticsTrainer:
                           verbose=False, project=tmp, name="val", workers=0)
         return _detect_evaluation(r)
 
+    def predict_probs(self, weights: Path, images: list[Path], *, imgsz: int, device) -> list[dict[str, float]]:
+        """Class probabilities of a classify model for each image, by class name (the label audit's folds)."""
+        from ultralytics import YOLO
+
+        model = YOLO(str(weights), task="classify")
+        out = []
+        for k in range(0, len(images), 32):
+            for r in model.predict([str(p) for p in images[k:k + 32]], imgsz=imgsz, device=resolve_device(device),
+                                   verbose=False, batch=32):
+                out.append({str(r.names[i]): float(v) for i, v in enumerate(r.probs.data.tolist())})
+        return out
+
     @staticmethod
     def _callbacks(model, on_epoch, should_stop) -> None:
         started: dict = {}

@@ -24,8 +24,8 @@ from storage.tables import (ClassName, Detection, File, Label, ModelMetric, Mode
 from tests.pipeline.training_fakes import options_for
 
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
-SHEETS = ["Summary", "Predictions", "Detections", "Classes", "Label issues", "Training runs", "Model quality",
-          "Quarantine", "Corrections"]
+SHEETS = ["Summary", "Predictions", "Detections", "Classes", "Label issues", "Label health", "Class overlap",
+          "Training runs", "Model quality", "Quarantine", "Corrections"]
 CLASSES = ["만화", "동화", "상상화"]
 
 

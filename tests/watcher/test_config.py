@@ -80,6 +80,9 @@ def test_config_is_frozen(tmp_path):
         ("training: {gate_min_images: -1}",
          "training.gate_min_images: input should be greater than or equal to 0 (got -1)"),
         ("training: {gate_min_images: 2.5}", "training.gate_min_images: input should be a valid integer (got 2.5)"),
+        ("training: {audit_folds: 1}", "training.audit_folds: expected 0 (no audit) or 2 and more folds (got 1)"),
+        ("training: {audit_folds: -1}", "training.audit_folds: input should be greater than or equal to 0 (got -1)"),
+        ("training: {audit_epochs: 0}", "training.audit_epochs: input should be greater than 0 (got 0)"),
         ("model: {conf: 2}", "model.conf: input should be less than or equal to 1 (got 2)"),
         ("model: {imgsz: big}", "model.imgsz: input should be a valid integer (got 'big')"),
         ("model: {backend: tensorrt}", "model.backend: input should be 'auto', 'torch' or 'onnx' (got 'tensorrt')"),
@@ -301,17 +304,18 @@ def test_every_training_key_reaches_the_pipeline_once_as_frozen_values(tmp_path)
 
     cfg = load_config(write(tmp_path, "training: {val_fraction: 0.3, balance: oversample, ambiguity_iou: 0.6, "
                                       "imbalance_warn_ratio: 3, max_repeat: 2, conflicts: latest, epochs: 7, "
-                                      "device: '1', reclassify_days: 3, oom_imgsz_steps: [320]}\n"
+                                      "device: '1', reclassify_days: 3, oom_imgsz_steps: [320], audit_folds: 4, "
+                                      "audit_epochs: 2}\n"
                                       "watch: {near_duplicate_bits: 4}\n"))
     settings = training_settings(cfg)
     assert settings.dataset == dataset_options(cfg) == DatasetOptions(
         val_fraction=0.3, balance="oversample", ambiguity_iou=0.6, imbalance_warn_ratio=3.0, max_repeat=2,
         conflicts="latest", near_duplicate_bits=4)
-    assert (settings.epochs, settings.device, settings.reclassify_days, settings.oom_imgsz_steps) == (
-        7, "1", 3, (320,))
+    assert (settings.epochs, settings.device, settings.reclassify_days, settings.oom_imgsz_steps,
+            settings.audit_folds, settings.audit_epochs) == (7, "1", 3, (320,), 4, 2)
     params = settings.as_params()
-    assert set(params) == set(TrainingConfig.model_fields) | {"home", "dataset_dir", "models_dir", "task", "workers",
-                                                              "near_duplicate_bits"}
+    assert set(params) == set(TrainingConfig.model_fields) | {"home", "dataset_dir", "models_dir", "review_dir",
+                                                              "task", "workers", "near_duplicate_bits"}
     assert TrainingSettings.from_params(params) == settings
     assert all(f.default is f.default_factory for f in fields(DatasetOptions))  # both MISSING: no defaults
     assert [f.name for f in fields(TrainingSettings) if f.default is not f.default_factory] == ["workers"]

@@ -1,12 +1,12 @@
 """The `coverwatch` command, one module per topic: service (init, run, process, requeue, doctor, fetch), status,
-data (classes, dataset, report), models (train, models), review; `base` holds what they share. Each is thin."""
+data (classes, dataset, report), models (train, models), review, audit; `base` holds what they share. Each is thin."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from watcher.cli import data, models, review, service, status  # noqa: F401  (each registers its commands on `cli`)
+from watcher.cli import audit, data, models, review, service, status  # noqa: F401  (each registers its commands on `cli`)
 from watcher.cli.base import cli
 
 __all__ = ["cli", "main"]

@@ -68,6 +68,9 @@ def _format_status(s: dict) -> str:
     lines.append("training: idle" if t is None else f"training: {t['state']} epoch {t['epoch'] or 0}/{t['epochs'] or '?'}")
     if s.get("last_training"):
         lines.append(_format_last_training(s["last_training"]))
+    if a := s.get("audit"):
+        lines.append(f"audit: {a['state']} fold {a['fold'] or 0}/{a['folds'] or '?'} epoch {a['epoch'] or 0}/"
+                     f"{a['epochs'] or '?'}")
     return "\n".join(lines)
 
 

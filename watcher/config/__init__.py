@@ -114,7 +114,7 @@ def training_settings(cfg: Config, **extra) -> TrainingSettings:
     t = cfg.training
     rest = t.model_dump(exclude={f.name for f in fields(DatasetOptions)})
     return TrainingSettings(home=cfg.home, dataset_dir=cfg.path("dataset"), models_dir=cfg.path("models"),
-                            task=cfg.task, dataset=dataset_options(cfg), **rest, **extra)
+                            review_dir=cfg.path("review"), task=cfg.task, dataset=dataset_options(cfg), **rest, **extra)
 
 
 def review_options(cfg: Config) -> ReviewOptions:

@@ -96,8 +96,19 @@ class TrainingConfig(_Section):
     gate_min_images: Annotated[int, Field(ge=0, strict=True)] = 10
     reclassify_days: PositiveInt | None = None
     oom_imgsz_steps: tuple[PositiveInt, ...] = (512, 416, 320)
+    # K of the K-fold label audit queued after each training run (pipeline.training.audit); 0: none (3-5 on a
+    # GPU host). `coverwatch audit` uses it too, or 3 when it is 0.
+    audit_folds: Annotated[int, Field(ge=0, le=20, strict=True)] = 0
+    audit_epochs: PositiveInt = 5  # each fold's run: short, it only has to tell the classes apart
 
     _auto = field_validator("base", "imgsz", mode="before")(_auto_is_unset)
+
+    @field_validator("audit_folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("expected 0 (no audit) or 2 and more folds")
+        return v
 
     @field_validator("imgsz")
     @classmethod
