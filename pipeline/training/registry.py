@@ -32,7 +32,7 @@ from storage.db import session_scope
 from storage.files import write_atomically
 from storage.queries import as_utc, champion, training_outcome
 from storage.tables import ModelMetric, ModelVersion, TrainingRun
-from storage.tables_quality import ModelConfusion
+from storage.tables import ModelConfusion
 
 log = logging.getLogger(__name__)
 

@@ -455,7 +455,7 @@ def test_the_quarantine_sheet_explains_every_reason(engine, home):
 
 
 def test_model_quality_shows_each_version_per_class_its_calibration_and_confusion(engine, home):
-    from storage.tables_quality import ModelConfusion
+    from storage.tables import ModelConfusion
 
     with session_scope(engine) as s:
         v1 = ModelVersion(version="v0001", task="classify", path="models/v0001", state="champion", classes=CLASSES,

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from pipeline.training.registry import Evaluation, decide, list_models, promote_version
 from storage.db import session_scope
 from storage.tables import ModelMetric, ModelVersion
-from storage.tables_quality import ModelConfusion
+from storage.tables import ModelConfusion
 from pipeline.training.queue import request_training
 from pipeline.training.supervisor import TrainingSupervisor
 from tests.pipeline.training_fakes import CLASSES, FakeTrainer, fake_prepare, inline_spawn, settings_for

@@ -112,7 +112,7 @@ def test_status_shows_a_run_that_failed_in_training(home, engine):
 
 def test_models_list_shows_per_class_figures_calibration_and_the_confusion_matrix(home, engine):
     from storage.tables import ModelMetric
-    from storage.tables_quality import ModelConfusion
+    from storage.tables import ModelConfusion
 
     with session_scope(engine) as s:
         mv = ModelVersion(version="v0001", task="classify", path="models/v0001", state="champion",

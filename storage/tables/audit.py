@@ -13,7 +13,7 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, Stri
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.clock import utcnow
-from storage.tables import Base, FsText
+from storage.tables.base import Base, FsText
 
 
 class LabelAudit(Base):
