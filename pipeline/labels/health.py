@@ -7,10 +7,11 @@
 Per image: the given label, the suggested one (the argmax), cleanlab's label-quality score (the self-confidence:
 the probability of the given class; low = likely wrong) and whether `find_label_issues` flags it. Per class pair
 (`find_overlapping_classes`): how many images of one the models put in the other, cleanlab's joint probability,
-and a recommendation in words by `share`, the overlapping images over the images of the smaller class:
+and a recommendation in words by `share`, the overlapping images over the images of both classes (at most 1; two
+names for one class, split at random, come near 0.5: each image is as likely put in the other):
 
-- share >= MERGE_SHARE (0.5): "merge them": the models cannot tell them apart;
-- share >= SHARPEN_SHARE (0.2): "define them more sharply": write down what separates them, relabel the flagged;
+- share >= MERGE_SHARE (0.3): "merge them": the models cannot tell them apart;
+- share >= SHARPEN_SHARE (0.1): "define them more sharply": write down what separates them, relabel the flagged;
 - below: "allow both": a few covers fit both; label each by its main genre.
 
 A class no image is labelled with is left out (no fold model could learn it).
@@ -27,8 +28,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-MERGE_SHARE = 0.5
-SHARPEN_SHARE = 0.2
+MERGE_SHARE = 0.3
+SHARPEN_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def _pairs(overlaps, confusion: np.ndarray, names: list[str]) -> list[PairHealth
         a, b, n, joint = int(row[0]), int(row[1]), int(row[2]), float(row[3])
         if n <= 0:
             continue
-        share = float(n / max(1, min(counts[a], counts[b])))
+        share = float(n / max(1, counts[a] + counts[b]))
         out.append(PairHealth(len(out) + 1, names[a], names[b], int(confusion[a, b] + confusion[b, a]), n, joint,
                               share, recommendation(share)))
     return out

@@ -36,7 +36,7 @@ HISTORY = [Column("audit", "date"), Column("run", "int"), Column("folds", "int")
            Column("flagged", "int"), Column("label_health", "float"), Column("fold_model_accuracy", "float"),
            Column("largest_class_share", "float")]
 PAIRS = [Column("rank", "int"), Column("class_a"), Column("class_b"), Column("confused", "int"),
-         Column("overlapping", "int"), Column("share_of_smaller", "float"), Column("joint_probability", "float"),
+         Column("overlapping", "int"), Column("share_of_pair", "float"), Column("joint_probability", "float"),
          Column("recommendation")]
 
 
@@ -140,7 +140,7 @@ def health_warnings(f: AuditFindings) -> list[str]:
     for p in f.pairs:
         if not p["recommendation"].startswith("allow"):
             out.append(f"Classes {p['a']} and {p['b']} overlap ({p['overlapping']} images, {p['share']:.0%} of the "
-                       f"smaller): {p['recommendation']}. See the Class overlap sheet.")
+                       f"pair's images): {p['recommendation']}. See the Class overlap sheet.")
     return out
 
 

@@ -72,5 +72,5 @@ class ClassOverlap(Base):
     confused: Mapped[int] = mapped_column(Integer)  # images given one of the two whose suggestion is the other
     overlapping: Mapped[int] = mapped_column(Integer)  # cleanlab's "Num Overlapping Examples"
     overlap: Mapped[float] = mapped_column(Float)  # cleanlab's joint probability: the share of all images
-    share: Mapped[float] = mapped_column(Float)  # overlapping / images of the smaller class
+    share: Mapped[float] = mapped_column(Float)  # overlapping / images of both classes
     recommendation: Mapped[str] = mapped_column(Text)

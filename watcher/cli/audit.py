@@ -77,8 +77,8 @@ def _format_outcome(version: str, a: dict | None) -> str:
     else:
         lines.append("no image looks mislabelled")
     for p in a["pairs"]:
-        lines.append(f"  {p['a']} / {p['b']}: {p['overlapping']} images overlap ({p['share']:.0%} of the smaller "
-                     f"class): {p['recommendation']}")
+        lines.append(f"  {p['a']} / {p['b']}: {p['overlapping']} images overlap ({p['share']:.0%} of the "
+                     f"pair's images): {p['recommendation']}")
     if a["worst_classes"]:
         lines.append("classes with the most label issues: " + ", ".join(
             f"{c['class']} ({c['label_issues']})" for c in a["worst_classes"]))
