@@ -13,9 +13,7 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
@@ -24,16 +22,14 @@ from pathlib import Path
 import xlsxwriter
 from xlsxwriter.utility import xl_col_to_name
 
+from pipeline.report.cells import MAX_TEXT, NUMBER_WIDTH, cell_kind, clean_text, display_width
 from pipeline.report.xml import RowSpool, formula_cell, number_cell, splice, style_of, text_cell
 from storage.clock import as_utc
 
 EXCEL_MAX_ROWS = 1_048_576  # header included
 MAX_WIDTH = 60
 _EPOCH = datetime(1899, 12, 30)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")  # surrogates: bytes of a name that are not UTF-8
-_MAX_TEXT = 32_767  # Excel's limit for one cell
 _MAX_LINK = 250  # HYPERLINK's string arguments stop at 255 characters in Excel
-_NUMBER_WIDTH = {"pct": 7, "float": 8, "int": 9, "date": 19}  # numbers are not measured one by one
 STYLED = ("pct", "date", "float", "int", "link")  # the kinds written with a cell format
 
 
@@ -122,23 +118,6 @@ class Book:
             pass
 
 
-def display_width(text: str) -> int:
-    """About the columns a string takes on screen: Hangul and other wide characters count twice.
-
-    Estimated from the UTF-8 length (wide scripts take 3 bytes a character, narrow ones 1 or 2), because
-    it is measured on every cell of a sheet that may hold a million rows.
-    """
-    n = len(text)
-    return n if text.isascii() else n + (len(text.encode("utf-8", "surrogatepass")) - n) // 2
-
-
-def clean_text(value) -> str:
-    text = value if isinstance(value, str) else str(value)
-    if not text.isprintable():
-        text = _CONTROL.sub("\ufffd", text)  # such characters would make the XML invalid
-    return text[:_MAX_TEXT]
-
-
 class Table:
     """A header row and rows after it on one sheet, continued on "Name (2)", ... past `book.max_rows`.
 
@@ -162,7 +141,7 @@ class Table:
         self._plan = [(i, self._letters[i], "number" if c.kind in numbers else c.kind,
                        style_of(c.kind) if c.kind in numbers else "") for i, c in enumerate(self.columns)]
         # Room for the header and its filter button; numbers are not measured one by one.
-        self._widths = [max(display_width(c.name) + 3, _NUMBER_WIDTH.get(c.kind, 0)) for c in self.columns]
+        self._widths = [max(display_width(c.name) + 3, NUMBER_WIDTH.get(c.kind, 0)) for c in self.columns]
         self._open(ws)
 
     # -- writing -------------------------------------------------------------------------------------------
@@ -194,7 +173,7 @@ class Table:
                 if value - value == 0:  # not NaN or infinite
                     cells.append(f'<c r="{letter}{n}"{style}><v>{value!r}</v></c>')
             elif kind == "text" and value.__class__ is str and value and value.isprintable():
-                cells.append(text_cell(f"{letter}{n}", value[:_MAX_TEXT]))
+                cells.append(text_cell(f"{letter}{n}", value[:MAX_TEXT]))
                 if 2 * len(value) > self._widths[i]:  # cheap bound first: most cells are not the widest
                     self._track_width(i, display_width(value))
             else:
@@ -203,7 +182,7 @@ class Table:
         self._spool.last_row = n
 
     def _spool_other(self, i: int, ref: str, value, cells: list[str]) -> None:
-        kind = _kind(self.columns[i], value)
+        kind = cell_kind(self.columns[i], value)
         if kind is None:
             return
         if kind == "text":
@@ -232,7 +211,7 @@ class Table:
     def _write_cells(self, r: int, row: Sequence) -> None:
         ws, fmt, c0 = self._ws, self.book.fmt, self.first_col
         for i, (col, value) in enumerate(zip(self.columns, row)):
-            kind = _kind(col, value)
+            kind = cell_kind(col, value)
             if kind is None:
                 continue
             if kind == "text":
@@ -310,25 +289,6 @@ class Table:
     @property
     def worksheet(self):
         return self._ws
-
-
-def _kind(col: Column, value) -> str | None:
-    """How to write this value, or None for a blank cell."""
-    if value is None or value == "" or (isinstance(value, float) and not math.isfinite(value)):
-        return None
-    return _kind_of(value) if col.kind == "any" else col.kind
-
-
-def _kind_of(value) -> str:
-    if isinstance(value, bool):
-        return "text"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, (datetime, date)):
-        return "date"
-    return "text"
 
 
 def write_blocks(book: Book, name: str, blocks: Sequence[tuple[Sequence[Column], list[Sequence]]], *,
