@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, aliased
 
 from storage.clock import as_utc
@@ -178,12 +178,12 @@ def _latest_prediction_ids():
 def latest_predictions_stmt():
     """One row per classified file: id, original_name, predicted_class, confidence, model_version, created_at,
     final_path, state, and the earlier file it looks like (looks_like, its original_name, looks_like_bits; None
-    for most). Ordered by prediction id, for streaming."""
+    for most), sha256 (the report's thumbnail cache key). Ordered by prediction id, for streaming."""
     earlier = aliased(File)
     return (
         select(Prediction.id, File.original_name, Prediction.predicted_class, Prediction.confidence,
                Prediction.model_version, Prediction.created_at, File.final_path, File.state, File.looks_like,
-               earlier.original_name, File.looks_like_bits)
+               earlier.original_name, File.looks_like_bits, File.sha256)
         .join(File, File.id == Prediction.file_id)
         .outerjoin(earlier, earlier.id == File.looks_like)
         .where(Prediction.id.in_(_latest_prediction_ids()))
@@ -205,13 +205,54 @@ def latest_detections_stmt():
 
 
 def quarantined_stmt():
-    """Quarantined files: id, original_name, reason, detail, processed_at, updated_at, final_path."""
+    """Quarantined files: id, original_name, reason, detail, processed_at, updated_at, final_path, sha256."""
     return (
         select(File.id, File.original_name, File.reason, File.detail, File.processed_at, File.updated_at,
-               File.final_path)
+               File.final_path, File.sha256)
         .where(File.state == FileState.quarantined.value)
         .order_by(File.id)
     )
+
+
+def newest_floor(conn, stmt, n: int) -> int | None:
+    """The first column's value in the n-th last row of `stmt` (a statement ordered by that column, as the ones
+    above): the rows from it on are the newest n. None when `stmt` has no rows."""
+    key = stmt.selected_columns[0]
+    newest = stmt.order_by(None).order_by(key.desc()).limit(n).subquery()
+    return conn.scalar(select(func.min(newest.c[0])))
+
+
+def confidence_histogram(session: Session, bins: int = 10) -> list[int]:
+    """How many of the latest predictions fall in each of `bins` equal confidence bins, [0, 1/bins) first; the
+    last bin holds 1.0. Counted in the database (a CASE per bin: portable, where FLOOR and CAST differ)."""
+    conf = Prediction.confidence
+    bin_of = case(*((conf < (i + 1) / bins, i) for i in range(bins - 1)), else_=bins - 1)
+    rows = session.execute(select(bin_of, func.count()).where(Prediction.id.in_(_latest_prediction_ids()),
+                                                              conf.is_not(None)).group_by(bin_of))
+    out = [0] * bins
+    for i, n in rows:
+        out[int(i)] = n
+    return out
+
+
+def files_by_hour(session: Session) -> list[tuple[datetime, str, str, int]]:
+    """(hour in UTC, state, folder, files) for the files processed or quarantined, grouped in the database by the
+    hour they were decided: few rows, whatever the zone the caller counts days in."""
+    stamp = func.coalesce(File.processed_at, File.updated_at)
+    if session.get_bind().dialect.name == "sqlite":
+        hour = func.strftime("%Y-%m-%d %H:00:00", stamp)
+    else:
+        hour = func.date_trunc("hour", stamp)
+    done = (FileState.processed.value, FileState.quarantined.value)
+    rows = session.execute(select(hour, File.state, File.folder, func.count()).where(File.state.in_(done))
+                           .group_by(hour, File.state, File.folder))
+    return [(_utc_hour(h), state, folder, n) for h, state, folder, n in rows if h is not None]
+
+
+def _utc_hour(value) -> datetime:
+    if isinstance(value, str):  # SQLite's strftime
+        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+    return as_utc(value)
 
 
 def report_counts(session: Session) -> dict:
