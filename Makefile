@@ -48,9 +48,10 @@ test: install-dev test-deps
 	COVERWATCH_TEST_DB=postgres $(BIN)/python -m pytest -q tests/storage tests/watcher $(PYTEST_ARGS)
 
 # Programs some tests drive, from Debian when missing: LibreOffice (the report opens in a real spreadsheet
-# program), PostgreSQL (the multi-worker suites), systemd-analyze (the unit file verifies). Where apt cannot
-# run (not root, offline, not Debian) the tests that need them skip and say why.
-TEST_PROGRAMS = soffice:libreoffice-calc initdb:postgresql systemd-analyze:systemd
+# program), poppler's pdftotext and pdfimages (what its PDF export shows, page by page), PostgreSQL (the
+# multi-worker suites), systemd-analyze (the unit file verifies). Where apt cannot run (not root, offline, not
+# Debian) the tests that need them skip and say why.
+TEST_PROGRAMS = soffice:libreoffice-calc pdftotext:poppler-utils initdb:postgresql systemd-analyze:systemd
 test-deps:
 	@missing=""; for pair in $(TEST_PROGRAMS); do prog=$${pair%%:*}; pkg=$${pair#*:}; \
 	  command -v $$prog >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/$$prog >/dev/null 2>&1 \

@@ -95,3 +95,14 @@ class TrainingSettings:
         for key in ("audit_folds", "audit_epochs"):  # a run recorded before they existed (resumed after an upgrade)
             p.setdefault(key, 0)
         return cls(**p, dataset=DatasetOptions(**{f.name: params[f.name] for f in fields(DatasetOptions)}))
+
+
+@dataclass(frozen=True)
+class ThumbnailOptions:
+    """The report's thumbnails (`reports.thumbnails`) and what is never decoded for one (`watch.max_bytes`,
+    `max_pixels`, `max_aspect`: the same limits as the inbox's)."""
+
+    newest: int  # thumbnails beside the newest this many rows of Predictions and of Quarantine; 0: none
+    max_bytes: int
+    max_pixels: int
+    max_aspect: float

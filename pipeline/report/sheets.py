@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from pathlib import Path
 
-from PIL import Image
 from sqlalchemy import Connection
 
 from pipeline.errors import REASONS
 from pipeline.report.data import per_class_metrics, scalar_metrics
 from pipeline.report.style import Book, Column, Table, write_blocks
+from pipeline.report.thumbs import ROW_PT, Thumbnails
 from storage.queries import latest_detections_stmt, latest_predictions_stmt, quarantined_stmt
 
 PREDICTIONS = [Column("id", "int"), Column("original_name"), Column("predicted_class"), Column("confidence", "pct"),
@@ -29,37 +27,52 @@ RUNS = [Column("run", "int"), Column("attempt", "int"), Column("state"), Column(
         Column("imgsz", "any"), Column("base", "any"), Column("device", "any"), Column("error")]
 QUARANTINE = [Column("original_name"), Column("reason"), Column("explanation"), Column("detail"),
               Column("time", "date"), Column("path", "link")]
-IMAGE_WIDTH_PX = 640
-ROW_PX = 20
+THUMBNAIL = Column("thumbnail")  # the last column, where there are thumbnails: a picture over an empty cell
 
 
-def _stream(book: Book, conn: Connection, name: str, columns, stmt, shape, chunk_rows: int) -> Table:
-    table = book.table(name, columns)
+def _stream(book: Book, conn: Connection, name: str, columns, stmt, shape, chunk_rows: int,
+            thumbs: Thumbnails | None = None, image=None) -> Table:
+    """Rows of `stmt` as `shape` makes them; with `thumbs`, the newest rows (by the first column) with a thumbnail
+    of the file `image(row)` names: (path relative to home, sha256)."""
+    floor = thumbs.floor(conn, stmt) if thumbs is not None else None
+    if floor is None:
+        table = book.table(name, columns)
+    else:
+        table = book.table(name, [*columns, THUMBNAIL], row_height=ROW_PT)
     result = conn.execution_options(yield_per=chunk_rows).execute(stmt)
     for part in result.partitions():
-        table.extend(map(shape, part))
+        if floor is None:
+            table.extend(map(shape, part))
+            continue
+        for r in part:
+            table.append((*shape(r), None), thumbs.picture(*image(r)) if r[0] >= floor else None)
     table.close()
     return table
 
 
-def predictions_sheet(book: Book, conn: Connection, chunk_rows: int) -> Table:
+def predictions_sheet(book: Book, conn: Connection, chunk_rows: int, thumbs: Thumbnails | None = None) -> Table:
     def shape(r):
         looks_like = None if r[8] is None else f"#{r[8]} {r[9]} ({r[10]} bits apart)"
         return (r[0], r[1], r[2], r[3], r[4], r[5], r[6] if r[7] == "processed" else None, looks_like)
 
-    return _stream(book, conn, "Predictions", PREDICTIONS, latest_predictions_stmt(), shape, chunk_rows)
+    def image(r):
+        return (r[6] if r[7] == "processed" else None), r[11]
+
+    return _stream(book, conn, "Predictions", PREDICTIONS, latest_predictions_stmt(), shape, chunk_rows, thumbs,
+                   image)
 
 
 def detections_sheet(book: Book, conn: Connection, chunk_rows: int) -> Table:
     return _stream(book, conn, "Detections", DETECTIONS, latest_detections_stmt(), tuple, chunk_rows)
 
 
-def quarantine_sheet(book: Book, conn: Connection, chunk_rows: int) -> Table:
+def quarantine_sheet(book: Book, conn: Connection, chunk_rows: int, thumbs: Thumbnails | None = None) -> Table:
     def shape(r):
-        _id, name, reason, detail, processed_at, updated_at, path = r
+        _id, name, reason, detail, processed_at, updated_at, path, _sha = r
         return (name, reason, REASONS.get(reason), detail, processed_at or updated_at, path)
 
-    return _stream(book, conn, "Quarantine", QUARANTINE, quarantined_stmt(), shape, chunk_rows)
+    return _stream(book, conn, "Quarantine", QUARANTINE, quarantined_stmt(), shape, chunk_rows, thumbs,
+                   lambda r: (r[6], r[7]))
 
 
 def classes_sheet(book: Book, rows: list[dict]) -> Table:
@@ -78,7 +91,7 @@ def classes_sheet(book: Book, rows: list[dict]) -> Table:
         chart.set_title({"name": "Class distribution"})
         chart.set_y_axis({"reverse": True})  # first class on top, as in the table
         chart.set_legend({"position": "bottom"})
-        chart.set_size({"width": 640, "height": max(300, 60 + 28 * n)})
+        chart.set_size({"width": 640, "height": min(600, max(300, 60 + 28 * n))})  # inside one printed page
         table.worksheet.insert_chart(1, len(CLASSES) + 1, chart)
     return table
 
@@ -144,20 +157,3 @@ def _metric_chart(book: Book, table: Table, n: int, col: int, metric: str, at_co
     chart.set_x_axis({"name": "run"})
     chart.set_legend({"none": True})
     table.worksheet.insert_chart(1, at_col + skip_cols + 1, chart)
-
-
-def summary_sheet(book: Book, ws, items: list[tuple[str, object]], images: list[Path]) -> Table:
-    """Item / value pairs, and the champion's plots beside them."""
-    table = Table(book, "Summary", [Column("item"), Column("value", "any")], ws=ws, filter=False)
-    for r, item in enumerate(items, 1):  # never paged: it is short, and it says where the rest went
-        table.write_row(r, item)
-    table.close()
-    row = 1
-    for path in images:
-        with Image.open(path) as im:
-            width, height = im.size
-        scale = min(1.0, IMAGE_WIDTH_PX / width)
-        ws.insert_image(row, 3, str(path), {"x_scale": scale, "y_scale": scale, "object_position": 1,
-                                            "description": path.name})
-        row += math.ceil(height * scale / ROW_PX) + 2
-    return table

@@ -30,6 +30,7 @@ EXCEL_MAX_ROWS = 1_048_576  # header included
 MAX_WIDTH = 60
 _EPOCH = datetime(1899, 12, 30)
 _MAX_LINK = 250  # HYPERLINK's string arguments stop at 255 characters in Excel
+SHORT_ROW_PT = 15  # a row's usual height
 STYLED = ("pct", "date", "float", "int", "link")  # the kinds written with a cell format
 
 
@@ -70,10 +71,18 @@ class Book:
         }
 
     def sheet(self, name: str):
-        return self.wb.add_worksheet(name[:31])
+        """A new worksheet that prints readably: A4 landscape, one page wide, the header row on every page, and
+        the sheet's name and page number in the footer."""
+        ws = self.wb.add_worksheet(name[:31])
+        ws.set_landscape()
+        ws.set_paper(9)  # A4
+        ws.fit_to_pages(1, 0)  # as wide as one page, as many pages long as it takes
+        ws.repeat_rows(0)
+        ws.set_footer("&L&A&R&P of &N")
+        return ws
 
-    def table(self, name: str, columns: Sequence[Column]) -> Table:
-        return Table(self, name, columns)
+    def table(self, name: str, columns: Sequence[Column], *, row_height: float | None = None) -> Table:
+        return Table(self, name, columns, row_height=row_height)
 
     def excel_date(self, value: datetime | date) -> float:
         """Local wall-clock time as an Excel serial number (Excel has no time zones). Written here because
@@ -127,9 +136,14 @@ class Table:
     """
 
     def __init__(self, book: Book, name: str, columns: Sequence[Column], *, ws=None, first_col: int = 0,
-                 filter: bool = True):
+                 filter: bool = True, row_height: float | None = None):
         self.book, self.name, self.columns = book, name, list(columns)
         self.first_col, self.filter = first_col, filter
+        # Rows with a picture are `row_height` points tall. XlsxWriter never sees the spooled rows, and anchors a
+        # picture by the row heights it believes in: so that is the sheet's default height, and every row without
+        # a picture says its own (the usual 15 points).
+        self.row_height = row_height
+        self._short = f' ht="{SHORT_ROW_PT}" customHeight="1"' if row_height else ""
         self.spooled = ws is None
         self.sheets: list[str] = []
         self.rows = 0  # data rows written in all
@@ -150,18 +164,22 @@ class Table:
         for row in rows:
             self.append(row)
 
-    def append(self, row: Sequence) -> None:
+    def append(self, row: Sequence, picture=None) -> None:
+        """One row; `picture` (with a `place(ws, row, col)`, e.g. `pipeline.report.thumbs.Thumb`) goes in its last
+        column, on a table made with a `row_height`."""
         if self._row >= self.book.max_rows:
             self._finish()
             self._open(None)
         if self.spooled:
-            self._spool_row(self._row, row)
+            self._spool_row(self._row, row, "" if picture is not None else self._short)
         else:
             self._write_cells(self._row, row)
+        if picture is not None:
+            picture.place(self._ws, self._row, self.first_col + len(self.columns) - 1)
         self._row += 1
         self.rows += 1
 
-    def _spool_row(self, r: int, row: Sequence) -> None:
+    def _spool_row(self, r: int, row: Sequence, attrs: str = "") -> None:
         # The hot loop of a big report (millions of cells): numbers and text inline, the rest by `_kind`.
         n = r + 1  # XML rows count from 1
         cells = []
@@ -178,7 +196,7 @@ class Table:
                     self._track_width(i, display_width(value))
             else:
                 self._spool_other(i, f"{letter}{n}", value, cells)
-        self._spool.add(f'<row r="{n}">{"".join(cells)}</row>')
+        self._spool.add(f'<row r="{n}"{attrs}>{"".join(cells)}</row>')
         self._spool.last_row = n
 
     def _spool_other(self, i: int, ref: str, value, cells: list[str]) -> None:
@@ -263,6 +281,9 @@ class Table:
         self.sheets.append(ws.get_name())
         self._ws = ws
         ws.freeze_panes(1, 0)
+        if self.row_height:
+            ws.set_default_row(self.row_height)
+            ws.set_row(0, SHORT_ROW_PT)  # the header
         for i, col in enumerate(self.columns):
             ws.write_string(0, self.first_col + i, col.name, self.book.fmt["header"])
         if self.spooled:

@@ -23,12 +23,14 @@ from sqlalchemy.orm import Session
 from xlsxwriter.exceptions import XlsxWriterException
 
 from pipeline.report.corrections import correction_figures, correction_items, corrections_sheet
+from pipeline.report.dashboard import write_dashboard
 from pipeline.report.data import (
     class_rows,
     dataset_balance,
     label_events,
     label_quality,
     model_metrics,
+    per_class_metrics,
     primary_metric,
     quality_issues,
     scalar_metrics,
@@ -42,11 +44,11 @@ from pipeline.report.sheets import (
     label_issues_sheet,
     predictions_sheet,
     quarantine_sheet,
-    summary_sheet,
     training_sheet,
 )
 from pipeline.report.style import EXCEL_MAX_ROWS, Book
-from pipeline.settings import DatasetOptions, ReviewOptions
+from pipeline.report.thumbs import Thumbnails
+from pipeline.settings import DatasetOptions, ReviewOptions, ThumbnailOptions
 from storage.db import session_scope
 from storage.errors import CoverwatchError
 from storage.files import replacing
@@ -78,12 +80,15 @@ class ReportError(CoverwatchError):
 
 def write_report(engine: Engine, out_path: Path, *, home: Path, now: datetime | None = None,
                  labels: DatasetOptions, tz: tzinfo | None = None, low_confidence: float = 0.4,
-                 max_rows_per_sheet: int = EXCEL_MAX_ROWS, chunk_rows: int = 5000) -> Path:
+                 thumbnails: ThumbnailOptions | None = None, max_rows_per_sheet: int = EXCEL_MAX_ROWS,
+                 chunk_rows: int = 5000) -> Path:
     """Write the workbook to `out_path` atomically, record it in the `reports` table, return the path.
 
     `home` resolves the paths stored in the database (archive links, model folders); `tz` is the zone the
     dates are shown in (default: this machine's); `low_confidence` colours confidences below it; `labels`
-    carries the config's thresholds for ambiguous boxes and imbalance (the dataset build's own options).
+    carries the config's thresholds for ambiguous boxes and imbalance (the dataset build's own options);
+    `thumbnails` (`reports.thumbnails` and the decoding limits; None: none) puts a thumbnail beside the newest
+    rows of Predictions and Quarantine, cached under `home/.thumbs/`.
     """
     now = now or datetime.now(timezone.utc)
     out_path = Path(out_path)
@@ -91,12 +96,15 @@ def write_report(engine: Engine, out_path: Path, *, home: Path, now: datetime | 
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with replacing(out_path, durable=True) as tmp:
             book = Book(tmp, home=home, tz=tz, low_confidence=low_confidence, max_rows=max_rows_per_sheet)
+            thumbs = Thumbnails(home, thumbnails) if thumbnails and thumbnails.newest > 0 else None
             try:
-                rows = _fill(book, engine, home=home, now=now, chunk_rows=chunk_rows, rules=labels)
+                rows = _fill(book, engine, home=home, now=now, chunk_rows=chunk_rows, rules=labels, thumbs=thumbs)
             except BaseException:
                 book.discard()
                 raise
             book.close()
+        if thumbs is not None:
+            thumbs.prune()
     except (OSError, XlsxWriterException) as exc:
         raise ReportError(f"report: cannot write {out_path}: {exc}") from None
     with session_scope(engine) as s:
@@ -144,7 +152,8 @@ def _prune(folder: Path, keep: int) -> None:
             log.warning("could not remove old report %s: %s", old, exc)
 
 
-def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: int, rules: DatasetOptions) -> int:
+def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: int, rules: DatasetOptions,
+          thumbs: Thumbnails | None) -> int:
     """Every sheet, in the order a reader meets them; the Summary (first) is filled last."""
     with engine.connect() as conn, Session(conn) as s:
         counts = report_counts(s)
@@ -157,7 +166,7 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
         quality = label_quality(s, rules)
 
         summary_ws = book.sheet("Summary")
-        preds = predictions_sheet(book, conn, chunk_rows)
+        preds = predictions_sheet(book, conn, chunk_rows, thumbs)
         dets = detections_sheet(book, conn, chunk_rows)
         order = _class_order(registered, quality.counts, per_class)
         classes = class_rows(order, set(registered), per_class, quality, dataset_balance(s))
@@ -168,9 +177,10 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
         label_health_sheet(book, audit)
         class_overlap_sheet(book, audit)
         metric = primary_metric(champ, runs)
-        training_sheet(book, runs, champ, metric, attempts=training_attempts(s), figures=model_metrics(s))
+        figures = model_metrics(s)
+        training_sheet(book, runs, champ, metric, attempts=training_attempts(s), figures=figures)
         model_quality_sheet(book, s)
-        quarantine = quarantine_sheet(book, conn, chunk_rows)
+        quarantine = quarantine_sheet(book, conn, chunk_rows, thumbs)
         corrections_sheet(book, s)
 
         items = _summary_items(book, now, counts, status, champ, metric) + correction_items(correction_figures(s))
@@ -178,7 +188,8 @@ def _fill(book: Book, engine: Engine, *, home: Path, now: datetime, chunk_rows: 
         items += [("warning", w) for w in gate_warnings([mv for _r, mv in runs if mv is not None][-1:])]
         items += [("warning", w) for w in health_warnings(audit)]
         items += [("note", n) for n in _paging_notes(preds, dets, quarantine)]
-        summary_sheet(book, summary_ws, items, _plots(home, champ))
+        write_dashboard(book, summary_ws, s, items=items, classes=classes, plots=_plots(home, champ),
+                        champion=per_class_metrics(figures.get(champ.id) if champ else None))
     return preds.rows
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from pipeline.report.workbook import ReportError, publish_report, write_report
+from pipeline.settings import ThumbnailOptions
 from storage.db import session_scope
 from storage.tables import (ClassName, Detection, File, Label, ModelMetric, ModelVersion, Prediction, Report, Sample,
                             TrainingAttempt, TrainingRun)
@@ -371,17 +372,54 @@ def test_libreoffice_opens_the_workbook(engine, seeded, tmp_path):
     soffice = shutil.which("soffice") or shutil.which("libreoffice")
     if soffice is None:
         pytest.skip("LibreOffice (soffice) not found: `make test` installs libreoffice-calc where apt works")
-    path = _write(engine, seeded)
+    _archive_photos(engine, seeded)
+    path = _write(engine, seeded, thumbnails=ThumbnailOptions(newest=2000, max_bytes=50 << 20,
+                                                              max_pixels=89_478_485, max_aspect=20.0))
     profile = tmp_path / "lo-profile"  # its own profile: no clash with another LibreOffice running
     pdf = _soffice(soffice, profile, path, "pdf", tmp_path / "pdf")  # what "open and print" takes
     assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 5000
+    _check_the_printed_pages(pdf)
     # Every sheet as UTF-8 text: LibreOffice read the cells themselves, Korean and link formulas included.
     _soffice(soffice, profile, path, "csv:Text - txt - csv (StarCalc):44,34,76,1,,0,false,true,false,false,false,-1",
              tmp_path / "csv", f"{path.stem}-Summary.csv")
     summary = (tmp_path / "csv" / "report-Summary.csv").read_text(encoding="utf-8")
     assert "champion model,v1" in summary and "Class 상상화: 31x fewer labelled images" in summary
     preds = (tmp_path / "csv" / "report-Predictions.csv").read_text(encoding="utf-8").splitlines()
-    assert preds[1].split(",")[1:3] == ["표지 1.jpg", "만화"] and preds[1].endswith(",archive/inbox/표지 1.jpg,")
+    assert preds[1].split(",")[1:3] == ["표지 1.jpg", "만화"] and preds[1].endswith(",archive/inbox/표지 1.jpg,,")  # looks_like, thumbnail
+
+
+def _archive_photos(engine, home: Path) -> None:
+    """The processed files' archived copies as real photos (coco24), so that the report has thumbnails."""
+    import hashlib
+
+    from tests.conftest import coco_images
+
+    with session_scope(engine) as s:
+        files = s.scalars(select(File).where(File.folder == "inbox", File.state == "processed").order_by(File.id))
+        for f, photo in zip(files, coco_images(3)):
+            data = photo.read_bytes()
+            (home / f.final_path).parent.mkdir(parents=True, exist_ok=True)
+            (home / f.final_path).write_bytes(data)
+            f.sha256 = hashlib.sha256(data).hexdigest()
+
+
+def _check_the_printed_pages(pdf: Path) -> None:
+    """Page by page, what LibreOffice printed: each sheet one page wide (no columns cut into strips), the Summary's
+    three charts whole on one page, a footer with the sheet's name, and the thumbnails as pictures."""
+    pdftotext, pdfimages = shutil.which("pdftotext"), shutil.which("pdfimages")
+    if pdftotext is None or pdfimages is None:
+        pytest.skip("poppler-utils (pdftotext) not found: `make test` installs it where apt works")
+    text = subprocess.run([pdftotext, "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    pages = text.split("\f")[:-1]
+    for first, last in (("original_name", "archive_path"), ("prediction_id", "y2"), ("requested", "device")):
+        page = next(p for p in pages if first in p)
+        assert last in page, f"{first} and {last} printed on different pages"
+    titles = ("Images per class", "Confidence of the latest", "Files decided per day")
+    assert any(all(t in p for t in titles) for p in pages), "the Summary's charts are not on one page"
+    assert [p.split()[-4:] for p in pages[:1]] == [["Summary", "1", "of", str(len(pages))]]
+    images = subprocess.run([pdfimages, "-list", str(pdf)], capture_output=True, text=True, check=True).stdout
+    sizes = [line.split()[3:5] for line in images.splitlines()[2:]]
+    assert sizes.count(["48", "48"]) >= 3  # a thumbnail beside each of the three predictions
 
 
 def _soffice(soffice: str, profile: Path, path: Path, to: str, outdir: Path, name: str | None = None) -> Path:
