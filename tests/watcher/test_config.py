@@ -30,7 +30,7 @@ def test_defaults_for_every_key(tmp_path):
         "yolo11n.yaml", 100, 640, "auto", 20, 50, 0.2, "none")
     assert (t.max_repeat, t.conflicts, t.ambiguity_iou, t.imbalance_warn_ratio) == (4, "exclude", 0.7, 5.0)
     assert (t.promote_min_delta, t.max_class_drop, t.gate_min_images) == (0.0, 0.05, 10)
-    assert cfg.reports.every_minutes == 60
+    assert cfg.reports.every_minutes == 60 and cfg.reports.thumbnails == 2000
 
 
 def test_paths_resolve_against_the_config_folder(tmp_path):
@@ -87,6 +87,9 @@ def test_config_is_frozen(tmp_path):
         ("model: {imgsz: big}", "model.imgsz: input should be a valid integer (got 'big')"),
         ("model: {backend: tensorrt}", "model.backend: input should be 'auto', 'torch' or 'onnx' (got 'tensorrt')"),
         ("reports: {every_minutes: -1}", "reports.every_minutes: input should be greater than 0 (got -1)"),
+        ("reports: {thumbnails: -1}", "reports.thumbnails: input should be greater than or equal to 0 (got -1)"),
+        ("reports: {thumbnails: many}", "reports.thumbnails: input should be a valid integer (got 'many')"),
+        ("reports: {thumbnails: 2.5}", "reports.thumbnails: input should be a valid integer (got 2.5)"),
         ("watch: 5", "watch: input should be a valid dictionary or instance of WatchConfig (got 5)"),
         ("- a\n- b", "expected a mapping of keys at the top level, got list"),
         ("watch: {settle_seconds: [1", "YAML syntax error"),
@@ -372,3 +375,11 @@ def test_a_reload_resolves_the_task_defaults_the_same_way(home, caplog):
         assert "training.base: yolo11s.yaml is a detection model but task is classify" in caplog.text
     finally:
         d.engine.dispose()
+
+
+def test_the_reports_thumbnails_go_to_pipeline_as_plain_values_with_the_inboxs_decoding_limits(tmp_path):
+    from pipeline.settings import ThumbnailOptions
+    from watcher.config import thumbnail_options
+
+    cfg = load_config(write(tmp_path, "reports: {thumbnails: 0}\nwatch: {max_bytes: 1000, max_pixels: 5000}\n"))
+    assert thumbnail_options(cfg) == ThumbnailOptions(newest=0, max_bytes=1000, max_pixels=5000, max_aspect=20.0)

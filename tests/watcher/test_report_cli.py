@@ -187,3 +187,41 @@ def test_process_writes_one_report_at_the_end_of_its_pass(home, monkeypatch):
     d = Daemon(load_config(home / "coverwatch.yaml"), step=CountingNoop())
     assert d.process_pending() == 10
     assert [rows for _, rows in _reports(home)] == [10]
+
+
+def test_reports_thumbnails_is_passed_on_by_the_command_and_the_daemon(home, tmp_path):
+    """The default (2,000) puts a thumbnail beside the archived photo; `reports.thumbnails: 0` none."""
+    import hashlib
+
+    import openpyxl
+    from PIL import Image
+
+    _seed(home)
+    photo = home / "archive" / "inbox" / "동화.jpg"
+    photo.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (300, 400), (30, 120, 200)).save(photo)
+    engine = home_engine(home)
+    with session_scope(engine) as s:
+        s.scalars(select(File)).one().sha256 = hashlib.sha256(photo.read_bytes()).hexdigest()
+    engine.dispose()
+
+    def pictures(path: Path) -> int:
+        return len(openpyxl.load_workbook(path)["Predictions"]._images)
+
+    out = tmp_path / "r.xlsx"
+    assert run_cli("-c", str(home / "coverwatch.yaml"), "report", "-o", str(out)).returncode == 0
+    assert pictures(out) == 1 and list((home / ".thumbs").glob("*/*.jpg"))
+    configure(home, reports={"thumbnails": 0})
+    assert run_cli("-c", str(home / "coverwatch.yaml"), "report", "-o", str(out)).returncode == 0
+    assert pictures(out) == 0
+    configure(home, reports={"thumbnails": 5})
+    engine = home_engine(home)
+    with session_scope(engine) as s:
+        s.execute(delete(Report))  # else the reports above make the daemon's not due for an hour
+    engine.dispose()
+    d = _daemon(home)
+    try:
+        d.loop_once()
+    finally:
+        d.shutdown()
+    assert pictures(home / "reports" / "latest.xlsx") == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from watcher.cli.base import cli, command_config, config_option, open_database
-from watcher.config import dataset_options, review_options
+from watcher.config import dataset_options, review_options, thumbnail_options
 
 @cli.group()
 def classes() -> None:
@@ -61,7 +61,7 @@ def report(ctx: click.Context, output: Path | None) -> None:
     cfg = command_config(ctx)
     with open_database(cfg, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS) as engine:
         options = {"home": cfg.home, "low_confidence": cfg.model.review_below,
-                   "labels": dataset_options(cfg)}
+                   "labels": dataset_options(cfg), "thumbnails": thumbnail_options(cfg)}
         if output is None:
             path = publish_report(engine, cfg.path("reports"), keep=cfg.reports.keep, review=review_options(cfg),
                                   **options)

@@ -16,13 +16,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.settings import DatasetOptions, ReviewOptions, TrainingSettings
+from pipeline.settings import DatasetOptions, ReviewOptions, ThumbnailOptions, TrainingSettings
 from watcher.config.folders import check_folder_types, check_folders
 from watcher.config.schema import CONFIG_ENV, DEFAULT_CONFIG_NAME, FOLDERS, Config, TrainingConfig
 from watcher.errors import ConfigError
 
 __all__ = ["DEFAULT_CONFIG_NAME", "FOLDERS", "Config", "TrainingConfig", "dataset_options", "load_config",
-           "resolve_config_path", "review_options", "training_settings"]
+           "resolve_config_path", "review_options", "thumbnail_options", "training_settings"]
 
 
 def resolve_config_path(given: str | os.PathLike | None) -> Path:
@@ -121,3 +121,10 @@ def review_options(cfg: Config) -> ReviewOptions:
     """The review workbook's and the corrections' values: the task, model.review_below, review/, max_pixels."""
     return ReviewOptions(task=cfg.task, review_below=cfg.model.review_below, review_dir=cfg.path("review"),
                          max_pixels=cfg.watch.max_pixels)
+
+
+def thumbnail_options(cfg: Config) -> ThumbnailOptions:
+    """The report's thumbnails: how many (`reports.thumbnails`), and the inbox's limits on what is decoded."""
+    w = cfg.watch
+    return ThumbnailOptions(newest=cfg.reports.thumbnails, max_bytes=w.max_bytes, max_pixels=w.max_pixels,
+                            max_aspect=w.max_aspect)

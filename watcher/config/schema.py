@@ -134,6 +134,9 @@ class TrainingConfig(_Section):
 class ReportsConfig(_Section):
     every_minutes: PositiveFloat = 60.0
     keep: PositiveInt = 48
+    # A thumbnail beside the newest this many rows of Predictions and of Quarantine (0: none); made once per image
+    # and cached in HOME/.thumbs/.
+    thumbnails: Annotated[int, Field(ge=0, strict=True)] = 2000
 
 
 class PathsConfig(_Section):

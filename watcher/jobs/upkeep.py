@@ -12,7 +12,7 @@ from pipeline.labels.dataset import build_dataset
 from pipeline.intake.labelled import expire_partners
 from storage.db import session_scope
 from storage.leases import acquire_lease
-from watcher.config import dataset_options, review_options
+from watcher.config import dataset_options, review_options, thumbnail_options
 from watcher.jobs.base import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Report(Job):
         cfg = self.d.cfg
         publish_report(self.d.engine, cfg.path("reports"), home=cfg.home, keep=cfg.reports.keep,
                        low_confidence=cfg.model.review_below, labels=dataset_options(cfg), now=wall,
-                       review=review_options(cfg))
+                       review=review_options(cfg), thumbnails=thumbnail_options(cfg))
 
 
 class Training(Job):
