@@ -103,8 +103,6 @@ def write_report(engine: Engine, out_path: Path, *, home: Path, now: datetime | 
                 book.discard()
                 raise
             book.close()
-        if thumbs is not None:
-            thumbs.prune()
     except (OSError, XlsxWriterException) as exc:
         raise ReportError(f"report: cannot write {out_path}: {exc}") from None
     with session_scope(engine) as s:

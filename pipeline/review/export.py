@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from pipeline.labels.classes import class_names
 from pipeline.review.layout import (CORRECT, COLUMNS, HEADER_ROW, ID, LISTS, SHEET, SKIP, TAKEN, THUMB_PX, instructions,
                                     row_id)
-from pipeline.review.thumbs import thumbnail
+from pipeline.images.thumbs import thumbnail
 from pipeline.settings import ReviewOptions
 from storage.db import session_scope
 from storage.files import replacing
@@ -102,7 +102,7 @@ def write_review_workbook(engine, out_path: Path, *, home: Path, options: Review
     with session_scope(engine) as s:
         names = class_names(s)
         rows, total = candidates(s, options.review_below, max_rows)
-    thumbs = [thumbnail(home, c.sha256, home / c.location, size=THUMB_PX, max_pixels=options.max_pixels)
+    thumbs = [thumbnail(home, c.sha256, home / c.location, max_pixels=options.max_pixels)
               for c in rows]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from pipeline.images.thumbs import THUMB_PX  # noqa: F401 - the cached thumbnails' size, shown whole here
+
 SHEET = "Review"
 LISTS = "lists"
 HEADER_ROW = 2  # 0-based: the table's header is the third row
@@ -21,7 +23,6 @@ SKIP = "(not a cover / skip)"
 ID, CORRECT = "id", "correct class"
 COLUMNS = ("thumbnail", "original_name", "predicted_class", "confidence", "alternative 1", "alternative 2",
            "alternative 3", CORRECT, "why", ID)
-THUMB_PX = 96
 SOURCE_FORMAT = "sheet"  # the Sample and Label source_format of a correction
 _ROW_ID = re.compile(r"(\d{1,18})-([0-9a-f]{12})")
 

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from pipeline.images.thumbs import THUMB_PX
 from pipeline.report.workbook import ReportError, publish_report, write_report
 from pipeline.settings import ThumbnailOptions
 from storage.db import session_scope
@@ -418,8 +419,8 @@ def _check_the_printed_pages(pdf: Path) -> None:
     assert any(all(t in p for t in titles) for p in pages), "the Summary's charts are not on one page"
     assert [p.split()[-4:] for p in pages[:1]] == [["Summary", "1", "of", str(len(pages))]]
     images = subprocess.run([pdfimages, "-list", str(pdf)], capture_output=True, text=True, check=True).stdout
-    sizes = [line.split()[3:5] for line in images.splitlines()[2:]]
-    assert sizes.count(["48", "48"]) >= 3  # a thumbnail beside each of the three predictions
+    sizes = [tuple(map(int, line.split()[3:5])) for line in images.splitlines()[2:]]
+    assert sum(max(size) == THUMB_PX for size in sizes) >= 3  # a thumbnail beside each of the three predictions
 
 
 def _soffice(soffice: str, profile: Path, path: Path, to: str, outdir: Path, name: str | None = None) -> Path:

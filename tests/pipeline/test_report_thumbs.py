@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import pipeline.report.thumbs as thumbs_module
+import pipeline.images.thumbs as thumbs_module
 from pipeline.errors import Rejected
-from pipeline.report.thumbs import CACHE_DIR, ROW_PT, THUMB_PX, make_thumbnail
+from pipeline.images.thumbs import CACHE_DIR, THUMB_PX, make_thumbnail
+from pipeline.report.thumbs import ROW_PT, SHOWN_PX
 from pipeline.report.workbook import write_report
 from pipeline.settings import ThumbnailOptions
 from storage.db import session_scope
@@ -80,12 +81,15 @@ def test_only_the_newest_rows_get_a_thumbnail_inside_their_own_tall_row(engine, 
     preds = pd.read_excel(path, sheet_name="Predictions")
     assert preds.columns[-1] == "thumbnail" and preds["thumbnail"].isna().all()
     assert preds["original_name"].tolist() == [f"p{i}.jpg" for i in range(5)]
-    # A picture is THUMB_PX square, and XlsxWriter placed it by the heights LibreOffice and Excel will use.
+    # The cached thumbnail (THUMB_PX on its long side) shown in a SHOWN_PX square, centred.
     with zipfile.ZipFile(path) as z:
         media = [n for n in z.namelist() if n.startswith("xl/media/")]
         assert len(media) == 3  # the newest 3 in quarantine are the ones that do not decode
         with z.open(media[0]) as fh, Image.open(fh) as im:
-            assert im.size == (THUMB_PX, THUMB_PX)
+            assert max(im.size) == THUMB_PX
+    anchor = openpyxl.load_workbook(path)["Predictions"]._images[0].anchor  # within one cell: offsets in EMU
+    width, height = anchor.to.colOff - anchor._from.colOff, anchor.to.rowOff - anchor._from.rowOff
+    assert max(width, height) == SHOWN_PX * 9525 and min(width, height) > 0
 
 
 def test_quarantine_shows_a_thumbnail_only_where_the_file_decodes_and_says_nothing_of_the_others(engine, photos):
@@ -121,31 +125,19 @@ def test_thumbnails_0_means_no_pictures_no_column_and_no_cache(engine, photos):
     assert not (photos / CACHE_DIR).exists()
 
 
-def test_thumbnails_of_images_no_longer_shown_are_pruned(engine, photos):
-    _write(engine, photos)
-    assert len(list((photos / CACHE_DIR).glob("*/*.jpg"))) == 6
-    _write(engine, photos, newest=2)
-    left = sorted(p.stem for p in (photos / CACHE_DIR).glob("*/*"))
-    with session_scope(engine) as s:
-        newest = sorted(f.sha256 for f in s.query(File).filter(File.original_name.in_(
-            ["p3.jpg", "p4.jpg", "fake.jpg", "notes.txt"])))
-    assert left == newest  # the two newest of each sheet (two quarantined ones give notes)
-
-
 def test_a_large_jpeg_is_decoded_small_and_the_inbox_limits_hold(tmp_path, monkeypatch):
     big = tmp_path / "big.jpg"
     Image.new("RGB", (4000, 3000), (200, 30, 30)).save(big, quality=80)
     sizes = []
     real = thumbs_module.to_rgb
     monkeypatch.setattr(thumbs_module, "to_rgb", lambda img: sizes.append(img.size) or real(img))
-    data = make_thumbnail(big, _options())
+    data = make_thumbnail(big, max_pixels=89_478_485)
     assert sizes == [(500, 375)]  # JPEG draft at 1/8: 12 MP never decoded whole
     with Image.open(io.BytesIO(data)) as im:
-        assert im.size == (THUMB_PX, THUMB_PX) and im.getpixel((THUMB_PX // 2, THUMB_PX // 2))[0] > 150
-        assert im.getpixel((THUMB_PX // 2, 0)) == pytest.approx((255, 255, 255), abs=8)  # 4:3 padded on white
-    for options, code in ((_options(max_bytes=1000), "too_large"), (_options(max_pixels=1000), "decompression_bomb")):
+        assert im.size == (THUMB_PX, THUMB_PX * 3 // 4) and im.getpixel((THUMB_PX // 2, 10))[0] > 150
+    for limits, code in (({"max_bytes": 1000}, "too_large"), ({"max_pixels": 1000}, "decompression_bomb")):
         with pytest.raises(Rejected) as err:
-            make_thumbnail(big, options)
+            make_thumbnail(big, **{"max_pixels": 89_478_485, **limits})
         assert err.value.code == code
     tall = tmp_path / "tall.png"
     Image.new("L", (1, 3000)).save(tall)
@@ -153,6 +145,6 @@ def test_a_large_jpeg_is_decoded_small_and_the_inbox_limits_hold(tmp_path, monke
     link.symlink_to(big)
     for path, code in ((tall, "extreme_aspect"), (link, "symlink")):
         with pytest.raises(Rejected) as err:
-            make_thumbnail(path, _options())
+            make_thumbnail(path, max_pixels=89_478_485)
         assert err.value.code == code
-    assert ROW_PT * 4 / 3 >= THUMB_PX + 4  # the row holds the picture and its offset
+    assert ROW_PT * 4 / 3 >= SHOWN_PX + 4  # the row holds the picture and its offset
