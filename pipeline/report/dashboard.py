@@ -110,9 +110,9 @@ def _chart_height(layout: _Layout) -> int:
 def _figures(book: Book, ws, items, class_rows, shown: list[str], layout: _Layout) -> Table:
     """The item/value list in A:B and the class block from D, written row by row (constant_memory)."""
     left = Table(book, "Summary", [Column("item"), Column("value", "any")], ws=ws, filter=False)
+    figures = [Column(_metric_header(n), "int" if n == "images" else "float") for n in shown]
     right = Table(book, "Summary", [Column("class"), Column("labelled", "int"), Column("predicted", "int"),
-                                    Column("low confidence", "int"), *(Column(_metric_header(n), "float")
-                                                                       for n in shown)],
+                                    Column("low confidence", "int"), *figures],
                   ws=ws, first_col=CLASS_COL, filter=False)
     number_head = book.wb.add_format({"bold": True, "bg_color": "#DDEBF7", "bottom": 1, "align": "right"})
     for i, col in enumerate(right.columns[1:], CLASS_COL + 1):  # over their numbers, not beside them
@@ -122,7 +122,7 @@ def _figures(book: Book, ws, items, class_rows, shown: list[str], layout: _Layou
     for r in range(1, max(len(items), len(class_rows)) + 1):
         item, value = items[r - 1] if r <= len(items) else (None, None)
         if isinstance(value, str) and display_width(value) > VALUE_WIDTH:
-            # Wrapped, in rows as tall as its lines: nobody computes a row's height from its text on opening.
+            # Wrapped, in a row as tall as its lines: Excel does not fit a row to its text when it opens a file.
             ws.set_row(r, 15 * math.ceil(display_width(value) / VALUE_WIDTH), wrap)
         if item is not None:
             left.write_row(r, (item, value))

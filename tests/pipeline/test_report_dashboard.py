@@ -72,8 +72,8 @@ def test_the_summary_has_three_charts_of_the_counts(engine, history):
         charts = re.findall(r"charts/(chart\d+\.xml)", z.read(f"xl/drawings/_rels/{drawing}.rels").decode())
         xml = [z.read(f"xl/charts/{c}").decode() for c in charts]
     titles = [re.search(r"<a:t>([^<]+)</a:t>", x)[1] for x in xml]
-    assert titles == ["Images per class: labelled and predicted", "Confidence of the latest predictions (red: below 40%)",
-                      "Files decided per day"]
+    assert titles == ["Images per class: labelled and predicted",
+                      "Confidence of the latest predictions (red: below 40%)", "Files decided per day"]
     assert ['<c:barDir val="bar"/>' in xml[0], '<c:barDir val="col"/>' in xml[1], "stacked" in xml[2]] == [True] * 3
     ws = openpyxl.load_workbook(path)["Summary"]
     assert _block(ws, "confidence") == [[f"{10 * i}-{10 * i + 10}%", n]
