@@ -12,7 +12,8 @@ from pipeline.report.style import Book, Column, Table, write_blocks
 from pipeline.report.thumbs import ROW_PT, Thumbnails
 from storage.queries import latest_detections_stmt, latest_predictions_stmt, quarantined_stmt
 
-PREDICTIONS = [Column("id", "int"), Column("original_name"), Column("predicted_class"), Column("confidence", "pct"),
+# A name links to its file, as its path does; the path stays a column of its own, for filters and pandas.
+PREDICTIONS = [Column("id", "int"), Column("original_name", "link"), Column("predicted_class"), Column("confidence", "pct"),
                Column("model_version"), Column("time", "date"), Column("archive_path", "link"), Column("looks_like")]
 DETECTIONS = [Column("prediction_id", "int"), Column("original_name"), Column("class_name"),
               Column("confidence", "pct"), *(Column(n, "float") for n in ("x1", "y1", "x2", "y2"))]
@@ -25,7 +26,7 @@ RUNS = [Column("run", "int"), Column("attempt", "int"), Column("state"), Column(
         Column("promoted"), Column("requested", "date"), Column("started", "date"), Column("finished", "date"),
         Column("minutes", "float"), Column("epoch", "int"), Column("epochs", "int"), Column("batch", "any"),
         Column("imgsz", "any"), Column("base", "any"), Column("device", "any"), Column("error")]
-QUARANTINE = [Column("original_name"), Column("reason"), Column("explanation"), Column("detail"),
+QUARANTINE = [Column("original_name", "link"), Column("reason"), Column("explanation"), Column("detail"),
               Column("time", "date"), Column("path", "link")]
 THUMBNAIL = Column("thumbnail")  # the last column, where there are thumbnails: a picture over an empty cell
 
@@ -53,7 +54,8 @@ def _stream(book: Book, conn: Connection, name: str, columns, stmt, shape, chunk
 def predictions_sheet(book: Book, conn: Connection, chunk_rows: int, thumbs: Thumbnails | None = None) -> Table:
     def shape(r):
         looks_like = None if r[8] is None else f"#{r[8]} {r[9]} ({r[10]} bits apart)"
-        return (r[0], r[1], r[2], r[3], r[4], r[5], r[6] if r[7] == "processed" else None, looks_like)
+        path = r[6] if r[7] == "processed" else None
+        return (r[0], (r[1], path) if path else r[1], r[2], r[3], r[4], r[5], path, looks_like)
 
     def image(r):
         return (r[6] if r[7] == "processed" else None), r[11]
@@ -69,7 +71,8 @@ def detections_sheet(book: Book, conn: Connection, chunk_rows: int) -> Table:
 def quarantine_sheet(book: Book, conn: Connection, chunk_rows: int, thumbs: Thumbnails | None = None) -> Table:
     def shape(r):
         _id, name, reason, detail, processed_at, updated_at, path, _sha = r
-        return (name, reason, REASONS.get(reason), detail, processed_at or updated_at, path)
+        shown = (name, path) if path else name
+        return (shown, reason, REASONS.get(reason), detail, processed_at or updated_at, path)
 
     return _stream(book, conn, "Quarantine", QUARANTINE, quarantined_stmt(), shape, chunk_rows, thumbs,
                    lambda r: (r[6], r[7]))

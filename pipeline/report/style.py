@@ -211,10 +211,9 @@ class Table:
             cells.append(number_cell(ref, self.book.excel_date(value), "date"))
             self._track_width(i, 19)
         elif kind == "link":
-            path = clean_text(value)
-            link = self._link(path)
-            cells.append(formula_cell(ref, link[1:], path, "link") if link else text_cell(ref, path))
-            self._track(i, path)
+            shown, link = self._link(value)
+            cells.append(formula_cell(ref, link[1:], shown, "link") if link else text_cell(ref, shown))
+            self._track(i, shown)
         else:
             cells.append(number_cell(ref, value, kind if kind in STYLED else None))
 
@@ -240,13 +239,12 @@ class Table:
                 ws.write_number(r, c0 + i, self.book.excel_date(value), fmt["date"])
                 self._track_width(i, 19)
             elif kind == "link":
-                path = clean_text(value)
-                link = self._link(path)
+                shown, link = self._link(value)
                 if link:
-                    ws.write_formula(r, c0 + i, link, fmt["link"], path)
+                    ws.write_formula(r, c0 + i, link, fmt["link"], shown)
                 else:
-                    ws.write_string(r, c0 + i, path)
-                self._track(i, path)
+                    ws.write_string(r, c0 + i, shown)
+                self._track(i, shown)
             else:
                 ws.write_number(r, c0 + i, value, fmt.get(kind))
                 self._track_width(i, 7 if kind == "pct" else len(f"{value:,.3f}" if kind == "float" else f"{value:,}"))
@@ -259,15 +257,18 @@ class Table:
         if w > self._widths[i]:
             self._widths[i] = w
 
-    def _link(self, path: str) -> str | None:
-        """A clickable path: a HYPERLINK formula relative to the workbook, cached value the path itself (so
-        readers without a formula engine see it too). Real hyperlinks stop at 65,530 per sheet."""
+    def _link(self, value) -> tuple[str, str | None]:
+        """A link cell's text, and its HYPERLINK formula (None: too long for one) to the file at a path relative to
+        home, relative to the workbook; cached value the text (so readers without a formula engine see it too).
+        `value`: the path, shown as it is, or (text, path): a file name that opens its file. Real hyperlinks stop
+        at 65,530 per sheet."""
+        shown, path = (clean_text(v) for v in value) if isinstance(value, tuple) else (clean_text(value),) * 2
         prefix = self.book.link_prefix
         target = path if prefix == "." or os.path.isabs(path) else f"{prefix}/{path}"
-        if len(target) > _MAX_LINK or len(path) > _MAX_LINK:
-            return None
-        t, p = target.replace('"', '""'), path.replace('"', '""')
-        return f'=HYPERLINK("{t}","{p}")'
+        if len(target) > _MAX_LINK or len(shown) > _MAX_LINK:
+            return shown, None
+        t, p = target.replace('"', '""'), shown.replace('"', '""')
+        return shown, f'=HYPERLINK("{t}","{p}")'
 
     def close(self) -> None:
         self._finish()

@@ -284,6 +284,9 @@ def test_workbook_has_charts_pictures_frozen_headers_and_filters(engine, seeded)
     assert wb["Detections"]["E2"].number_format == "0.000" and wb["Quarantine"]["E2"].is_date
     assert preds["G2"].value == '=HYPERLINK("../archive/inbox/표지 1.jpg","archive/inbox/표지 1.jpg")'
     assert preds["G3"].value == '=HYPERLINK("../archive/inbox/cover ""2"".jpg","archive/inbox/cover ""2"".jpg")'
+    # The name opens the archived (or quarantined) file too.
+    assert preds["B2"].value == '=HYPERLINK("../archive/inbox/표지 1.jpg","표지 1.jpg")' and preds["B2"].font.u
+    assert wb["Quarantine"]["A2"].value == '=HYPERLINK("../quarantine/inbox/broken.jpg","broken.jpg")'
     low = [str(r.sqref) for r in preds.conditional_formatting]
     assert low == ["D2:D4"]
     assert preds.column_dimensions["B"].width >= len("표지 1.jpg") + 2  # wide characters count twice
