@@ -8,24 +8,20 @@ matrix of given x suggested classes whose off-diagonal cells are coloured by cou
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from PIL import Image, ImageOps
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from xlsxwriter.utility import xl_rowcol_to_cell
 
 from pipeline.report.style import Book, Column, Table, write_blocks
+from pipeline.report.thumbs import ROW_PT, Thumbnails
 from pipeline.labels.health import weak_models
 from storage.tables import AuditImage, ClassOverlap, File, LabelAudit, TrainingRun
 
 log = logging.getLogger(__name__)
 
-THUMB_PX = 48
-ROW_PT = 40  # a thumbnail row: 48 px is 36 pt
 MAX_THUMBS = 1000  # past this, flagged rows have no picture: a workbook of tens of MB helps nobody
 
 FLAGGED = [Column("thumbnail"), Column("original_name"), Column("given_class"), Column("suggested_class"),
@@ -54,7 +50,7 @@ class AuditFindings:
     review_folder: str | None = None
 
 
-def audit_findings(s: Session, home: Path) -> AuditFindings:
+def audit_findings(s: Session) -> AuditFindings:
     out = AuditFindings()
     audits = s.scalars(select(LabelAudit).join(TrainingRun, TrainingRun.id == LabelAudit.run_id)
                        .order_by(LabelAudit.id)).all()
@@ -75,10 +71,9 @@ def audit_findings(s: Session, home: Path) -> AuditFindings:
         if a.given_class in position and a.suggested_class in position:
             out.confusion[position[a.given_class]][position[a.suggested_class]] += 1
         if a.flagged:
-            image = home / (a.review_path or location) if (a.review_path or location) else None
             out.flagged.append({"name": name or a.image_sha256[:12], "given": a.given_class,
                                 "suggested": a.suggested_class, "quality": a.quality, "fold": a.fold,
-                                "review": a.review_path, "image": image})
+                                "review": a.review_path, "path": a.review_path or location, "sha": a.image_sha256})
     out.pairs = [{"rank": p.rank, "a": p.class_a, "b": p.class_b, "confused": p.confused,
                   "overlapping": p.overlapping, "share": p.share, "overlap": p.overlap,
                   "recommendation": p.recommendation}
@@ -87,7 +82,8 @@ def audit_findings(s: Session, home: Path) -> AuditFindings:
     return out
 
 
-def label_health_sheet(book: Book, f: AuditFindings) -> list[Table]:
+def label_health_sheet(book: Book, f: AuditFindings, thumbs: Thumbnails | None = None) -> list[Table]:
+    """Flagged images (a thumbnail of each, from the cache the other sheets use), the class ranking, the history."""
     flagged = [[None, r["name"], r["given"], r["suggested"], r["quality"], r["fold"], r["review"]]
                for r in f.flagged]
     ranking = [[r["class"], r["label_issues"], r["label_noise"], r["quality"]] for r in f.ranking]
@@ -98,11 +94,9 @@ def label_health_sheet(book: Book, f: AuditFindings) -> list[Table]:
     if f.flagged:
         ws.set_default_row(ROW_PT)
         ws.set_column(0, 0, 8)
-    for r, row in enumerate(f.flagged[:MAX_THUMBS], 1):
-        png = _thumbnail(row["image"])
-        if png is not None:
-            ws.insert_image(r, 0, f"{row['name']}.png", {"image_data": png, "x_offset": 2, "y_offset": 2,
-                                                         "object_position": 1, "description": row["name"]})
+    for r, row in enumerate(f.flagged[:MAX_THUMBS] if thumbs is not None else [], 1):
+        if (picture := thumbs.picture(row["path"], row["sha"])) is not None:
+            picture.place(ws, r, 0)
     return tables
 
 
@@ -141,21 +135,4 @@ def health_warnings(f: AuditFindings) -> list[str]:
         if not p["recommendation"].startswith("allow"):
             out.append(f"Classes {p['a']} and {p['b']} overlap ({p['overlapping']} images, {p['share']:.0%} of the "
                        f"pair's images): {p['recommendation']}. See the Class overlap sheet.")
-    return out
-
-
-def _thumbnail(path: Path | None) -> io.BytesIO | None:
-    if path is None:
-        return None
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (THUMB_PX * 2, THUMB_PX * 2))  # JPEG: decode at a fraction of the size
-            small = ImageOps.exif_transpose(im).convert("RGB")
-        small.thumbnail((THUMB_PX, THUMB_PX))
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        log.debug("no thumbnail for %s: %s", path, exc)
-        return None
-    out = io.BytesIO()
-    small.save(out, format="PNG", optimize=True)
-    out.seek(0)
     return out

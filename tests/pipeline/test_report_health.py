@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline.report.workbook import write_report
+from pipeline.settings import ThumbnailOptions
 from pipeline.training.queue import request_training
 from tests.pipeline.audit_fakes import ColourTrainer, make_snapshot
 from tests.pipeline.test_audit import _images, _supervisor
@@ -29,7 +30,9 @@ def audited(engine, cfg):
 
 
 def _write(engine, home):
-    return write_report(engine, home / "reports" / "r.xlsx", home=home, labels=options_for(), tz=timezone.utc)
+    thumbs = ThumbnailOptions(newest=2000, max_bytes=50 << 20, max_pixels=89_478_485, max_aspect=20.0)
+    return write_report(engine, home / "reports" / "r.xlsx", home=home, labels=options_for(), tz=timezone.utc,
+                        thumbnails=thumbs)
 
 
 def test_label_health_lists_the_flagged_images_with_thumbnails_and_the_score_over_time(engine, audited):
