@@ -29,15 +29,19 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sqlalchemy import select
+
 from pipeline.errors import AuditError
+from pipeline.images.phash import from_db
 from pipeline.labels.folds import AuditItem, assign_folds, snapshot_items, snapshot_names, write_fold
+from pipeline.labels.quality import LabelledImage, near_groups
 from pipeline.settings import TrainingSettings
 from pipeline.training.backoff import AttemptSpec, TrainingInterrupted
 from pipeline.training.job import _close_run, train_with_backoff
 from pipeline.training.supervisor import EXIT_INTERRUPTED
 from storage.db import session_scope
 from storage.files import write_atomically
-from storage.tables import TrainingRun
+from storage.tables import File, TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +98,22 @@ def plan_audit(engine, run_id: int) -> AuditPlan:
                                            f"classes: a {k}-fold audit needs two classes and {2 * k} images")
     # patience 0: no early stopping, which would choose the epoch by the held-out fold's labels
     settings = replace(settings, epochs=epochs, patience=0)
-    return AuditPlan(settings, settings.models_dir / version, items, assign_folds(items, k), k, names,
+    anchor = _near_anchors(engine, items, settings.dataset.near_duplicate_bits)
+    folds = assign_folds(items, k, group_key=lambda item: anchor.get(item.sha256, item.sha256))
+    return AuditPlan(settings, settings.models_dir / version, items, folds, k, names,
                      params.get("dataset_version_id"))
+
+
+def _near_anchors(engine, items: list[AuditItem], near_bits: int) -> dict[str, str]:
+    """Each item's near-duplicate group (`quality.near_groups`, as the dataset's split uses), so that one cover
+    photographed twice is held out in one fold: a fold model that trained on its twin would vouch for its label."""
+    shas = sorted({i.sha256 for i in items})
+    if near_bits <= 0 or not shas:
+        return {}
+    with session_scope(engine) as s:
+        rows = s.execute(select(File.sha256, File.phash).where(File.sha256.in_(shas), File.phash.is_not(None))).all()
+    hashes = {sha: from_db(ph) for sha, ph in rows}
+    return near_groups([LabelledImage(sha, n, "", (), phash=hashes.get(sha)) for n, sha in enumerate(shas)], near_bits)
 
 
 def _run_folds(engine, run_id: int, trainer, plan: AuditPlan, should_stop) -> dict[str, dict[str, float]]:

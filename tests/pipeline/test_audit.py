@@ -84,6 +84,26 @@ def test_a_group_key_keeps_a_group_in_one_fold():
         assert len({f for i, f in zip(items, folds) if group[i.sha256] == g}) == 1
 
 
+def test_near_duplicates_are_held_out_in_one_fold(engine):
+    """One cover photographed twice (a few bits of pHash apart) is one group, as in the dataset's split."""
+    from pipeline.images.phash import to_db
+    from pipeline.training.audit import _near_anchors
+    from storage.tables import File
+
+    h = 0x0123456789ABCDEF
+    hashes = {"a" * 64: h, "b" * 64: h ^ 0b1100, "c" * 64: h ^ (2**64 - 1), "d" * 64: None}
+    with session_scope(engine) as s:
+        s.add_all([File(folder="labeled", source_path=f"{n}.jpg", original_name=f"{n}.jpg", size=1, sha256=sha,
+                        phash=None if ph is None else to_db(ph)) for n, (sha, ph) in enumerate(hashes.items())])
+    items = [AuditItem(sha, Path(f"{sha[0]}.jpg"), f"{n % 2}\n", n % 2) for n, sha in enumerate(hashes)]
+    anchors = _near_anchors(engine, items, 6)
+    assert anchors["a" * 64] == anchors["b" * 64] == "a" * 64
+    assert len({anchors.get(sha, sha) for sha in hashes}) == 3  # c is far, d has no hash
+    folds = assign_folds(items, 2, group_key=lambda i: anchors.get(i.sha256, i.sha256))
+    assert folds[0] == folds[1]
+    assert _near_anchors(engine, items, 0) == {}  # watch.near_duplicate_bits 0: content only
+
+
 def test_fewer_than_two_folds_is_refused():
     with pytest.raises(ValueError, match="at least 2"):
         assign_folds([_item("a", 0)], 1)
