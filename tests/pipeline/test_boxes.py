@@ -45,3 +45,23 @@ def test_nms_rows_keeps_classes_apart():
     pred[4, 0], pred[5, 1], pred[4, 2] = 0.9, 0.8, 0.6
     rows = nms_rows(pred, 0.25, 2)
     assert rows[:, 5].tolist() == [0, 1] and rows[:, 4].tolist() == pytest.approx([0.9, 0.8])
+
+
+@pytest.mark.parametrize("seed, n, nc", [(5, 3000, 3), (6, 800, 80), (7, 5, 2)])
+def test_nms_rows_keeps_what_ultralytics_class_offset_nms_keeps(seed, n, nc):
+    """Ultralytics runs one torchvision NMS over boxes offset by class * 7680; nms_rows runs one class at a time."""
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(seed)
+    boxes, _ = random_boxes(rng, n, spread=600.0)
+    pred = np.zeros((4 + nc, n), np.float32)
+    pred[:2], pred[2:4] = ((boxes[:, :2] + boxes[:, 2:]) / 2).T, (boxes[:, 2:] - boxes[:, :2]).T
+    pred[4:] = rng.uniform(0, 0.5, (nc, n)) ** 2  # most anchors under conf, as a real head's
+    rows = nms_rows(pred, 0.1, nc)
+    scores, cls = pred[4:].max(0), pred[4:].argmax(0)
+    keep = np.flatnonzero(scores > 0.1)
+    xyxy = np.concatenate([pred[:2, keep].T - pred[2:4, keep].T / 2, pred[:2, keep].T + pred[2:4, keep].T / 2], 1)
+    offset = xyxy + cls[keep, None].astype(np.float32) * 7680
+    want = torchvision.ops.nms(torch.from_numpy(offset), torch.from_numpy(scores[keep]), 0.7).numpy()[:300]
+    assert rows[:, :4].tolist() == xyxy[want].tolist() and rows[:, 5].tolist() == cls[keep][want].tolist()
