@@ -1,14 +1,22 @@
-"""Images per second on the same images: Ultralytics' own predict loop, coverwatch, and the bare ONNX forward pass.
+"""Images per second on the same images: Ultralytics' predict (PyTorch and ONNX), coverwatch, the bare forward pass.
 
-    .venv/bin/python bench/throughput.py                      # both tasks, coco128 (or coco24) repeated to 512 images
+    .venv/bin/python bench/throughput.py                      # both tasks, both workloads
     .venv/bin/python bench/throughput.py --task detect -n 256 --detect-weights models/v3/weights/best.pt
+    .venv/bin/python bench/throughput.py --only b -n 2000 --workload mixed --no-extras   # peak RSS (< 2 GB)
+    .venv/bin/python bench/throughput.py --device cuda        # the same figures on a GPU host
 
-(a) `YOLO(weights).predict(paths, batch=16)`, PyTorch on the CPU: what the user's notes did.
+(a) `YOLO(weights).predict(paths, batch=16)`, PyTorch: what the user's notes did.
 (b) `coverwatch process` on a pre-filled inbox (Daemon.process_pending): from files on disk to committed rows and
     archived originals, the model already loaded as in a running daemon.
-(c) the exported ONNX model's forward pass on the same images made into tensors beforehand: the ceiling for (b).
-Each runs in a fresh process, so threads and peak RSS of one do not leak into another. Without weights given,
-tiny models are trained the way the tests train them (the speed of a model does not depend on its accuracy).
+(c) the exported ONNX model's forward pass on the same images made into tensors beforehand.
+(d) `YOLO("best.onnx").predict(paths, batch=16)`: Ultralytics on the ONNX export of the same weights, loaded:
+    the strongest thing a user could run instead.
+Workloads: `mixed`, coco128 (or coco24) repeated to -n; `phone`, the same photos made phone-like (~12 MP JPEGs with
+EXIF orientation 6/8/3, bench/_data.phone_photos) repeated to --phone-n. Then, per task and workload: the
+pipeline limit and one profiled (b) grouped by where the time goes (bench/_limit.py), and whole processes from a
+cold start (bench/_cold.py). Each runs in a fresh process, so threads and peak RSS of one do not leak into
+another. Without weights given, tiny models are trained the way the tests train them (the speed of a model does
+not depend on its accuracy).
 """
 
 from __future__ import annotations
@@ -28,10 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._data import coco_images  # noqa: E402
+from bench._data import coco_images, phone_photos  # noqa: E402
 
 SIZES = {"detect": 640, "classify": 224}
 BATCH = 16
+DEVICE = {"device": "cpu"}  # --device: what every measurement runs on (set in each child too)
 
 
 def _env(workdir: Path) -> None:
@@ -45,14 +54,28 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ultralytics(weights: Path, paths: list[Path], imgsz: int) -> float:
-    """(a) seconds for Ultralytics' own predict loop, PyTorch on the CPU."""
+def run_ultralytics(weights: Path, paths: list[Path], imgsz: int, task: str | None = None) -> float:
+    """(a) seconds for Ultralytics' own predict loop, PyTorch (on the CPU, or the GPU with --device cuda)."""
     from ultralytics import YOLO
 
-    model = YOLO(str(weights))
-    list(model.predict([str(p) for p in paths[:BATCH]], batch=BATCH, imgsz=imgsz, device="cpu", verbose=False))
+    return _predict(YOLO(str(weights)), paths, imgsz)
+
+
+def run_ultralytics_onnx(weights: Path, paths: list[Path], imgsz: int, task: str) -> float:
+    """(d) seconds for Ultralytics' predict on the ONNX export of the same weights (the file coverwatch runs)."""
+    from ultralytics import YOLO
+
+    from pipeline.inference import model_loader as ml
+
+    onnx = ml.export_onnx(ml.load_model(weights, allowed_roots=[weights.parent]), imgsz)
+    return _predict(YOLO(str(onnx), task=task), paths, imgsz)
+
+
+def _predict(model, paths: list[Path], imgsz: int) -> float:
+    device = "cpu" if DEVICE["device"] == "cpu" else "0"
+    list(model.predict([str(p) for p in paths[:BATCH]], batch=BATCH, imgsz=imgsz, device=device, verbose=False))
     t0 = time.perf_counter()
-    for _ in model.predict([str(p) for p in paths], batch=BATCH, imgsz=imgsz, device="cpu", verbose=False,
+    for _ in model.predict([str(p) for p in paths], batch=BATCH, imgsz=imgsz, device=device, verbose=False,
                            stream=True):
         pass
     return time.perf_counter() - t0
@@ -74,7 +97,8 @@ def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> f
     cfg_path = init_home(home)
     raw = yaml.safe_load(cfg_path.read_text())
     raw.update(task=task)
-    raw["model"].update(weights=str(weights), imgsz=imgsz, batch=BATCH, device="cpu", review_below=0.0)
+    raw["model"].update(weights=str(weights), imgsz=imgsz, batch=BATCH, device=DEVICE["device"],
+                        review_below=0.0)
     raw["watch"].update(settle_seconds=0.0)
     cfg_path.write_text(yaml.safe_dump(raw))
     for p in paths:
@@ -112,7 +136,7 @@ def run_onnx(weights: Path, paths: list[Path], imgsz: int, task: str) -> float:
     from pipeline.inference import model_loader as ml
 
     model = ml.load_model(weights, allowed_roots=[weights.parent])
-    forward = ml.onnx_forward(ml.export_onnx(model, imgsz), device="cpu")
+    forward = ml.onnx_forward(ml.export_onnx(model, imgsz), device=DEVICE["device"])
     batches = _ready_batches(paths[:128], imgsz, task, model.stride)
     forward(batches[0])
     t0, done = time.perf_counter(), 0
@@ -146,9 +170,12 @@ def _ready_batches(paths: list[Path], imgsz: int, task: str, stride: int) -> lis
     return calls
 
 
-def _child(queue, workdir: str, fn_name: str, args: tuple) -> None:
+def _child(queue, workdir: str, fn_name: str, args: tuple, device: str) -> None:
     _env(Path(workdir))
-    seconds = globals()[fn_name](*args)
+    DEVICE["device"] = device
+    module, _, name = fn_name.rpartition(".")  # "bench._limit.profiled_run", or a run_* of this module
+    fn = getattr(__import__(module, fromlist=[name]), name) if module else globals()[name]
+    seconds = fn(*args)
     queue.put((seconds, _peak_rss_mb()))
 
 
@@ -156,7 +183,7 @@ def measure(workdir: Path, fn_name: str, *args) -> tuple[float, float]:
     """Run one of the run_* functions in a fresh process: (seconds, peak RSS in MB)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, str(workdir), fn_name, args))
+    proc = ctx.Process(target=_child, args=(queue, str(workdir), fn_name, args, DEVICE["device"]))
     proc.start()
     result = queue.get()
     proc.join()
@@ -187,13 +214,12 @@ def prepare_models(workdir: Path, tasks: list[str], given: dict[str, Path | None
     return {t: Path(given[t]) if given.get(t) else trained[t] for t in tasks}
 
 
-def inbox_of(workdir: Path, n: int) -> list[Path]:
-    """coco128 (coco24 in a bare clone, see bench/_data.py) copied (not linked: the step refuses links) and repeated to n files, each copy made unique by a
+def inbox_of(workdir: Path, n: int, sources: list[Path], name: str = "inbox") -> list[Path]:
+    """`sources` copied (not linked: the step refuses links) and repeated to n files, each copy made unique by a
     trailer after the JPEG end marker (decoders ignore it). Byte-identical copies would be recorded by (b) as
     duplicates of the first, without inference, and (b) would be timed on 128 images where (a) and (c) do n."""
-    sources = coco_images()
-    inbox = workdir / "inbox"
-    inbox.mkdir(exist_ok=True)
+    inbox = workdir / name
+    inbox.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         dest = inbox / f"{i:05d}_{sources[i % len(sources)].name}"
@@ -202,47 +228,69 @@ def inbox_of(workdir: Path, n: int) -> list[Path]:
     return paths
 
 
-def bench_task(workdir: Path, task: str, weights: Path, paths: list[Path], repeat: int, only: str = "abc") -> None:
-    """Rounds of (a), (b), (c) interleaved; the best round of each counts (the others met a busy machine)."""
+LABELS = {"a": "(a) ultralytics predict, torch", "b": "(b) coverwatch process, drop to database row",
+          "c": "(c) bare onnx forward, ready tensors", "d": "(d) ultralytics predict, onnx export"}
+TARGETS = {"a": "(target >= 3)", "d": "(target >= 1.5)", "c": "(the forward pass alone: b does all the rest too)"}
+
+
+def bench_task(workdir: Path, task: str, weights: Path, paths: list[Path], repeat: int, only: str = "abcd",
+               workload: str = "mixed") -> dict[str, float]:
+    """Rounds of (a)-(d) interleaved; the best round of each counts (the others met a busy machine).
+    Returns images/s by letter."""
     imgsz, n = SIZES[task], len(paths)
-    fns = {"a": ("run_ultralytics", weights, paths, imgsz), "b": ("run_coverwatch", weights, paths, imgsz, task),
-           "c": ("run_onnx", weights, paths, imgsz, task)}
+    fns = {"a": "run_ultralytics", "b": "run_coverwatch", "c": "run_onnx", "d": "run_ultralytics_onnx"}
     runs = {k: [] for k in only}
     for _ in range(repeat):
         for k in only:
-            runs[k].append(measure(workdir, *fns[k]))
+            runs[k].append(measure(workdir, fns[k], weights, paths, imgsz, task))
     best = {k: min(v) for k, v in runs.items()}
-    print(f"\n{task} at {imgsz}, {n} images, batch {BATCH}, {os.cpu_count()} CPUs, best of {repeat} "
-          f"({weights.name}, load average {os.getloadavg()[0]:.1f})")
-    labels = {"a": "(a) ultralytics predict, torch cpu", "b": "(b) coverwatch process, drop to database row",
-              "c": "(c) bare onnx forward, ready tensors"}
+    print(f"\n{task} at {imgsz}, {workload} workload, {n} images, batch {BATCH}, {os.cpu_count()} CPUs, "
+          f"device {DEVICE['device']}, best of {repeat} ({weights.name}, load average {os.getloadavg()[0]:.1f})")
     for k, (seconds, rss) in best.items():
-        print(f"  {labels[k]:46s} {n / seconds:8.1f} images/s   peak RSS {rss:6.0f} MB")
-    if "a" in best and "b" in best:
-        print(f"  b/a = {best['a'][0] / best['b'][0]:.2f}   (target >= 1.8)")
-    if "c" in best and "b" in best:
-        print(f"  b/c = {best['c'][0] / best['b'][0]:.2f}   (target >= 0.8)")
+        print(f"  {LABELS[k]:46s} {n / seconds:8.1f} images/s   peak RSS {rss:6.0f} MB")
+    for k in "adc":
+        if k in best and "b" in best:
+            print(f"  b/{k} = {best[k][0] / best['b'][0]:.2f}   {TARGETS[k]}")
+    return {k: n / v[0] for k, v in best.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=["detect", "classify", "both"], default="both")
-    p.add_argument("-n", type=int, default=512, help="images per measurement (coco128 or coco24 repeated)")
+    p.add_argument("--workload", choices=["mixed", "phone", "both"], default="both")
+    p.add_argument("-n", type=int, default=512, help="images per measurement, mixed workload")
+    p.add_argument("--phone-n", type=int, default=128, help="images per measurement, phone workload")
     p.add_argument("--detect-weights", type=Path)
     p.add_argument("--classify-weights", type=Path)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU host (PyTorch half precision for b)")
     p.add_argument("--repeat", type=int, default=2, help="rounds; the best of each measurement is shown")
-    p.add_argument("--only", default="abc", help="which of a, b, c to run: `--only b -n 2000` for the peak memory "
-                                                 "of coverwatch process on 2,000 images (target < 2 GB)")
+    p.add_argument("--only", default="abcd", help="which of a, b, c, d to run: `--only b -n 2000` for the peak "
+                                                  "memory of coverwatch process on 2,000 images (target < 2 GB)")
+    p.add_argument("--no-extras", action="store_true", help="skip the limit, the profile and the cold starts")
     args = p.parse_args(argv)
+    DEVICE["device"] = args.device
     tasks = ["detect", "classify"] if args.task == "both" else [args.task]
+    workloads = ["mixed", "phone"] if args.workload == "both" else [args.workload]
     with tempfile.TemporaryDirectory(prefix="coverwatch-bench-") as tmp:
         workdir = Path(tmp)
         _env(workdir)
         weights = prepare_models(workdir, tasks, {"detect": args.detect_weights,
                                                   "classify": args.classify_weights})
-        paths = inbox_of(workdir, args.n)
-        for task in tasks:
-            bench_task(workdir, task, weights[task], paths, args.repeat, args.only)
+        for workload in workloads:
+            sources = coco_images() if workload == "mixed" else phone_photos(workdir / "phone-src")
+            paths = inbox_of(workdir, args.n if workload == "mixed" else args.phone_n, sources, f"inbox-{workload}")
+            for task in tasks:
+                rates = bench_task(workdir, task, weights[task], paths, args.repeat, args.only, workload)
+                if not args.no_extras and "b" in rates:
+                    from bench._limit import limit_and_profile
+
+                    limit_and_profile(workdir, task, weights[task], paths, SIZES[task], rates["b"], measure)
+            if not args.no_extras:
+                from bench._cold import cold_starts
+
+                for task in tasks:
+                    cold_starts(workdir, task, weights[task], sources, SIZES[task], workload, DEVICE["device"])
+            shutil.rmtree(workdir / f"inbox-{workload}")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from pipeline.inference.calibration import apply_temperature
 from pipeline.images.decode import MAX_ASPECT
 from pipeline.images.phash import perceptual_hash
 from pipeline.errors import ModelUnavailable, Rejected
-from pipeline.labels.formats import WHOLE_IMAGE, corners
+from pipeline.inference.boxes import Answer, classify_answer, detect_answer, e2e_rows, nms_rows
 from pipeline.inference.model_io import Model
 from pipeline.images.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
 from pipeline.inference.review import write_review
@@ -39,10 +39,6 @@ from pipeline.inference.threads import ThreadChooser
 
 log = logging.getLogger(__name__)
 
-IOU = 0.7  # Ultralytics' predict defaults, so rows match what `yolo predict` shows
-MAX_DET = 300
-MAX_NMS = 30_000
-MAX_WH = 7680  # per-class box offset: one NMS call keeps classes apart
 RETRY_SECONDS = 60.0  # a model that failed to load is tried again after this, not on every batch
 # Decoding the next chunk runs beside inference. At equal priority it preempts the inference threads, and one
 # late thread stalls every parallel operator of the model; a little lower, it fills the gaps the model leaves.
@@ -69,28 +65,19 @@ class _Prepared:
     phash: int  # of the decoded (drafted) image, before the crop: the whole cover
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    predicted_class: str | None
-    confidence: float | None
-    top5: list
-    detections: list
-    boxes: list  # for the review label: (class id, x1, y1, x2, y2) normalised
-
-
 class ClassifyStep(Step):
     """Classify inbox images; a `pipeline.inference.steps.Step`. Call `close()` when done (the daemon does).
 
     `weights`: a .pt path or a pretrained name (downloaded into the first folder of `allowed_roots` when online);
     `model_source()` -> (version, weights path) or None: the registry's champion, preferred over `weights`;
     `allowed_roots`: the only places weights load from; `review_dir=None` turns review copies off, and
-    `review_below=1.0` sends every image there; `workers`: decode threads; `open_model(weights)`: the model
+    `review_below=1.0` sends every image there; `workers`: decode threads (default: `decode_workers`); `open_model(weights)`: the model
     (default: `pipeline.inference.model_loader.open_model` with these settings).
     """
 
     def __init__(self, *, task: str, weights: str | Path, imgsz: int, batch: int, conf: float, backend: str = "auto",
                  device: str = "auto", review_dir: Path | None, review_below: float, max_pixels: int,
-                 allowed_roots: list[Path], model_source: ModelSource | None = None, workers: int = 2,
+                 allowed_roots: list[Path], model_source: ModelSource | None = None, workers: int | None = None,
                  clock: Callable[[], float] = time.monotonic, max_aspect: float = MAX_ASPECT,
                  open_model: OpenModel | None = None):
         self.task, self.weights, self.imgsz, self.batch, self.conf = task, weights, imgsz, max(1, batch), conf
@@ -99,21 +86,30 @@ class ClassifyStep(Step):
         self.max_aspect = max_aspect
         self.allowed_roots = [Path(r) for r in allowed_roots]
         self.model_source, self.clock = model_source, clock
-        self.workers = workers
+        self.workers = workers = workers or decode_workers(device)
         self.open_model = open_model or self._open_yolo
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="classify-decode",
                                        initializer=_lower_priority, initargs=(DECODE_NICENESS,))
+        # One writer: review copies claim names and write classes.txt, which two writers at once would race.
+        self.review_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify-review",
+                                              initializer=_lower_priority, initargs=(DECODE_NICENESS,))
         self._active: _Active | None = None
         self._failed: dict[tuple, tuple[float, ModelUnavailable]] = {}
 
     def __call__(self, items: list[Item]) -> list[Outcome]:
+        return [o for part in self.stream(items) for o in part]
+
+    def stream(self, items: list[Item]) -> Iterator[list[Outcome]]:
+        """The outcomes a chunk of `batch` items at a time, as each chunk's forward pass ends: the caller's
+        bookkeeping of one chunk then runs beside the forward pass of the next (pipeline.intake.ingest)."""
         if not items:
-            return []
+            return
         try:
             active = self._model_for_call()
         except ModelUnavailable as exc:
-            return [exc for _ in items]
-        return self._run(active, items)
+            yield [exc for _ in items]
+            return
+        yield from self._run(active, items)
 
     def load(self) -> str:
         """Load the model now, e.g. to fail early at start-up (raises ModelUnavailable); returns its version.
@@ -124,6 +120,7 @@ class ClassifyStep(Step):
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.review_pool.shutdown(wait=True)
         if self._active is not None:
             self._active.model.close()
 
@@ -198,23 +195,27 @@ class ClassifyStep(Step):
 
     # -- the work ----------------------------------------------------------------------------------------
 
-    def _run(self, active: _Active, items: list[Item]) -> list[Outcome]:
+    def _run(self, active: _Active, items: list[Item]) -> Iterator[list[Outcome]]:
         chunks = [items[i:i + self.batch] for i in range(0, len(items), self.batch)]
-        outcomes: list[Outcome] = []
         ahead = self._submit(active, chunks[0])
+        reviews: list[Future] = []
         ended = 0.0
-        for k, chunk in enumerate(chunks):
-            current = ahead
-            if k + 1 < len(chunks):  # decode the next chunk while the model runs on this one
-                ahead = self._submit(active, chunks[k + 1])
-            # The first chunk of a call waits for its whole decode: only the chunks after it show the pace.
-            threads = active.threads.pick() if k else active.threads.best
-            outcomes.extend(self._infer(active, chunk, [f.result() for f in current], threads))
-            ended, started = time.perf_counter(), ended
-            if k:
-                active.threads.record(threads, ended - started, len(chunk))
-        return outcomes
-
+        try:
+            for k, chunk in enumerate(chunks):
+                current = ahead
+                if k + 1 < len(chunks):  # decode the next chunk while the model runs on this one
+                    ahead = self._submit(active, chunks[k + 1])
+                # The first chunk of a call waits for its whole decode: only the chunks after it show the pace.
+                threads = active.threads.pick() if k else active.threads.best
+                outcomes = self._infer(active, chunk, [f.result() for f in current], threads, reviews)
+                ended, started = time.perf_counter(), ended
+                if k:
+                    active.threads.record(threads, ended - started, len(chunk))
+                yield outcomes
+        finally:
+            for f in wait(reviews).done:  # every review copy of the call is on disk when it returns
+                if f.exception() is not None:
+                    log.error("review copy failed", exc_info=f.exception())
     def _submit(self, active: _Active, chunk: list[Item]) -> list[Future]:
         m = active.model
         return [self.pool.submit(self._prepare, m.task, m.stride, item) for item in chunk]
@@ -240,7 +241,8 @@ class ClassifyStep(Step):
         image = ModelImage(None, image.width, image.height, image.orientation)  # free the full-size pixels now
         return _Prepared(x, image, geometry, (time.perf_counter() - t0) * 1000, phash)
 
-    def _infer(self, active: _Active, chunk: list[Item], prepared: list, threads: int) -> list[Outcome]:
+    def _infer(self, active: _Active, chunk: list[Item], prepared: list, threads: int, reviews: list[Future]
+               ) -> list[Outcome]:
         outcomes = list(prepared)
         ok = [i for i, p in enumerate(prepared) if isinstance(p, _Prepared)]
         if not ok:
@@ -254,7 +256,7 @@ class ClassifyStep(Step):
             return [exc if isinstance(p, _Prepared) else p for p in prepared]
         infer_ms = (time.perf_counter() - t0) * 1000 / len(ok)
         for i, answer in zip(ok, answers):
-            outcomes[i] = self._result(active, chunk[i], prepared[i], answer, infer_ms)
+            outcomes[i] = self._result(active, chunk[i], prepared[i], answer, infer_ms, reviews)
         return outcomes
 
     @staticmethod
@@ -268,21 +270,32 @@ class ClassifyStep(Step):
             out.update(zip(idx, model.forward(to_nchw(np.stack([inputs[i] for i in idx])), threads)))
         return out
 
-    def _answer(self, model: Model, y: np.ndarray, p: _Prepared) -> _Answer:
+    def _answer(self, model: Model, y: np.ndarray, p: _Prepared) -> Answer:
         if model.task == "classify":
             return classify_answer(apply_temperature(y, model.temperature), model.names)
         rows = e2e_rows(y, self.conf) if model.end2end else nms_rows(y, self.conf, len(model.names))
         return detect_answer(rows, p.geometry, model.names)
 
-    def _result(self, active: _Active, item: Item, p: _Prepared, a: _Answer, infer_ms: float) -> Result:
+    def _result(self, active: _Active, item: Item, p: _Prepared, a: Answer, infer_ms: float,
+                reviews: list[Future]) -> Result:
         if self.review_dir is not None and (a.confidence is None or a.confidence < self.review_below
                                             or self.review_below >= 1.0):  # 1.0: review everything
-            write_review(self.review_dir, item.path, names=active.model.names, boxes=a.boxes,
-                         orientation=p.image.orientation, version=active.version)
+            # In a thread of its own, beside the next forward pass: a copy (or, turned upright, a re-encode) of a
+            # phone photo costs as much as classifying it.
+            reviews.append(self.review_pool.submit(write_review, self.review_dir, item.path, names=active.model.names,
+                                            boxes=a.boxes, orientation=p.image.orientation, version=active.version))
         return Result(width=p.image.width, height=p.image.height, predicted_class=a.predicted_class,
                       confidence=a.confidence, top5=a.top5, detections=a.detections, model_version=active.version,
                       backend=active.model.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms,
                       phash=p.phash)
+
+
+def decode_workers(device: str) -> int:
+    """Two decode threads beside a CPU model (the cores are shared with it); on a GPU, decoding is the work of
+    the CPU: one thread per core, up to 8, keep the GPU fed."""
+    from pipeline.inference.device import resolve_device
+
+    return 2 if resolve_device(device) == "cpu" else max(2, min(8, os.cpu_count() or 2))
 
 
 def _lower_priority(niceness: int) -> None:
@@ -291,52 +304,3 @@ def _lower_priority(niceness: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
     except (AttributeError, OSError):
         pass
-
-
-def classify_answer(probs: np.ndarray, names: list[str]) -> _Answer:
-    """Top-1 and top-5 from a softmax row (the exported head applies softmax; `_answer` calibrates it first)."""
-    top = np.argsort(-probs, kind="stable")[:5]
-    top5 = [[names[i], float(probs[i])] for i in top]
-    return _Answer(top5[0][0], top5[0][1], top5, [], [(int(top[0]), *corners(*WHOLE_IMAGE))])
-
-
-def nms_rows(pred: np.ndarray, conf: float, nc: int) -> np.ndarray:
-    """Ultralytics' non_max_suppression for one image: (4+nc, anchors) -> (n, 6) xyxy, score, class."""
-    import torch
-    import torchvision
-
-    scores = pred[4:4 + nc]
-    best = scores.max(0)  # a max is 4x cheaper than an argmax over all anchors: argmax only the few kept
-    keep = np.flatnonzero(best > conf)
-    if keep.size > MAX_NMS:
-        keep = keep[np.argsort(-best[keep], kind="stable")[:MAX_NMS]]
-    cls = scores[:, keep].argmax(0)
-    xy, half_wh = pred[:2, keep].T, pred[2:4, keep].T / 2
-    rows = np.concatenate([xy - half_wh, xy + half_wh, best[keep, None], cls[:, None].astype(np.float32)], 1)
-    offset = rows[:, :4] + rows[:, 5:6] * MAX_WH
-    kept = torchvision.ops.nms(torch.from_numpy(offset), torch.from_numpy(rows[:, 4].copy()), IOU)[:MAX_DET]
-    return rows[kept.numpy()]
-
-
-def e2e_rows(pred: np.ndarray, conf: float) -> np.ndarray:
-    """NMS-free heads (YOLO26) already give (max_det, 6) rows: keep those above `conf`."""
-    return pred[pred[:, 4] > conf][:MAX_DET]
-
-
-def detect_answer(rows: np.ndarray, geometry: tuple, names: list[str]) -> _Answer:
-    """Boxes back to the original image (normalised xyxy); the image's answer is its most confident box."""
-    gain_x, gain_y, pad_x, pad_y, w, h = geometry
-    xyxy = rows[:, :4].copy()
-    xyxy[:, [0, 2]] = ((xyxy[:, [0, 2]] - pad_x) / gain_x).clip(0, w) / w
-    xyxy[:, [1, 3]] = ((xyxy[:, [1, 3]] - pad_y) / gain_y).clip(0, h) / h
-    order = np.argsort(-rows[:, 4], kind="stable")
-    detections, boxes, top5 = [], [], {}
-    for i in order:
-        cls, score, box = int(rows[i, 5]), float(rows[i, 4]), [float(v) for v in xyxy[i]]
-        detections.append((names[cls], score, *box))
-        boxes.append((cls, *box))
-        top5.setdefault(names[cls], score)
-    if not detections:
-        return _Answer(None, None, [], [], [])
-    best = detections[0]
-    return _Answer(best[0], best[1], [[n, s] for n, s in list(top5.items())[:5]], detections, boxes)

@@ -30,7 +30,6 @@ import math
 import os
 import shutil
 import tempfile
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.inference.device import resolve_device
 from pipeline.errors import ModelUnavailable
+from pipeline.inference.device import cuda_visible, resolve_device
+from pipeline.inference.onnx_model import export_metadata, onnx_forward, physical_cores, session_metadata
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class LoadedModel:
     names: list[str]  # class names by class id
     end2end: bool  # NMS-free head (YOLO26): the output is already (max_det, 6) rows per image
     stride: int  # the largest feature stride: input sides are padded to a multiple of it
-    yolo: Any  # the ultralytics.YOLO object
+    yolo: Any = None  # the ultralytics.YOLO object; None when read from a cached export's metadata
 
 
 def load_model(weights: str | os.PathLike, *, allowed_roots: list[Path], download_dir: Path | None = None
@@ -173,23 +173,74 @@ def manifest_temperature(weights: Path) -> float:
 
 def open_model(weights: str | os.PathLike, *, allowed_roots: list[Path], imgsz: int, backend: str = "auto",
                device: str = "auto", spare_threads: int = 0, download_dir: Path | None = None) -> YoloModel:
-    """`load_model`, then the backend: on CPU `auto` is ONNX Runtime (exported once at `imgsz`), on CUDA PyTorch
-    in half precision. On CPU the ONNX model gets two thread counts, all cores and all but `spare_threads` (the
-    caller's decode threads): pipeline.inference.threads measures which moves more images."""
-    loaded = load_model(weights, allowed_roots=allowed_roots, download_dir=download_dir)
-    device = resolve_device(device)
+    """The weights as a Model: on CPU `auto` is ONNX Runtime (exported once at `imgsz`), on CUDA PyTorch in half
+    precision. On CPU the ONNX model gets two thread counts, all cores and all but `spare_threads` (the caller's
+    decode threads): pipeline.inference.threads measures which moves more images.
+
+    With the export cached (named by the weights' sha256), the .pt is only hashed, never unpickled: names,
+    task and stride come from the metadata Ultralytics wrote into the ONNX file, and neither torch nor
+    Ultralytics is imported (a start in ~1 s instead of ~10)."""
+    device = _usable(resolve_device(device))
     backend = backend if backend != "auto" else ("onnx" if device == "cpu" else "torch")
     if backend == "onnx":
+        path = _local_target(weights, download_dir)
+        check_allowed(path, allowed_roots)
+        cached = _cached_export(path, imgsz)
+        if cached is not None:
+            model = _from_export(*cached, imgsz=imgsz, device=device, spare_threads=spare_threads)
+            if model is not None:
+                return model
+    loaded = load_model(weights, allowed_roots=allowed_roots, download_dir=download_dir)
+    if backend == "onnx":
         try:
-            path = export_onnx(loaded, imgsz)
-            if device != "cpu":
-                return YoloModel(loaded, imgsz, "onnx", {0: onnx_forward(path, device=device)})
-            cores = physical_cores()
-            return YoloModel(loaded, imgsz, "onnx", {t: onnx_forward(path, device=device, threads=t)
-                                                     for t in {cores, max(1, cores - spare_threads)}})
+            return _onnx_model(loaded, export_onnx(loaded, imgsz), imgsz, device, spare_threads)
         except Exception as exc:  # noqa: BLE001 - read-only models folder, exporter bug: PyTorch still works
             log.warning("ONNX export of %s failed (%s); using PyTorch", loaded.path, exc)
     return YoloModel(loaded, imgsz, "torch", {0: torch_forward(loaded, device=device)})
+
+
+def _usable(device: str | list) -> str | list:
+    """A CUDA device that torch cannot use (no GPU, a CPU-only torch) falls back to the CPU, with a warning."""
+    if not str(device).startswith("cuda") or cuda_visible(device):
+        return device
+    log.warning("model.device: %s is not available here; classifying on the CPU", device)
+    return "cpu"
+
+
+def _onnx_model(loaded: LoadedModel, path: Path, imgsz: int, device: str, spare_threads: int) -> YoloModel:
+    if device != "cpu":
+        return YoloModel(loaded, imgsz, "onnx", {0: onnx_forward(path, device=device)})
+    cores = physical_cores()
+    return YoloModel(loaded, imgsz, "onnx", {t: onnx_forward(path, device=device, threads=t)
+                                             for t in {cores, max(1, cores - spare_threads)}})
+
+
+def _cached_export(path: Path, imgsz: int) -> tuple[Path, str, Path] | None:
+    """(weights, sha12, export) when the weights are on disk and their export at `imgsz` is cached."""
+    if not path.is_file():
+        return None
+    sha12 = file_sha256(path)[:12]
+    export = _export_name(path, sha12, imgsz)
+    return (path, sha12, export) if export.is_file() else None
+
+
+def _from_export(path: Path, sha12: str, export: Path, *, imgsz: int, device: str, spare_threads: int
+                 ) -> YoloModel | None:
+    """The cached export alone; None (the caller loads the .pt) when its metadata does not say what we need."""
+    try:
+        shell = LoadedModel(path, sha12, "", [], False, 32)
+        model = _onnx_model(shell, export, imgsz, device, spare_threads)
+        forward = next(iter(model._forwards.values()))
+        meta = export_metadata(getattr(forward, "metadata", None) or session_metadata(export))
+    except Exception as exc:  # noqa: BLE001 - an unreadable cache: the .pt is still there to export again
+        log.warning("cached export %s cannot be read (%s); exporting it again", export, exc)
+        export.unlink(missing_ok=True)
+        return None
+    if meta is None or meta.task not in TASKS or meta.imgsz not in (None, imgsz):
+        log.info("cached export %s lacks usable metadata; loading %s", export, path)
+        return None
+    loaded = LoadedModel(path, sha12, meta.task, meta.names, meta.end2end, meta.stride)
+    return YoloModel(loaded, imgsz, "onnx", model._forwards)
 
 
 def file_sha256(path: Path) -> str:
@@ -199,7 +250,11 @@ def file_sha256(path: Path) -> str:
 
 def onnx_path(model: LoadedModel, imgsz: int) -> Path:
     """Where the export of `model` at `imgsz` lives: beside the weights, keyed by content and size."""
-    return model.path.with_name(f"{model.path.stem}.{model.sha12}.{imgsz}.onnx")
+    return _export_name(model.path, model.sha12, imgsz)
+
+
+def _export_name(weights: Path, sha12: str, imgsz: int) -> Path:
+    return weights.with_name(f"{weights.stem}.{sha12}.{imgsz}.onnx")
 
 
 def export_onnx(model: LoadedModel, imgsz: int) -> Path:
@@ -226,69 +281,32 @@ def export_onnx(model: LoadedModel, imgsz: int) -> Path:
     return final
 
 
-def onnx_forward(path: Path, *, device: str, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """An ONNX Runtime session as a function of an NCHW float32 batch."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one small conv net: parallelism is inside each op
-    so.intra_op_num_threads = threads or physical_cores()
-    so.inter_op_num_threads = 1
-    # Spinning threads would steal the cores the decode threads need between runs; measured no slower without.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    else:
-        # One CPU memory arena for every session of this process: a step keeps a session per thread count and
-        # runs one at a time, and an arena of its own per session held ~250 MB more at the peak (detect, 640).
-        _shared_cpu_arena(ort)
-        so.add_session_config_entry("session.use_env_allocators", "1")
-    session = ort.InferenceSession(str(path), so, providers=providers)
-    name = session.get_inputs()[0].name
-
-    def forward(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: batch})[0]
-
-    return forward
-
-
-_ARENA_REGISTERED = False
-_ARENA_LOCK = threading.Lock()
-
-
-def _shared_cpu_arena(ort) -> None:
-    global _ARENA_REGISTERED
-    with _ARENA_LOCK:
-        if not _ARENA_REGISTERED:
-            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena settings
-            _ARENA_REGISTERED = True
-
-
 def torch_forward(model: LoadedModel, *, device: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The PyTorch model (fused; half precision on CUDA) as a function of an NCHW float32 batch."""
+    """The PyTorch model (fused; half precision on CUDA) as a function of an NCHW float32 batch.
+
+    On CUDA each batch goes through one page-locked (pinned) host buffer, grown to the largest batch seen: the
+    copy to the GPU is then a DMA that does not stage through pageable memory. One caller thread at a time."""
     import torch
 
     net = model.yolo.model.fuse().eval().to(device)
-    half = device.startswith("cuda")
-    net = net.half() if half else net.float()
+    cuda = device.startswith("cuda")
+    net = net.half() if cuda else net.float()
+    pinned: list = []  # [the buffer], once a CUDA batch arrived
+
+    def to_device(batch: np.ndarray):
+        x = torch.from_numpy(batch)
+        if not cuda:
+            return x
+        if not pinned or pinned[0].numel() < x.numel():
+            pinned[:] = [torch.empty(x.numel(), dtype=torch.float32, pin_memory=True)]
+        staged = pinned[0][:x.numel()].view(x.shape)
+        staged.copy_(x)
+        return staged.to(device, non_blocking=True).half()  # the .cpu() below waits for it, so reuse is safe
 
     @torch.inference_mode()
     def forward(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(device, non_blocking=True)
-        y = net(x.half() if half else x)
+        y = net(to_device(batch))
         y = y[0] if isinstance(y, (list, tuple)) else y  # eval mode returns (output, features)
         return y.float().cpu().numpy()
 
     return forward
-
-
-def physical_cores() -> int:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1

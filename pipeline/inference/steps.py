@@ -7,10 +7,13 @@ benchmarks of the watcher alone) are others.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from sqlalchemy import insert
 
@@ -57,6 +60,11 @@ class Step:
     def __call__(self, items: list[Item]) -> list[Outcome]:
         raise NotImplementedError
 
+    def stream(self, items: list[Item]) -> Iterator[list[Outcome]]:
+        """The same outcomes in consecutive parts, in order, each as soon as it is known; this default gives
+        them all at once. A step that works in chunks (the classifier) yields each chunk."""
+        yield self(items)
+
     def model_ready(self) -> bool:
         """False while no model exists: inbox files wait as awaiting_model until it turns true."""
         return True
@@ -66,6 +74,55 @@ class Step:
 
     def close(self) -> None:
         """Free threads and the model at shutdown."""
+
+
+def stream_ahead(step: Step, items: list[Item], *, depth: int = 1) -> Iterator[list[Outcome]]:
+    """`step.stream(items)` driven by a thread of its own, up to `depth` parts ahead of the caller: the caller's
+    bookkeeping of part k runs beside the step's work on part k+1. An exception of the step comes out here, in
+    order; leaving early (break, an exception) stops the thread after its current part and waits for it.
+
+        >>> for outcomes in stream_ahead(step, items):
+        ...     commit(outcomes)          # the step computes the next part meanwhile
+    """
+    parts: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def drive() -> None:
+        parts_of = step.stream(items)
+        try:
+            for part in parts_of:
+                if not _put(parts, (part, None), stop):
+                    return
+            _put(parts, (None, None), stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who decides
+            _put(parts, (None, exc), stop)
+        finally:
+            parts_of.close()
+
+    worker = threading.Thread(target=drive, name="step-stream", daemon=True)
+    worker.start()
+    try:
+        while True:
+            part, exc = parts.get()
+            if exc is not None:
+                raise exc
+            if part is None:
+                return
+            yield part
+    finally:
+        stop.set()  # the thread ends after the part it is on
+        worker.join()
+
+
+def _put(parts: queue.Queue, entry: tuple, stop: threading.Event) -> bool:
+    """Hand `entry` over unless the caller left; False when it did."""
+    while not stop.is_set():
+        try:
+            parts.put(entry, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def store_results(s, results: list[tuple[int, Result]]) -> None:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -36,7 +38,7 @@ from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.intake.near import look_alike
 from pipeline.intake.core import (LIVE, BatchReport, Claim, Found, Layout, Registration, assign_destinations,
                                   claimable, gone, look, move, quarantine, register, transient, vanish)
-from pipeline.inference.steps import Item, Result, Step, store_results
+from pipeline.inference.steps import Item, Result, Step, store_results, stream_ahead
 from storage.clock import utcnow
 from storage.db import session_scope
 from storage.tables import File, FileState
@@ -74,13 +76,20 @@ def ingest_batch(
     except (OperationalError, OSError) as exc:
         return transient(report, [f.path for f in found], "register", exc)
 
-    outcomes = _run_step(step, work, ids, report)
-    try:
-        with session_scope(engine) as s:
-            moving = [r.id for r in _commit(s, layout, folder, found, ids, outcomes, report, claim, near_bits)]
-    except (OperationalError, OSError) as exc:
-        return transient(report, [f.path for f in found], "commit", exc)
-    move(engine, layout.home, moving)
+    # C and D a part at a time, as the step hands its parts over: the bookkeeping of one part runs beside the
+    # step's work on the next. The files that were no work (duplicates, rows decided at registration) come
+    # last, when every first copy of this batch has its state.
+    in_work = {id(f) for f in work}
+    committed: set[int] = set()
+    with closing(_parts(step, work, [f for f in found if id(f) not in in_work], ids, report)) as parts:
+        for part, outcomes in parts:
+            try:
+                with session_scope(engine) as s:
+                    moving = [r.id for r in _commit(s, layout, folder, part, ids, outcomes, report, claim, near_bits)]
+            except (OperationalError, OSError) as exc:
+                return transient(report, [f.path for f in found if id(f) not in committed], "commit", exc)
+            committed.update(id(f) for f in part)
+            move(engine, layout.home, moving)
     return report
 
 
@@ -144,24 +153,35 @@ def _changed(f: Found) -> str | None:
     return "changed" if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (f.size, f.mtime_ns, f.ctime_ns) else None
 
 
-def _run_step(step: Step, work: list[Found], ids: dict, report: BatchReport) -> dict[int, object]:
-    if not work:
-        return {}
+def _parts(step: Step, work: list[Found], rest: list[Found], ids: dict, report: BatchReport
+           ) -> Iterator[tuple[list[Found], dict[int, object]]]:
+    """(files, outcome by row id) as the step finishes each part of `work`, then (`rest`, {})."""
     items = [Item(ids[id(f)], f.path, f.sha256) for f in work]
-    try:
-        outcomes = step(items)
-    except Exception as exc:  # noqa: BLE001 - a broken step must not stop the daemon
-        log.exception("step failed on a batch of %d files", len(items))
-        report.errors.append(f"{type(exc).__name__}: {exc}")
-        return {i.file_id: exc for i in items}
-    if len(outcomes) != len(items):
-        raise RuntimeError(f"step returned {len(outcomes)} outcomes for {len(items)} items")
-    return {i.file_id: o for i, o in zip(items, outcomes)}
+    done, stream = 0, stream_ahead(step, items) if items else iter(())
+    while True:
+        try:
+            outcomes = next(stream, None)
+        except Exception as exc:  # noqa: BLE001 - a broken step must not stop the daemon
+            log.exception("step failed on a batch of %d files", len(items) - done)
+            report.errors.append(f"{type(exc).__name__}: {exc}")
+            outcomes = [exc] * (len(items) - done)
+            stream = iter(())
+        if outcomes is None:
+            break
+        if done + len(outcomes) > len(items):
+            raise RuntimeError(f"step returned {done + len(outcomes)} outcomes for {len(items)} items")
+        part, done = items[done:done + len(outcomes)], done + len(outcomes)
+        yield work[done - len(part):done], {i.file_id: o for i, o in zip(part, outcomes)}
+    if done != len(items):
+        raise RuntimeError(f"step returned {done} outcomes for {len(items)} items")
+    if rest:
+        yield rest, {}
 
 
 def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim, near_bits: int) -> list[File]:
     """Phase C: results, final states and destinations, for the rows this worker still holds."""
-    rows = {r.id: r for r in s.scalars(select(File).where(File.id.in_(list(ids.values()))).with_for_update())}
+    wanted = [ids[id(f)] for f in found]
+    rows = {r.id: r for r in s.scalars(select(File).where(File.id.in_(wanted)).with_for_update())}
     now = utcnow()
     to_move: list[File] = []
     results: dict[int, Result] = {}  # also: rows whose result line is logged already (one line per file)

@@ -458,3 +458,89 @@ def test_ingest_with_classify_step_writes_prediction_and_detection_rows(detect_w
                 assert all(0 <= d.x1 <= d.x2 <= 1 and 0 <= d.y1 <= d.y2 <= 1 for d in p.detections)
         assert s.scalar(select(File.reason).where(File.original_name == "broken.jpg")) == "truncated_image"
     assert not any((home / "inbox").iterdir())
+
+
+# -- the cold path: a cached export starts without torch --------------------------------------------------
+
+
+def _home_with_weights(home: Path, weights: Path, task: str, imgsz: int, **model) -> Path:
+    from tests.watcher.conftest import configure
+
+    target = home / "models" / "v1" / "weights" / "best.pt"
+    target.parent.mkdir(parents=True)
+    shutil.copy(weights, target)
+    configure(home, task=task, model={"weights": "models/v1/weights/best.pt", "imgsz": imgsz, **model},
+              watch={"settle_seconds": 0.0})
+    return target
+
+
+def test_coverwatch_process_on_a_cached_export_imports_neither_torch_nor_ultralytics(classify_weights, make_step,
+                                                                                     home, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.watcher.conftest import predictions
+
+    weights = _home_with_weights(home, classify_weights, "classify", CLS_SZ, device="cpu")
+    make_step(weights, task="classify", imgsz=CLS_SZ)(items(copy_images(tmp_path / "warm", 1)))  # exports here
+    copy_images(home / "inbox", 3)
+    code = ("import sys\nfrom watcher.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print('loaded', sorted(m for m in ('torch', 'torchvision', 'ultralytics') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, "-c", str(home / "coverwatch.yaml"), "process"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert "exit 0" in out.stdout and "loaded []" in out.stdout, out.stdout + out.stderr
+    preds = predictions(home)
+    sha12 = model_loader.file_sha256(weights)[:12]
+    assert len(preds) == 3 and {(p.backend, p.model_version) for p in preds} == {("onnx", f"best@{sha12}")}
+
+
+def test_a_cached_export_gives_the_answers_of_the_weights(classify_weights, detect_weights, make_step, inbox,
+                                                          tmp_path):
+    """Names, task and stride read from the export's metadata are the .pt's: the same rows either way."""
+    for weights in (classify_weights, detect_weights):
+        loaded = model_loader.load_model(weights, allowed_roots=[weights.parents[2]])
+        imgsz = CLS_SZ if loaded.task == "classify" else DET_SZ
+        model_loader.export_onnx(loaded, imgsz)  # cached now (or already)
+        model = model_loader.open_model(weights, allowed_roots=[weights.parents[2]], imgsz=imgsz, backend="onnx",
+                                        device="cpu")
+        assert model.loaded.yolo is None  # from the cached export alone
+        assert (model.task, model.names, model.stride, model.end2end) == (loaded.task, loaded.names, loaded.stride,
+                                                                          loaded.end2end)
+
+
+def test_an_export_without_metadata_is_run_with_the_names_of_the_weights(detect_weights, make_step, inbox, tmp_path):
+    import onnx
+
+    weights = tmp_path / "models" / "v2" / "weights" / "best.pt"
+    weights.parent.mkdir(parents=True)
+    shutil.copy(detect_weights, weights)
+    paths = copy_images(inbox, 2)
+    first = make_step(weights)(items(paths))
+    export = weights.with_name(f"best.{model_loader.file_sha256(weights)[:12]}.{DET_SZ}.onnx")
+    proto = onnx.load(str(export))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(export))
+    model = model_loader.open_model(weights, allowed_roots=[weights.parents[2]], imgsz=DET_SZ, device="cpu")
+    assert model.loaded.yolo is not None and model.backend == "onnx"  # the .pt told what the export did not
+    assert [r.detections for r in make_step(weights)(items(paths))] == [r.detections for r in first]
+
+
+def test_an_unreadable_export_is_made_again(classify_weights, make_step, inbox, tmp_path):
+    weights = tmp_path / "models" / "v3" / "weights" / "best.pt"
+    weights.parent.mkdir(parents=True)
+    shutil.copy(classify_weights, weights)
+    export = weights.with_name(f"best.{model_loader.file_sha256(weights)[:12]}.{CLS_SZ}.onnx")
+    export.write_bytes(b"not an onnx file")
+    (r,) = make_step(weights, task="classify", imgsz=CLS_SZ)(items(copy_images(inbox, 1)))
+    assert isinstance(r, Result) and r.backend == "onnx" and export.stat().st_size > 1000
+
+
+def test_cuda_that_is_not_there_falls_back_to_the_cpu(classify_weights, make_step, inbox, monkeypatch, caplog):
+    monkeypatch.setattr(model_loader, "cuda_visible", lambda device: False)
+    paths = copy_images(inbox, 2)
+    on_cpu = make_step(classify_weights, device="cpu", backend="auto")(items(paths))
+    on_cuda = make_step(classify_weights, device="cuda", backend="auto")(items(paths))
+    assert {r.backend for r in on_cuda} == {"onnx"} and [r.top5 for r in on_cuda] == [r.top5 for r in on_cpu]
+    assert "model.device: cuda:0 is not available here; classifying on the CPU" in caplog.text
+

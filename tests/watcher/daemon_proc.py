@@ -1,5 +1,5 @@
 """`python -m tests.watcher.daemon_proc HOME CALL_LOG`: the real daemon in its own process, with a step that
-appends one line per inference call to CALL_LOG (so a test can count calls across kill -9)."""
+appends one line per item of each inference call to CALL_LOG (so a test can count calls across kill -9)."""
 
 import os
 import sys
@@ -21,6 +21,13 @@ class LoggedStep(DecodeStep):
         os.write(self.fd, "".join(f"{it.sha256}\n" for it in items).encode())
         time.sleep(float(os.environ.get("SLOW_STEP_SECONDS", "0")))  # a slow model, for shutdown tests
         return super().__call__(items)
+
+    def stream(self, items):
+        """With STREAM_PART=n, the outcomes n at a time, each part logged as it is computed: the intake then
+        commits and moves part k while part k+1 is computed, as it does for the classifier."""
+        part = int(os.environ.get("STREAM_PART", "0")) or len(items) or 1
+        for i in range(0, len(items), part):
+            yield self(items[i:i + part])
 
 
 if __name__ == "__main__":
