@@ -206,19 +206,21 @@ def _got(how: Registration, row: File, f: Found) -> None:
         how.inserted(row, f)
 
 
-class _Gone(Exception):
-    pass
-
-
 def _insert(s: Session, rows: list[File], found: list[Found]) -> bool:
     """Insert, unless another worker registered one of these files first (the live-location unique index) or
     has already finished it: the files are looked for after the insert, because a row that another worker
     marked moved no longer blocks the index, but its file is gone by then."""
+    return insert_once(s, rows, still_there=lambda: all(os.path.lexists(f.path) for f in found))
+
+
+def insert_once(s: Session, rows: list, *, still_there=lambda: True) -> bool:
+    """Add `rows` in a savepoint; False, with nothing added, when a unique index says another worker (or an
+    earlier run) recorded them first, or when `still_there()` says their files went meanwhile."""
     try:
         with s.begin_nested():
             s.add_all(rows)
             s.flush()
-            if not all(os.path.lexists(f.path) for f in found):
+            if not still_there():
                 raise _Gone
     except (IntegrityError, _Gone):
         for row in rows:
@@ -226,6 +228,10 @@ def _insert(s: Session, rows: list[File], found: list[Found]) -> bool:
                 s.expunge(row)
         return False
     return True
+
+
+class _Gone(Exception):
+    pass
 
 
 def claimable(row: File, claim: Claim) -> bool:

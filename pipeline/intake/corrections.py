@@ -23,10 +23,10 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.errors import Rejected
+from pipeline.intake.core import insert_once
 from pipeline.labels.classes import class_names
 from pipeline.review.layout import SKIP, TAKEN, parse_row_id
 from pipeline.review.read import FilledRow, ReviewRows, read_review
@@ -62,7 +62,7 @@ def record_corrections(s: Session, home: Path, workbook: File, read: ReviewRows,
     task = options.task if options is not None else "classify"
     names = set(class_names(s))
     rows = [_decide(s, home, workbook, group, names, task) for group in _by_id(read.rows).values()]
-    if not _claim(s, [c for c, _image in rows]):
+    if not insert_once(s, [c for c, _image in rows]):  # this workbook content was recorded before
         _finish(workbook, _already_read(s, workbook))
         return []
     labels = []
@@ -129,20 +129,6 @@ def _image(s: Session, rid: str) -> File | None:
             parsed[1]):
         return None
     return f
-
-
-def _claim(s: Session, corrections: list[Correction]) -> bool:
-    """Insert the rows, unless this workbook content was recorded before (by this worker or another)."""
-    try:
-        with s.begin_nested():
-            s.add_all(corrections)
-            s.flush()
-    except IntegrityError:
-        for c in corrections:
-            if c in s:
-                s.expunge(c)
-        return False
-    return True
 
 
 def _already_read(s: Session, workbook: File) -> str:
