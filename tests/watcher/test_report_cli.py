@@ -65,16 +65,22 @@ def test_the_report_judges_labels_with_the_configs_training_thresholds(home, tmp
         assert proc.returncode == 0, proc.stderr
         assert _flags(out) == expected
     configure(home, training={"ambiguity_iou": 0.6, "imbalance_warn_ratio": 2.0})
+    _daemon_report(home)
+    assert _flags(home / "reports" / "latest.xlsx") == (1, ["동화"])
+
+
+def _daemon_report(home: Path) -> None:
+    """One daemon loop pass writes its scheduled report (the reports written before are forgotten first, else
+    the daemon's would not be due for an hour)."""
     engine = home_engine(home)
     with session_scope(engine) as s:
-        s.execute(delete(Report))  # else the reports above make the daemon's not due for an hour
+        s.execute(delete(Report))
     engine.dispose()
     d = _daemon(home)
     try:
         d.loop_once()
     finally:
         d.shutdown()
-    assert _flags(home / "reports" / "latest.xlsx") == (1, ["동화"])
 
 
 def _reports(home: Path) -> list[tuple[str, int]]:
@@ -215,13 +221,5 @@ def test_reports_thumbnails_is_passed_on_by_the_command_and_the_daemon(home, tmp
     assert run_cli("-c", str(home / "coverwatch.yaml"), "report", "-o", str(out)).returncode == 0
     assert pictures(out) == 0
     configure(home, reports={"thumbnails": 5})
-    engine = home_engine(home)
-    with session_scope(engine) as s:
-        s.execute(delete(Report))  # else the reports above make the daemon's not due for an hour
-    engine.dispose()
-    d = _daemon(home)
-    try:
-        d.loop_once()
-    finally:
-        d.shutdown()
+    _daemon_report(home)
     assert pictures(home / "reports" / "latest.xlsx") == 1
