@@ -185,6 +185,7 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim, near_
     now = utcnow()
     to_move: list[File] = []
     results: dict[int, Result] = {}  # also: rows whose result line is logged already (one line per file)
+    hashed: list[tuple[File, int | None]] = []
     for f in found:
         row = rows[ids[id(f)]]
         if not _still_ours(row, f, report, claim, now):
@@ -196,19 +197,15 @@ def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim, near_
             to_move.append(row)
             _count(report, row, quiet=row.id in results)
             if row.id in results:
-                _near(s, row, results[row.id], near_bits, report)
+                hashed.append((row, results[row.id].phash))
         else:
             report.waiting += 1
+    for row in look_alike(s, hashed, near_bits):
+        report.near_duplicates += 1
+        log.info("%s looks like file %d (%d bits apart)", row.source_path, row.looks_like, row.looks_like_bits)
     assign_destinations(s, layout, folder, to_move, now)
     store_results(s, list(results.items()))
     return to_move
-
-
-def _near(s: Session, row: File, result: Result, near_bits: int, report: BatchReport) -> None:
-    """Its hash, and the earlier file it looks like; rows earlier in this batch are flushed, so they count."""
-    if look_alike(s, row, result.phash, near_bits):
-        report.near_duplicates += 1
-        log.info("%s looks like file %d (%d bits apart)", row.source_path, row.looks_like, row.looks_like_bits)
 
 
 def _still_ours(row: File, f: Found, report: BatchReport, claim: Claim, now: datetime) -> bool:

@@ -30,30 +30,57 @@ def nearest(s: Session, folder: str, h: int, max_bits: int, *, before: int | Non
             ) -> tuple[int, int] | None:
     """The file of `folder` (with an id below `before`) whose image is closest to `h`, at most `max_bits` apart:
     (its id, the bits apart); the lowest id among equals. None when there is none, or `max_bits` is 0 (off)."""
-    if max_bits <= 0:
-        return None
-    best: tuple[int, int] | None = None
-    for fid, stored, where in s.execute(_candidates(h, max_bits)):
-        if where != folder or (before is not None and fid >= before):
-            continue
-        d = distance(h, from_db(stored))
-        if d <= max_bits and (best is None or (d, fid) < (best[1], best[0])):
-            best = (fid, d)
-    return best
+    return nearest_each(s, folder, [(before, h)], max_bits)[0]
 
 
-def _candidates(h: int, max_bits: int) -> Select:
-    """The rows sharing a band value with a hash within `max_bits` of `h`: one indexed lookup per probed value.
-    Folder and id are checked on the few rows this finds: in the WHERE clause, SQLite would rather walk every
-    file of the folder through its own index."""
+def nearest_each(s: Session, folder: str, queries: list[tuple[int | None, int]], max_bits: int
+                 ) -> list[tuple[int, int] | None]:
+    """`nearest` for each (before, hash) of `queries`, through one lookup of the rows their probed bands find
+    (every true match shares a probed band value with its own hash, so it is among them)."""
+    if max_bits <= 0 or not queries:
+        return [None] * len(queries)
+    rows = [(fid, from_db(stored)) for fid, stored, where in s.execute(_candidates([h for _, h in queries], max_bits))
+            if where == folder]
+    out = []
+    for before, h in queries:
+        best: tuple[int, int] | None = None
+        for fid, stored in rows:
+            if before is not None and fid >= before:
+                continue
+            d = distance(h, stored)
+            if d <= max_bits and (best is None or (d, fid) < (best[1], best[0])):
+                best = (fid, d)
+        out.append(best)
+    return out
+
+
+def _candidates(hashes: list[int], max_bits: int) -> Select:
+    """The rows sharing a band value with a hash within `max_bits` of one of `hashes`: indexed lookups of the
+    probed values. Folder and id are checked on the few rows this finds: in the WHERE clause, SQLite would rather
+    walk every file of the folder through its own index."""
     max_bits = min(max_bits, MAX_BITS)
-    near = [col.in_(probes(b, max_bits)) for col, b in zip(BAND_COLUMNS, bands(h))]
-    return select(File.id, File.phash, File.folder).where(or_(*near))
+    values: list[set[int]] = [set() for _ in BAND_COLUMNS]
+    for h in hashes:
+        for k, b in enumerate(bands(h)):
+            values[k].update(probes(b, max_bits))
+    return select(File.id, File.phash, File.folder).where(or_(*(col.in_(sorted(v))
+                                                               for col, v in zip(BAND_COLUMNS, values))))
 
 
-def look_alike(s: Session, row: File, h: int | None, max_bits: int) -> bool:
-    """Record `row`'s hash and, when an earlier file of its folder looks like it, which and how far: True then."""
-    record_hash(row, h)
-    found = None if h is None else nearest(s, row.folder, h, max_bits, before=row.id)
-    row.looks_like, row.looks_like_bits = found if found else (None, None)
-    return found is not None
+def look_alike(s: Session, found: list[tuple[File, int | None]], max_bits: int) -> list[File]:
+    """Record each row's hash and, when an earlier file of its folder (a lower id) looks like it, which and how
+    far; returns the rows that look like one. The hashes are flushed once, then one lookup serves the batch:
+    one flush and one query per batch instead of one each per image; rows of this batch count as earlier."""
+    for row, h in found:
+        record_hash(row, h)
+    s.flush()
+    out = []
+    for folder in {row.folder for row, _h in found}:
+        mine = [(row, h) for row, h in found if row.folder == folder and h is not None]
+        with s.no_autoflush:
+            hits = nearest_each(s, folder, [(row.id, h) for row, h in mine], max_bits)
+        for (row, _h), hit in zip(mine, hits):
+            row.looks_like, row.looks_like_bits = hit if hit else (None, None)
+            if hit:
+                out.append(row)
+    return out

@@ -138,7 +138,7 @@ def test_the_lookup_reads_the_band_indexes_not_every_hash(engine):
     from pipeline.intake.near import _candidates
 
     with engine.connect() as conn:
-        stmt = _candidates(0x0123_4567_89AB_CDEF, 6)
+        stmt = _candidates([0x0123_4567_89AB_CDEF, 0x0F0F_0F0F_0F0F_0F0F], 6)
         compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
         plan = " ".join(str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
     assert all(f"ix_files_phash_b{k}" in plan for k in range(4)), plan
