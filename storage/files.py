@@ -7,6 +7,7 @@ The rule (Maildir's): decide the destination, commit it, then move; a move is id
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -23,6 +24,12 @@ from storage.names import portable
 from storage.tables import File
 
 log = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (hashlib.file_digest)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 NAME_MAX = 255  # bytes, on every Linux file system we care about
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # passes once space is freed: retried on every pass, as before

@@ -23,7 +23,6 @@ and the configured weights), never from a drop folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ import numpy as np
 from pipeline.errors import ModelUnavailable
 from pipeline.inference.device import cuda_visible, resolve_device
 from pipeline.inference.onnx_model import export_metadata, onnx_forward, physical_cores, session_metadata
+from storage.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +241,6 @@ def _from_export(path: Path, sha12: str, export: Path, *, imgsz: int, device: st
         return None
     loaded = LoadedModel(path, sha12, meta.task, meta.names, meta.end2end, meta.stride)
     return YoloModel(loaded, imgsz, "onnx", model._forwards)
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def onnx_path(model: LoadedModel, imgsz: int) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.labels.dataset import data_yaml
+from storage.files import file_sha256
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def snapshot_items(snapshot: Path) -> list[AuditItem]:
             images = sorted((snapshot / "images" / split).glob(f"{label.stem}.*"))
             if not first or not images:
                 continue
-            items.append(AuditItem(_sha256(images[0]), images[0], text, int(first[0])))
+            items.append(AuditItem(file_sha256(images[0]), images[0], text, int(first[0])))
     return items
 
 
@@ -96,9 +97,3 @@ def write_fold(dest: Path, items: Sequence[AuditItem], folds: Sequence[int], *, 
     return dest / "data.yaml"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
