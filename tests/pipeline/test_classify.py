@@ -161,13 +161,24 @@ def test_onnx_and_torch_backends_agree(which, detect_weights, classify_weights, 
         assert same_boxes(a.detections, b.detections) and same_boxes(b.detections, a.detections)
 
 
-def test_onnx_export_is_cached_beside_the_weights(detect_weights, make_step, inbox, tmp_path, monkeypatch):
-    weights = tmp_path / "models" / "v7" / "weights" / "best.pt"
+def _in_registry(src: Path, tmp_path: Path, version: str) -> Path:
+    """A copy of `src` where the registry keeps a version's weights: models/VERSION/weights/best.pt."""
+    weights = tmp_path / "models" / version / "weights" / "best.pt"
     weights.parent.mkdir(parents=True)
-    shutil.copy(detect_weights, weights)
+    shutil.copy(src, weights)
+    return weights
+
+
+def _export_of(weights: Path, imgsz: int) -> Path:
+    """Where the ONNX export of `weights` at `imgsz` is cached: beside them, named by their sha256."""
+    return weights.with_name(f"best.{model_loader.file_sha256(weights)[:12]}.{imgsz}.onnx")
+
+
+def test_onnx_export_is_cached_beside_the_weights(detect_weights, make_step, inbox, tmp_path, monkeypatch):
+    weights = _in_registry(detect_weights, tmp_path, "v7")
     paths = copy_images(inbox, 2)
     first = make_step(weights)(items(paths))
-    onnx = weights.with_name(f"best.{model_loader.file_sha256(weights)[:12]}.{DET_SZ}.onnx")
+    onnx = _export_of(weights, DET_SZ)
     assert onnx.is_file() and first[0].backend == "onnx"
     assert sorted(p.name for p in weights.parent.iterdir()) == sorted(["best.pt", onnx.name])  # no temp left
     stamp = onnx.stat().st_mtime_ns
@@ -512,12 +523,10 @@ def test_a_cached_export_gives_the_answers_of_the_weights(classify_weights, dete
 def test_an_export_without_metadata_is_run_with_the_names_of_the_weights(detect_weights, make_step, inbox, tmp_path):
     import onnx
 
-    weights = tmp_path / "models" / "v2" / "weights" / "best.pt"
-    weights.parent.mkdir(parents=True)
-    shutil.copy(detect_weights, weights)
+    weights = _in_registry(detect_weights, tmp_path, "v2")
     paths = copy_images(inbox, 2)
     first = make_step(weights)(items(paths))
-    export = weights.with_name(f"best.{model_loader.file_sha256(weights)[:12]}.{DET_SZ}.onnx")
+    export = _export_of(weights, DET_SZ)
     proto = onnx.load(str(export))
     del proto.metadata_props[:]
     onnx.save(proto, str(export))
@@ -527,10 +536,8 @@ def test_an_export_without_metadata_is_run_with_the_names_of_the_weights(detect_
 
 
 def test_an_unreadable_export_is_made_again(classify_weights, make_step, inbox, tmp_path):
-    weights = tmp_path / "models" / "v3" / "weights" / "best.pt"
-    weights.parent.mkdir(parents=True)
-    shutil.copy(classify_weights, weights)
-    export = weights.with_name(f"best.{model_loader.file_sha256(weights)[:12]}.{CLS_SZ}.onnx")
+    weights = _in_registry(classify_weights, tmp_path, "v3")
+    export = _export_of(weights, CLS_SZ)
     export.write_bytes(b"not an onnx file")
     (r,) = make_step(weights, task="classify", imgsz=CLS_SZ)(items(copy_images(inbox, 1)))
     assert isinstance(r, Result) and r.backend == "onnx" and export.stat().st_size > 1000
