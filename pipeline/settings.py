@@ -83,17 +83,13 @@ class TrainingSettings:
 
     @classmethod
     def from_params(cls, params: dict) -> TrainingSettings:
+        """The settings a run recorded. A run recorded before a setting existed has it filled in from the config
+        by the supervisor when it resumes (`pipeline.training.supervisor._keep_params`), not defaulted here."""
         own = {f.name for f in fields(cls)} - {"dataset"}
         p = {k: v for k, v in params.items() if k in own}
-        p.setdefault("review_dir", str(Path(p["home"]) / "review"))  # a run recorded before the label audit
         for k in _FOLDERS:
             p[k] = Path(p[k])
         p["oom_imgsz_steps"] = tuple(p["oom_imgsz_steps"])
-        # A run prepared before migration 0008 (resumed after the upgrade) built its snapshot without near-duplicate
-        # clusters: 0 is what it did, not a default.
-        params = {"near_duplicate_bits": 0, **params}
-        for key in ("audit_folds", "audit_epochs"):  # a run recorded before they existed (resumed after an upgrade)
-            p.setdefault(key, 0)
         return cls(**p, dataset=DatasetOptions(**{f.name: params[f.name] for f in fields(DatasetOptions)}))
 
 
