@@ -270,14 +270,20 @@ def assign_destinations(s: Session, layout: Layout, folder: str, rows: list[File
     """Each final row gets its destination, archive/<folder>/<relpath> or quarantine/<folder>/<relpath>, under
     a name no file has and no other row was promised (a row whose file is not moved yet)."""
     taken: set[str] = set()
+    wanted = {}
     for row in rows:
         base = layout.archive if row.state == FileState.processed.value else layout.quarantine
-        row.final_path = unique_destination(layout.home, f"{layout.rel(base)}/{folder}/{row.source_path}", taken)
+        wanted[row.id] = f"{layout.rel(base)}/{folder}/{row.source_path}"
+        row.final_path = unique_destination(layout.home, wanted[row.id], taken)
         row.processed_at = now
-    clash = planned_destinations(s, rows)
-    for r in rows:
-        if r.final_path in clash:  # promised to another row earlier: pick again
-            r.final_path = unique_destination(layout.home, r.final_path, taken | clash)
+    # A name free on disk may still be another row's (a file not moved yet, or archive/ emptied by hand): pick
+    # again until the database holds none of them.
+    pending = rows
+    while clash := planned_destinations(s, pending):
+        taken |= clash
+        pending = [r for r in pending if r.final_path in clash]
+        for r in pending:
+            r.final_path = unique_destination(layout.home, wanted[r.id], taken)
 
 
 def move(engine, home: Path, ids: list[int]) -> None:

@@ -56,6 +56,22 @@ def test_name_clash_in_archive_never_overwrites(home, files_in):
     assert {r.original_name for r in rs} == {"cover.png", long}
 
 
+def test_a_name_the_database_still_holds_is_not_reused_after_archive_was_emptied(home, files_in):
+    """Someone empties archive/: cover.png and cover-1.png are free on disk but still the final paths of two
+    rows. A third cover.png must get a name no row holds (it once hit the UNIQUE constraint on final_path)."""
+    with running(home):
+        for i in range(2):
+            unique_png(home / "inbox" / "cover.png", i)
+            final_rows(home, i + 1)
+    shutil.rmtree(home / "archive" / "inbox")
+    with running(home):
+        unique_png(home / "inbox" / "cover.png", 2)
+        rs = final_rows(home, 3)
+    assert [r.state for r in rs] == ["processed"] * 3
+    assert len({r.final_path for r in rs}) == 3
+    assert files_in("archive", "inbox") == ["cover-2.png"]
+
+
 def test_same_content_twice_is_a_duplicate_not_a_second_inference(home, files_in):
     src = coco_images(1)[0]
     with running(home) as d:
