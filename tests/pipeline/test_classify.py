@@ -148,6 +148,9 @@ def test_classify_matches_ultralytics_predict(classify_weights, make_step, inbox
 
 @pytest.mark.parametrize("which", ["detect", "classify"])
 def test_onnx_and_torch_backends_agree(which, detect_weights, classify_weights, make_step, inbox):
+    """The two networks agree number for number. A tiny model scores many boxes ~1.0 in several classes at
+    once, so which class such a box takes (and so what NMS keeps) can flip on a 1e-7 difference: boxes are
+    compared where the answer is clear."""
     weights = detect_weights if which == "detect" else classify_weights
     paths = copy_images(inbox, 16)
     onnx = make_step(weights, backend="onnx")(items(paths))
@@ -158,7 +161,18 @@ def test_onnx_and_torch_backends_agree(which, detect_weights, classify_weights, 
         if a.top5 and len(a.top5) > 1 and a.top5[0][1] - a.top5[1][1] > 1e-3:
             assert a.predicted_class == b.predicted_class
         assert a.confidence == pytest.approx(b.confidence, abs=1e-3)
-        assert same_boxes(a.detections, b.detections) and same_boxes(b.detections, a.detections)
+    imgsz = DET_SZ if which == "detect" else CLS_SZ
+    opened = [model_loader.open_model(weights, allowed_roots=[weights.parent], imgsz=imgsz, backend=b, device="cpu")
+              for b in ("onnx", "torch")]
+    rgb = [np.asarray(rgb_of(p)) for p in paths[:4]]
+    x = preprocess.to_nchw(np.stack([preprocess.letterbox(r, imgsz)[0] if which == "detect" else
+                                     preprocess.center_crop(r, imgsz) for r in rgb]))
+    y_onnx, y_torch = (m.forward(x) for m in opened)
+    assert y_onnx.shape == y_torch.shape
+    if which == "detect":  # xywh in input pixels (a tiny model's run past the image), then class scores
+        np.testing.assert_allclose(y_onnx[:, :4], y_torch[:, :4], atol=0.02)
+        y_onnx, y_torch = y_onnx[:, 4:], y_torch[:, 4:]
+    np.testing.assert_allclose(y_onnx, y_torch, atol=1e-3)
 
 
 def _in_registry(src: Path, tmp_path: Path, version: str) -> Path:
