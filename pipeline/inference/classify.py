@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from pipeline.inference.model_io import Model
 from pipeline.images.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
 from pipeline.inference.review import write_review
 from pipeline.inference.steps import Item, Outcome, Result, Step, read_file
-from pipeline.inference.threads import ThreadChooser
+from pipeline.inference.threads import Plan, ThreadChooser
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ RETRY_SECONDS = 60.0  # a model that failed to load is tried again after this, n
 # Decoding the next chunk runs beside inference. At equal priority it preempts the inference threads, and one
 # late thread stalls every parallel operator of the model; a little lower, it fills the gaps the model leaves.
 DECODE_NICENESS = 10
+MAX_LANES = 2  # forward passes at once, at most (pipeline.inference.threads.Plan)
+# The first chunk of a call is this small: its rows are committed after 4 images' forward pass, not 16 (the
+# first committed row of a cold `coverwatch process`), and the chunks after it are the full batch.
+FIRST_CHUNK = 4
 
 ModelSource = Callable[[], "tuple[str, Path] | None"]
 OpenModel = Callable[[Path | str], Model]  # weights -> model; raises ModelUnavailable
@@ -53,7 +58,7 @@ class _Active:
     want: tuple  # (registry version or None, weights) it was loaded for
     version: str
     model: Model
-    threads: ThreadChooser  # which of `model.threads` runs the next chunk
+    plans: ThreadChooser  # which of `model_plans(model)` runs the next chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,8 @@ class ClassifyStep(Step):
         # One writer: review copies claim names and write classes.txt, which two writers at once would race.
         self.review_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify-review",
                                               initializer=_lower_priority, initargs=(DECODE_NICENESS,))
+        # The forward passes (and their answers) run here, up to MAX_LANES at once when the plan says so.
+        self.lane_pool = ThreadPoolExecutor(max_workers=MAX_LANES, thread_name_prefix="classify-forward")
         self._active: _Active | None = None
         self._failed: dict[tuple, tuple[float, ModelUnavailable]] = {}
 
@@ -120,6 +127,7 @@ class ClassifyStep(Step):
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.lane_pool.shutdown(wait=True)
         self.review_pool.shutdown(wait=True)
         if self._active is not None:
             self._active.model.close()
@@ -184,7 +192,7 @@ class ClassifyStep(Step):
         model = self.open_model(weights)
         if model.task != self.task:
             log.warning("task is %s but %s is a %s model; using the model's task", self.task, model.source, model.task)
-        return _Active(want, version or model.version, model, ThreadChooser(list(model.threads)))
+        return _Active(want, version or model.version, model, ThreadChooser(model_plans(model)))
 
     def _open_yolo(self, weights: Path | str) -> Model:
         folders = [r for r in self.allowed_roots if r.is_dir()]
@@ -196,26 +204,50 @@ class ClassifyStep(Step):
     # -- the work ----------------------------------------------------------------------------------------
 
     def _run(self, active: _Active, items: list[Item]) -> Iterator[list[Outcome]]:
-        chunks = [items[i:i + self.batch] for i in range(0, len(items), self.batch)]
-        ahead = self._submit(active, chunks[0])
+        """Chunks through decode (the pool, ahead) and the forward pass (the lanes, `plan.lanes` at once),
+        their outcomes yielded in order as each chunk's forward pass ends."""
+        first = min(self.batch, FIRST_CHUNK)
+        chunks = [items[:first]] + [items[i:i + self.batch] for i in range(first, len(items), self.batch)]
+        decoding: dict[int, list[Future]] = {}
+        running: deque[tuple[Plan, int, Future]] = deque()  # (plan, images, outcomes), oldest first
         reviews: list[Future] = []
-        ended = 0.0
+        clock = {"ended": 0.0, "done": 0}
         try:
             for k, chunk in enumerate(chunks):
-                current = ahead
-                if k + 1 < len(chunks):  # decode the next chunk while the model runs on this one
-                    ahead = self._submit(active, chunks[k + 1])
-                # The first chunk of a call waits for its whole decode: only the chunks after it show the pace.
-                threads = active.threads.pick() if k else active.threads.best
-                outcomes = self._infer(active, chunk, [f.result() for f in current], threads, reviews)
-                ended, started = time.perf_counter(), ended
-                if k:
-                    active.threads.record(threads, ended - started, len(chunk))
-                yield outcomes
+                finished = []  # room for this chunk's forward pass; each end measured before the next pick
+                while running and len(running) >= active.plans.pick().lanes:
+                    finished.append(self._finished(active, running.popleft(), clock))
+                plan = active.plans.pick() if k else active.plans.best
+                for j in range(k, min(len(chunks), k + plan.lanes + 1)):  # decode ahead of the forward passes
+                    if j not in decoding:
+                        decoding[j] = self._submit(active, chunks[j])
+                prepared = [f.result() for f in decoding.pop(k)]
+                running.append((plan, len(chunk), self.lane_pool.submit(self._infer, active, chunk, prepared,
+                                                                        plan.threads, reviews)))
+                yield from finished
+            while running:
+                yield self._finished(active, running.popleft(), clock)
         finally:
+            for futures in decoding.values():  # left early: what has not started does not start
+                for f in futures:
+                    f.cancel()
+            wait([f for _, _, f in running])
             for f in wait(reviews).done:  # every review copy of the call is on disk when it returns
                 if f.exception() is not None:
                     log.error("review copy failed", exc_info=f.exception())
+
+    @staticmethod
+    def _finished(active: _Active, entry: tuple[Plan, int, Future], clock: dict) -> list[Outcome]:
+        """A chunk's outcomes, once its forward pass ends; the time since the chunk before it ended goes to the
+        chooser. The first chunk of a call waits for its whole decode: only the chunks after it show the pace."""
+        plan, images, future = entry
+        outcomes = future.result()
+        ended, started = time.perf_counter(), clock["ended"]
+        if clock["done"]:
+            active.plans.record(plan, ended - started, images)
+        clock["ended"], clock["done"] = ended, clock["done"] + 1
+        return outcomes
+
     def _submit(self, active: _Active, chunk: list[Item]) -> list[Future]:
         m = active.model
         return [self.pool.submit(self._prepare, m.task, m.stride, item) for item in chunk]
@@ -288,6 +320,16 @@ class ClassifyStep(Step):
                       confidence=a.confidence, top5=a.top5, detections=a.detections, model_version=active.version,
                       backend=active.model.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms,
                       phash=p.phash)
+
+
+def model_plans(model: Model) -> list[Plan]:
+    """One run at a time on each thread count the model offers; a model that can run side by side
+    (`model.lanes` > 1) also two runs at once on its fewest threads each."""
+    plans = [Plan(t) for t in model.threads]
+    fewest = min(model.threads)
+    if getattr(model, "lanes", 1) > 1 and fewest > 0:
+        plans.append(Plan(fewest, min(model.lanes, MAX_LANES)))
+    return plans
 
 
 def decode_workers(device: str) -> int:

@@ -6,9 +6,9 @@ review copies and hot swaps are tested without weights, torch or Ultralytics:
 
     >>> model = FakeModel(names=["comic", "novel"], task="classify", answer=[0.9, 0.1])
     >>> step = ClassifyStep(..., open_model=lambda weights: model)
-    >>> step(items_20)                 # batch=16
+    >>> step(items_20)                 # batch=16: a first chunk of 4 (classify.FIRST_CHUNK), then 16
     >>> model.calls                    # (images, threads) per forward; 0: the backend's own thread count
-    [(16, 0), (4, 0)]
+    [(4, 0), (16, 0)]
 
 Rows are what the network gives: classify, softmax probabilities per class (the step calibrates them with the
 model's `temperature`, pipeline.inference.calibration); detect, (4 + classes, anchors) of
@@ -35,6 +35,7 @@ class Model(Protocol):
     version: str  # the version rows name when the registry gives none
     source: str  # where it was loaded from, for messages
     threads: tuple[int, ...]  # the thread counts `forward` can run on, widest first (pipeline.inference.threads picks)
+    lanes: int  # how many `forward` calls may run at once (from different threads); 1: one at a time
     temperature: float  # classify: confidences are softmax(log p / temperature); 1.0 leaves them as they are
 
     def forward(self, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
@@ -51,22 +52,24 @@ class FakeModel:
     """A deterministic `Model` for tests: each image's row is `answer(image)` ((3, H, W) float32 in 0..1), or
     `answer` itself when it is a fixed row (classify probabilities, say).
 
-    `threads` are the counts it offers, and `seconds` how long one image takes on each (to steer
-    pipeline.inference.threads); every forward is recorded in `calls` as (images, threads), every input shape in `shapes`.
+    `threads` are the counts it offers, `lanes` how many forwards may run at once, and `seconds` how long one
+    image takes on each thread count (to steer pipeline.inference.threads); every forward is recorded in `calls`
+    as (images, threads), every input shape in `shapes`, and `most_at_once` is the most forwards that overlapped.
     """
 
     def __init__(self, *, names: list[str], task: str = "classify", answer: Answer | Sequence[float],
                  imgsz: int = 64, stride: int = 32, end2end: bool = False, version: str = "fake@000000000000",
                  backend: str = "fake", threads: Sequence[int] = (0,), seconds: dict[int, float] | None = None,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, lanes: int = 1):
         self.names, self.task, self.imgsz, self.stride, self.end2end = list(names), task, imgsz, stride, end2end
         self.temperature = temperature
         self.version, self.backend, self.source = version, backend, f"fake model {version}"
-        self.threads = tuple(sorted(set(threads), reverse=True))
+        self.threads, self.lanes = tuple(sorted(set(threads), reverse=True)), lanes
         self._answer, self._seconds = answer, seconds or {}
         self.calls: list[tuple[int, int | None]] = []
         self.shapes: list[tuple[int, ...]] = []
         self.closed = False
+        self.most_at_once, self._running = 0, 0
         self._lock = threading.Lock()
 
     def forward(self, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
@@ -79,7 +82,13 @@ class FakeModel:
         with self._lock:
             self.calls.append((len(batch), threads))
             self.shapes.append(batch.shape)
-        time.sleep(self._seconds.get(self.threads[0] if threads is None else threads, 0.0) * len(batch))
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        try:
+            time.sleep(self._seconds.get(self.threads[0] if threads is None else threads, 0.0) * len(batch))
+        finally:
+            with self._lock:
+                self._running -= 1
         answer = self._answer
         rows = [answer(x) if callable(answer) else answer for x in batch]
         return np.stack([np.asarray(r, dtype=np.float32) for r in rows])

@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +139,9 @@ def _load_file(path: Path) -> LoadedModel:
 class YoloModel:
     """A loaded .pt as a `pipeline.inference.model_io.Model`: ONNX Runtime sessions (one per thread count) or the PyTorch net."""
 
-    def __init__(self, loaded: LoadedModel, imgsz: int, backend: str, forwards: dict[int, Callable]):
+    def __init__(self, loaded: LoadedModel, imgsz: int, backend: str, forwards: dict[int, Callable], lanes: int = 1):
         self.loaded, self.imgsz, self.backend, self._forwards = loaded, imgsz, backend, forwards
+        self.lanes = lanes  # ONNX Runtime on the CPU: a session runs calls from several threads at once
         self.names, self.task, self.stride, self.end2end = loaded.names, loaded.task, loaded.stride, loaded.end2end
         self.version = f"{loaded.path.stem[:40]}@{loaded.sha12}"
         self.source = str(loaded.path)
@@ -211,8 +213,34 @@ def _onnx_model(loaded: LoadedModel, path: Path, imgsz: int, device: str, spare_
     if device != "cpu":
         return YoloModel(loaded, imgsz, "onnx", {0: onnx_forward(path, device=device)})
     cores = physical_cores()
-    return YoloModel(loaded, imgsz, "onnx", {t: onnx_forward(path, device=device, threads=t)
-                                             for t in {cores, max(1, cores - spare_threads)}})
+    # Every core first (made now: a start reads the metadata from it); the others when first tried, so a cold
+    # start makes one session, not three. cores // 2: each of two runs side by side (pipeline.inference.threads).
+    counts = [cores] + sorted({max(1, cores - spare_threads), max(1, cores // 2)} - {cores}, reverse=True)
+    forwards = {t: _LazyForward(path, device, t) for t in counts}
+    forwards[cores].open()
+    return YoloModel(loaded, imgsz, "onnx", forwards, lanes=2 if cores > 1 else 1)
+
+
+class _LazyForward:
+    """An ONNX Runtime session made on its first call (or `open()`), once, whichever thread asks first."""
+
+    def __init__(self, path: Path, device: str, threads: int):
+        self.path, self.device, self.threads = path, device, threads
+        self._forward: Callable | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> Callable:
+        with self._lock:
+            if self._forward is None:
+                self._forward = onnx_forward(self.path, device=self.device, threads=self.threads)
+            return self._forward
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.open().metadata
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return (self._forward or self.open())(batch)
 
 
 def _cached_export(path: Path, imgsz: int) -> tuple[Path, str, Path] | None:
@@ -240,7 +268,7 @@ def _from_export(path: Path, sha12: str, export: Path, *, imgsz: int, device: st
         log.info("cached export %s lacks usable metadata; loading %s", export, path)
         return None
     loaded = LoadedModel(path, sha12, meta.task, meta.names, meta.end2end, meta.stride)
-    return YoloModel(loaded, imgsz, "onnx", model._forwards)
+    return YoloModel(loaded, imgsz, "onnx", model._forwards, lanes=model.lanes)
 
 
 def onnx_path(model: LoadedModel, imgsz: int) -> Path:

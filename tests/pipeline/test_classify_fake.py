@@ -121,6 +121,36 @@ def test_the_thread_count_the_chooser_measures_fastest_runs_the_stream(make_step
     assert {r.predicted_class for r in out} == {"light"}
 
 
+def test_a_model_that_runs_side_by_side_gets_two_runs_at_once_when_that_is_faster(make_step, tmp_path):
+    """ONNX Runtime on the CPU (lanes=2): one run on 2 threads (20 ms per image), one on 1 (30 ms), or two runs
+    at once on 1 thread each (15 ms per image between chunk ends): the chooser keeps the two runs, and the
+    outcomes still come in order."""
+    model = FakeModel(names=["light", "dark"], answer=brightness, threads=(1, 2), lanes=2,
+                      seconds={2: 0.020, 1: 0.030})
+    step, _ = make_step({"w1": model}, batch=2)
+    values = [230 if i % 3 else 25 for i in range(2 * 22)]
+    out = step(items([gray(tmp_path / "inbox" / f"{i}.png", v) for i, v in enumerate(values)]))
+    assert [r.predicted_class for r in out] == ["light" if v == 230 else "dark" for v in values]
+    assert model.most_at_once == 2
+    best = step._active.plans.best
+    assert (best.threads, best.lanes) == (1, 2) and str(best) == "2 runs side by side on 1 thread each"
+    assert [t for _, t in model.calls[-4:]] == [1, 1, 1, 1]
+
+
+def test_a_model_that_cannot_run_side_by_side_never_does(make_step, tmp_path):
+    model = FakeModel(names=["light", "dark"], answer=brightness, threads=(1, 2), seconds={2: 0.002, 1: 0.003})
+    step, _ = make_step({"w1": model}, batch=1)
+    step(items([gray(tmp_path / "inbox" / f"{i}.png", 230) for i in range(12)]))
+    assert model.most_at_once == 1
+
+
+def test_the_first_chunk_of_a_call_is_small_so_its_rows_come_early(make_step, tmp_path):
+    model = FakeModel(names=["light", "dark"], answer=brightness)
+    step, _ = make_step({"w1": model}, batch=16)
+    parts = list(step.stream(items([gray(tmp_path / "inbox" / f"{i}.png", 230) for i in range(37)])))
+    assert [len(p) for p in parts] == [classify.FIRST_CHUNK, 16, 16, 1] and classify.FIRST_CHUNK == 4
+
+
 # -- review copies ---------------------------------------------------------------------------------------
 
 
