@@ -139,7 +139,9 @@ def store_results(s, results: list[tuple[int, Result]]) -> None:
     boxes = [{"prediction_id": pred.id, "class_name": c, "confidence": p, "x1": a, "y1": b, "x2": x, "y2": y}
              for pred, (_, r) in zip(preds, results) for c, p, a, b, x, y in r.detections]
     if boxes:
-        s.execute(insert(Detection), boxes)
+        # The table's INSERT on the session's connection, not the ORM's bulk insert: the same executemany,
+        # without the ORM's per-row bookkeeping (two thirds of the commit at ~200 boxes per image).
+        s.connection().execute(insert(Detection.__table__), boxes)
 
 
 def read_file(path: Path) -> bytes:
