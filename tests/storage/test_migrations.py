@@ -4,9 +4,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
+import subprocess
+import sys
+
 import pytest
 
-from storage.db import current_revision, make_engine, upgrade_database
+from storage.db import HEAD_REVISION, MIGRATIONS, current_revision, make_engine, upgrade_database
 from storage.tables import Base
 from tests.conftest import USE_POSTGRES
 
@@ -23,6 +26,28 @@ def test_empty_database_upgrades_to_head_matching_the_models(db_url):
         assert diff == []
     finally:
         engine.dispose()
+
+
+def test_the_fast_path_names_alembics_own_head():
+    """storage.db.HEAD_REVISION is what lets a start skip Alembic: a new migration must move it too."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert HEAD_REVISION == ScriptDirectory.from_config(cfg).get_current_head() == HEAD
+
+
+@pytest.mark.skipif(USE_POSTGRES, reason="one process on a SQLite file is enough to see the imports")
+def test_a_start_at_head_does_not_import_alembic(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine = make_engine(url)
+    upgrade_database(engine)
+    engine.dispose()
+    code = ("import sys; from storage.db import make_engine, upgrade_database, current_revision; "
+            f"e = make_engine({url!r}); upgrade_database(e); print(current_revision(e), 'alembic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [HEAD, "False"]
 
 
 def test_upgrade_is_idempotent(db_url):
