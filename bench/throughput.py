@@ -90,7 +90,7 @@ def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> f
     from pipeline.inference.steps import Item
     from storage.db import make_engine, upgrade_database
     from watcher.config import dataset_options, load_config
-    from watcher.daemon import Daemon, build_step
+    from watcher.daemon import Daemon, build_step, spare_the_collector
     from watcher.home import init_home
 
     home = Path(tempfile.mkdtemp(prefix=f"coverwatch-bench-home-{task}-"))
@@ -115,6 +115,7 @@ def run_coverwatch(weights: Path, paths: list[Path], imgsz: int, task: str) -> f
     step = build_step(cfg, engine)
     step([Item(0, paths[0], "")])  # loads the model, exports it to ONNX (cached beside the weights), runs it once
     daemon = Daemon(cfg, step=step, engine=engine)
+    spare_the_collector()  # as `coverwatch run` does once its daemon is built
     print(f"  (b) start-up (database, report, model, a first run), not counted: {time.perf_counter() - t0:.1f} s", flush=True)
     t0 = time.perf_counter()
     done = daemon.process_pending()

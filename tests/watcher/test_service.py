@@ -188,3 +188,12 @@ def test_prometheus_metrics_on_localhost(home):
     assert 'coverwatch_files{state="processed"} 3.0' in body
     assert 'coverwatch_files{state="quarantined"} 0.0' in body
     assert "coverwatch_uptime_seconds" in body and "coverwatch_queue_depth" in body
+
+
+def test_the_service_processes_spare_the_cyclic_collector():
+    """`run` and `process` freeze what start-up made and collect young objects less often (in a process of
+    its own here: the test process keeps Python's defaults)."""
+    code = ("import gc; from watcher.daemon import spare_the_collector; before = gc.get_freeze_count(); "
+            "spare_the_collector(); print(gc.get_threshold()[0], gc.get_freeze_count() > before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["20000", "True"]

@@ -28,9 +28,11 @@ def init(home: Path) -> None:
 @click.pass_context
 def run(ctx: click.Context, role: str) -> None:
     """The daemon, in the foreground (what systemd starts)."""
-    from watcher.daemon import Daemon
+    from watcher.daemon import Daemon, spare_the_collector
 
-    Daemon(command_config(ctx), role=role).run()
+    daemon = Daemon(command_config(ctx), role=role)
+    spare_the_collector()
+    daemon.run()
 
 
 @cli.command()
@@ -38,9 +40,10 @@ def run(ctx: click.Context, role: str) -> None:
 @click.pass_context
 def process(ctx: click.Context) -> None:
     """One pass over everything waiting, then exit (cron/batch mode)."""
-    from watcher.daemon import Daemon
+    from watcher.daemon import Daemon, spare_the_collector
 
     daemon = Daemon(command_config(ctx))
+    spare_the_collector()
     with click.progressbar(length=0, label="processing", file=sys.stderr) as bar:
         def advance(n: int) -> None:
             bar.length = max(bar.length or 0, bar.pos + n, len(daemon.settler) + bar.pos + n)
