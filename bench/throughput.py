@@ -281,11 +281,14 @@ def main(argv: list[str] | None = None) -> None:
             sources = coco_images() if workload == "mixed" else phone_photos(workdir / "phone-src")
             paths = inbox_of(workdir, args.n if workload == "mixed" else args.phone_n, sources, f"inbox-{workload}")
             for task in tasks:
+                before = None
+                if not args.no_extras and "b" in args.only:
+                    before, _ = measure(workdir, "bench._limit.cpu_costs", weights[task], paths, SIZES[task], task)
                 rates = bench_task(workdir, task, weights[task], paths, args.repeat, args.only, workload)
                 if not args.no_extras and "b" in rates:
                     from bench._limit import limit_and_profile
 
-                    limit_and_profile(workdir, task, weights[task], paths, SIZES[task], rates["b"], measure)
+                    limit_and_profile(workdir, task, weights[task], paths, SIZES[task], rates["b"], measure, before)
             if not args.no_extras:
                 from bench._cold import cold_starts
 
