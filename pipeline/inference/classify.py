@@ -7,7 +7,8 @@
     [Result(width=1200, height=1800, predicted_class='comic', confidence=0.91, top5=[['comic', 0.91], ...], ...)]
 
 Per call: ask `model_source` once and switch models first if the champion changed (so every row names the model
-that produced it); then decode chunk k+1 in the thread pool while the model runs on chunk k. The model is a
+that produced it); then decode chunk k+1 in the thread pool while the model runs on chunk k (or, when the
+chooser measures it faster, run chunks k and k+1 side by side: pipeline.inference.threads.Plan). The model is a
 `pipeline.inference.model_io.Model`, opened by `pipeline.inference.model_loader.open_model` (ONNX Runtime on CPU, PyTorch on CUDA) or
 by the `open_model` given (tests pass `pipeline.inference.model_io.FakeModel`s): nothing below depends on which.
 """
