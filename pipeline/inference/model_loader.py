@@ -214,7 +214,7 @@ def _onnx_model(loaded: LoadedModel, path: Path, imgsz: int, device: str, spare_
         return YoloModel(loaded, imgsz, "onnx", {0: onnx_forward(path, device=device)})
     cores = physical_cores()
     # Every core first (made now: a start reads the metadata from it); the others when first tried, so a cold
-    # start makes one session, not three. cores // 2: each of two runs side by side (pipeline.inference.threads).
+    # start makes one session. cores // 2: each of two runs side by side (pipeline.inference.threads).
     counts = [cores] + sorted({max(1, cores - spare_threads), max(1, cores // 2)} - {cores}, reverse=True)
     forwards = {t: _LazyForward(path, device, t) for t in counts}
     forwards[cores].open()

@@ -44,7 +44,7 @@ def _label(option) -> str:
 
 
 class ThreadChooser:
-    def __init__(self, options: list[int], *, trial: int = 4, every: int = 400, give_up: float = 1.3):
+    def __init__(self, options: list, *, trial: int = 4, every: int = 400, give_up: float = 1.3):
         self.order = sorted(set(options), reverse=True)
         self.trial, self.every, self.give_up = trial, every, give_up
         self.best = self.order[0]  # every core until measured
