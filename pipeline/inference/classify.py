@@ -206,12 +206,11 @@ class ClassifyStep(Step):
 
     def _run(self, active: _Active, items: list[Item]) -> Iterator[list[Outcome]]:
         """Chunks through decode (the pool, ahead) and the forward pass (the lanes, `plan.lanes` at once),
-        their outcomes yielded in order as each chunk's forward pass ends."""
+        their outcomes yielded in order as each chunk's forward pass and review copies end."""
         first = min(self.batch, FIRST_CHUNK)
         chunks = [items[:first]] + [items[i:i + self.batch] for i in range(first, len(items), self.batch)]
         decoding: dict[int, list[Future]] = {}
-        running: deque[tuple[Plan, int, Future]] = deque()  # (plan, images, outcomes), oldest first
-        reviews: list[Future] = []
+        running: deque[tuple[Plan, int, Future, list[Future]]] = deque()  # plan, images, outcomes, reviews
         clock = {"ended": 0.0, "done": 0}
         try:
             for k, chunk in enumerate(chunks):
@@ -222,32 +221,32 @@ class ClassifyStep(Step):
                 for j in range(k, min(len(chunks), k + plan.lanes + 1)):  # decode ahead of the forward passes
                     if j not in decoding:
                         decoding[j] = self._submit(active, chunks[j])
-                prepared = [f.result() for f in decoding.pop(k)]
+                prepared, reviews = [f.result() for f in decoding.pop(k)], []
                 running.append((plan, len(chunk), self.lane_pool.submit(self._infer, active, chunk, prepared,
-                                                                        plan.threads, reviews)))
-                yield from finished
+                                                                        plan.threads, reviews), reviews))
+                yield from (_reviewed(*done) for done in finished)
             while running:
-                yield self._finished(active, running.popleft(), clock)
+                yield _reviewed(*self._finished(active, running.popleft(), clock))
         finally:
             for futures in decoding.values():  # left early: what has not started does not start
                 for f in futures:
                     f.cancel()
-            wait([f for _, _, f in running])
-            for f in wait(reviews).done:  # every review copy of the call is on disk when it returns
-                if f.exception() is not None:
-                    log.error("review copy failed", exc_info=f.exception())
+            wait([entry[2] for entry in running])
+            for entry in running:
+                _reviewed([], entry[3])
 
     @staticmethod
-    def _finished(active: _Active, entry: tuple[Plan, int, Future], clock: dict) -> list[Outcome]:
-        """A chunk's outcomes, once its forward pass ends; the time since the chunk before it ended goes to the
-        chooser. The first chunk of a call waits for its whole decode: only the chunks after it show the pace."""
-        plan, images, future = entry
+    def _finished(active: _Active, entry: tuple, clock: dict) -> tuple[list[Outcome], list[Future]]:
+        """A chunk's outcomes (and its review copies, still being written), once its forward pass ends; the
+        time since the chunk before it ended goes to the chooser. The first chunk of a call waits for its whole
+        decode: only the chunks after it show the pace."""
+        plan, images, future, reviews = entry
         outcomes = future.result()
         ended, started = time.perf_counter(), clock["ended"]
         if clock["done"]:
             active.plans.record(plan, ended - started, images)
         clock["ended"], clock["done"] = ended, clock["done"] + 1
-        return outcomes
+        return outcomes, reviews
 
     def _submit(self, active: _Active, chunk: list[Item]) -> list[Future]:
         m = active.model
@@ -321,6 +320,15 @@ class ClassifyStep(Step):
                       confidence=a.confidence, top5=a.top5, detections=a.detections, model_version=active.version,
                       backend=active.model.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms,
                       phash=p.phash)
+
+
+def _reviewed(outcomes: list[Outcome], reviews: list[Future]) -> list[Outcome]:
+    """`outcomes` once every review copy of their chunk is on disk: the caller archives the files next, and a
+    copy still being written would find its source gone."""
+    for f in wait(reviews).done:
+        if f.exception() is not None:
+            log.error("review copy failed", exc_info=f.exception())
+    return outcomes
 
 
 def model_plans(model: Model) -> list[Plan]:

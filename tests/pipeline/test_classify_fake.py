@@ -170,6 +170,31 @@ def test_images_under_review_below_are_copied_to_review_with_their_label(make_st
     assert not (review / "again.png").exists()
 
 
+def test_a_parts_review_copies_are_on_disk_before_the_part_is_handed_over(make_step, tmp_path, monkeypatch):
+    """The caller archives a part's files as soon as it has the part: a review copy still being written
+    (a phone photo turned upright takes ~0.2 s) found its source gone ("No such file or directory")."""
+    import time as _time
+
+    real = classify.write_review
+
+    def slow(*a, **kw):
+        _time.sleep(0.05)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(classify, "write_review", slow)
+    review = tmp_path / "review"
+    step, _ = make_step({"w1": FakeModel(names=["light", "dark"], answer=brightness)}, review_dir=review,
+                        review_below=1.0, batch=2)
+    paths = [gray(tmp_path / "inbox" / f"{i}.png", 230) for i in range(9)]
+    done = 0
+    for part in step.stream(items(paths)):
+        for p in paths[done:done + len(part)]:
+            assert (review / p.name).read_bytes() == p.read_bytes()
+            p.rename(tmp_path / f"archived-{p.name}")  # what the ingest's move does next
+        done += len(part)
+    assert done == 9
+
+
 def test_review_below_one_reviews_every_image_even_a_certain_one(make_step, tmp_path):
     review = tmp_path / "review"
     step, _ = make_step({"w1": FakeModel(names=["light", "dark"], answer=[1.0, 0.0])}, review_dir=review,
