@@ -16,10 +16,6 @@ if TYPE_CHECKING:
     from watcher.daemon import Daemon
 
 INGEST_BATCH = 256  # files per bookkeeping transaction; the step batches its own model calls
-# The first batch of a pass is this small: its files are hashed and registered, and its first rows committed,
-# before the rest of a large drop is read (measured on 96 phone photos: no change to the first row beyond the
-# machine's noise, 1.51-1.56 s either way; kept for drops far larger than that).
-FIRST_INGEST_BATCH = 16
 LABELLED_PER_PASS = 64  # labelled files per loop pass: the rest wait for the next, so the inbox keeps flowing
 MAX_BACKOFF = 60.0
 
@@ -39,7 +35,7 @@ class DropIntake:
         d = self.d
         taken, labelled, deferred = 0, 0, []
         while not d.stop.is_set():
-            ready = d.settler.ready(now, limit=INGEST_BATCH if taken else FIRST_INGEST_BATCH)
+            ready = d.settler.ready(now, limit=INGEST_BATCH)
             if not ready:
                 break
             ready, later = self._labelled_budget(ready, LABELLED_PER_PASS - labelled)

@@ -34,28 +34,3 @@ def test_the_wait_ends_when_the_earliest_job_is_due(home):
         assert d.heartbeat.due(d.clock())
     finally:
         d.shutdown()
-
-
-class _Sizes(NoopStep):
-    def __init__(self):
-        self.sizes: list[int] = []
-
-    def __call__(self, items):
-        self.sizes.append(len(items))
-        return super().__call__(items)
-
-
-def test_a_pass_takes_a_small_first_batch_so_its_first_rows_come_early(home):
-    """The first bookkeeping batch of a pass hashes and registers 16 files, not all 40 waiting (a cold
-    `coverwatch process` on phone photos hashed every one of them before its first forward pass)."""
-    import watcher.drops
-    from PIL import Image
-    from tests.watcher.conftest import configure
-
-    configure(home, watch={"settle_seconds": 0})
-    for i in range(40):
-        Image.new("RGB", (40, 30), (i * 6, 7, 9)).save(home / "inbox" / f"{i}.png")
-    step = _Sizes()
-    assert Daemon(load_config(home / "coverwatch.yaml"), step=step).process_pending() == 40
-    assert step.sizes == [watcher.drops.FIRST_INGEST_BATCH, 40 - watcher.drops.FIRST_INGEST_BATCH]
-    assert watcher.drops.FIRST_INGEST_BATCH == 16
