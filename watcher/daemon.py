@@ -303,7 +303,8 @@ def build_step(cfg: Config, engine) -> Step:
 
 
 def spare_the_collector() -> None:
-    """For the processes `coverwatch run` and `process` (called once their daemon is built): what start-up made (modules, mappers, the model) leaves the cyclic collector's scans
+    """For the processes `coverwatch run` and `process`, called once their daemon object is built (before it
+    loads the model): what exists by then (modules, mappers, config) leaves the cyclic collector's scans
     (gc.freeze), and young objects are collected every 20,000 allocations instead of 700. Committing a chunk
     makes thousands of short-lived ORM objects; with Python's defaults the collector took ~20% of the
     bookkeeping thread (1.9 -> 1.5 ms per image, classify on this machine). Reference counting still frees

@@ -336,7 +336,7 @@ def model_plans(model: Model) -> list[Plan]:
     (`model.lanes` > 1) also two runs at once on its fewest threads each."""
     plans = [Plan(t) for t in model.threads]
     fewest = min(model.threads)
-    if getattr(model, "lanes", 1) > 1 and fewest > 0:
+    if model.lanes > 1 and fewest > 0:
         plans.append(Plan(fewest, min(model.lanes, MAX_LANES)))
     return plans
 

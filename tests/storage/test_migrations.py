@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from storage.db import HEAD_REVISION, MIGRATIONS, current_revision, make_engine, upgrade_database
+from storage.db import HEAD_REVISION, _alembic_config, current_revision, make_engine, upgrade_database
 from storage.tables import Base
 from tests.conftest import USE_POSTGRES
 
@@ -30,11 +30,9 @@ def test_empty_database_upgrades_to_head_matching_the_models(db_url):
 
 def test_the_fast_path_names_alembics_own_head():
     """storage.db.HEAD_REVISION is what lets a start skip Alembic: a new migration must move it too."""
-    from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg = _alembic_config(None)  # the migrations' own configuration, as upgrade_database makes it
     assert HEAD_REVISION == ScriptDirectory.from_config(cfg).get_current_head() == HEAD
 
 
