@@ -69,6 +69,7 @@ class _Item:
     source: Path
     split: str
     boxes: list[Box] = field(default_factory=list)
+    moved_to: Path | None = None  # its committed destination: where it is once a worker has moved it
 
 
 @dataclass
@@ -190,7 +191,8 @@ def _load(s, home: Path, options: DatasetOptions) -> tuple[list[_Item], list[Lab
                         image.final_path)
             continue
         items.append(_Item(sample.image_sha256, _snapshot_name(image.original_name, sample.image_sha256),
-                           home / image.location, "", mine))
+                           home / image.location, "", mine,
+                           home / image.final_path if image.final_path not in (None, image.location) else None))
     anchor = near_groups(history, options.near_duplicate_bits)
     for it in items:  # near-duplicates take the split of their group's first image
         it.split = split_of(anchor.get(it.sha, it.sha), options.val_fraction)
@@ -226,7 +228,13 @@ def _write_snapshot(tmp: Path, items: list[_Item], names: list[str], plan: Balan
         (tmp / sub).mkdir(parents=True)
     position = {n: i for i, n in enumerate(names)}
     for it in items:
-        _link(it.source, tmp / "images" / it.split / it.file_name)
+        try:
+            _link(it.source, tmp / "images" / it.split / it.file_name)
+        except FileNotFoundError:
+            if it.moved_to is None:
+                raise
+            # Read before another worker moved it (a move links the new name before it drops the old one).
+            _link(it.moved_to, tmp / "images" / it.split / it.file_name)
         lines = "".join(f"{position[b.class_name]} {b.cx:.6f} {b.cy:.6f} {b.w:.6f} {b.h:.6f}\n" for b in it.boxes)
         (tmp / "labels" / it.split / f"{Path(it.file_name).stem}.txt").write_text(lines, encoding="utf-8")
     train = "images/train"

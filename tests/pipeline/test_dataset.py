@@ -107,6 +107,29 @@ def test_dataset_from_a_coco_drop_says_what_the_labels_said(cfg, engine):
             assert img.stat().st_nlink >= 2  # a hard link into archive/, not a copy
 
 
+def test_an_image_another_worker_moved_after_the_rows_were_read_is_still_in_the_snapshot(cfg, engine, monkeypatch):
+    """Several workers: the build read an image row while it was still in labeled/, and another worker archived
+    the file before the build linked it. The image is taken from its committed destination, not lost (seen:
+    'cannot prepare the dataset: [Errno 2] No such file or directory: .../labeled/d03/00045.jpg')."""
+    from sqlalchemy.orm.attributes import set_committed_value
+
+    images = labelled_images(0, 4)
+    coco_drop(cfg.path("labeled") / "drop", images, coco_names())
+    ingest(cfg, engine, "drop")
+    read = dataset._drops
+
+    def read_before_the_move(s):
+        rows = read(s)
+        for _im, _sample, image in rows:  # what the rows said a moment before the move; nothing is written
+            set_committed_value(image, "location", f"labeled/drop/{image.original_name}")
+        return rows
+
+    monkeypatch.setattr(dataset, "_drops", read_before_the_move)
+    b = build(cfg, engine)
+    assert b.train_images + b.val_images == 4
+    assert sorted(p.name.rsplit("_", 1)[0] for p in b.path.glob("images/*/*")) == sorted(p.stem for p in images)
+
+
 def test_unchanged_labels_do_not_make_a_new_snapshot(cfg, engine):
     synthetic_drop(cfg, "syn", KOREAN, {"만화": 3, "동화": 2})
     ingest(cfg, engine, "syn")

@@ -2,11 +2,18 @@
 
 import signal
 from collections import Counter
+from pathlib import Path
 
 from sqlalchemy import select
 
 from tests.watcher.conftest import configure, predictions, rows, wait_for
 from tests.watcher.test_crash import alive, start, write_jpegs
+
+
+def stderr_of(worker, lines: int = 30) -> str:
+    """The last lines a worker started by `start` wrote to stderr (beside its call log, its last argument)."""
+    path = Path(worker.args[-1]).with_suffix(".stderr")
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no stderr)"
 
 
 def kill_one_midway(home, workers, drop, *, folder: str, pattern: str, n: int, registered: int):
@@ -31,7 +38,9 @@ def kill_one_midway(home, workers, drop, *, folder: str, pattern: str, n: int, r
             p.send_signal(signal.SIGTERM)
         for p in workers[1:]:
             p.wait(30)
-    assert all(p.returncode == 0 for p in workers[1:])
+    failed = [i for i, p in enumerate(workers) if i and p.returncode != 0]
+    assert not failed, "\n".join(f"worker {i} ended with {workers[i].returncode}:\n{stderr_of(workers[i])}"
+                                  for i in failed)
     rs = rows(home)
     assert len(rs) == n and {r.state for r in rs} == {"processed"}
     assert Counter(r.source_path for r in rs).most_common(1)[0][1] == 1
