@@ -208,12 +208,16 @@ class Daemon:
         self.notifier.status(self.status_line())
 
     def recover(self) -> None:
-        """Finish the moves that a crash interrupted: destinations committed, files not there yet."""
-        with session_scope(self.engine) as s:
-            rows = unfinished_moves(s)
-            if rows:
-                log.info("finishing %d moves interrupted by a restart", len(rows))
-                finish_moves(s, self.cfg.home, rows, self.moves)
+        """Finish the moves that a crash interrupted: destinations committed, files not there yet. Another worker
+        holding the database does not stop the start: every rescan finishes such moves too."""
+        try:
+            with session_scope(self.engine) as s:
+                rows = unfinished_moves(s)
+                if rows:
+                    log.info("finishing %d moves interrupted by a restart", len(rows))
+                    finish_moves(s, self.cfg.home, rows, self.moves)
+        except OperationalError as exc:
+            log.warning("interrupted moves could not be looked at (%s); the next rescan finishes them", exc.orig)
 
     def status_line(self) -> str:
         return f"{len(self.settler)} files waiting to settle; model {self.step.model_version or 'none'}"

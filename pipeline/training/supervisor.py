@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import OperationalError
 
 from pipeline.settings import TrainingSettings
 from pipeline.training.queue import due_trigger, request_training, run_summary
@@ -107,8 +108,13 @@ class TrainingSupervisor:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        with session_scope(self.engine) as s:
-            finished = s.get(TrainingRun, self.run_id).state != "running"
+        try:
+            with session_scope(self.engine) as s:
+                run = s.get(TrainingRun, self.run_id)
+                finished = run is not None and run.state != "running"
+        except OperationalError as exc:  # another worker holds the database: stopping it is right either way
+            log.warning("could not read training run %s before stopping it (%s)", self.run_id, exc.orig)
+            finished = False
         if not finished:  # else it recorded its result and is on its way out: only wait
             log.info("stopping training run %s; it resumes on the next start", self.run_id)
             proc.send_signal(signal.SIGTERM)

@@ -333,3 +333,25 @@ def test_auto_is_the_gpu_when_torch_sees_one(monkeypatch):
     assert resolve_device("auto") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda:0"
+
+
+def test_shutdown_with_the_database_locked_still_stops_the_run(engine, cfg, procs, monkeypatch):
+    """SIGTERM to the daemon while another worker holds the database: the run is told to stop anyway (it
+    resumes from last.pt), and the daemon's shutdown does not fail on the lock (a survivor of the three-worker
+    test ended with exit code 1)."""
+    import sys
+
+    from sqlalchemy.exc import OperationalError
+
+    import pipeline.training.supervisor as supervisor_module
+
+    job = procs.popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sup = supervisor(engine, cfg.home)
+    sup.proc, sup.run_id = job, 1
+
+    def locked(_engine):
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(supervisor_module, "session_scope", locked)
+    sup.shutdown(timeout=10)
+    assert job.poll() is not None and sup.proc is None

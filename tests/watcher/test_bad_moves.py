@@ -336,3 +336,30 @@ def test_a_copy_that_fails_half_way_leaves_no_temp_file(home, monkeypatch):
     assert [p.name for p in (home / "archive").rglob("*") if p.is_file()] == []
     [row] = rows(home)
     assert (row.state, row.reason, row.moved_at) == ("processed", None, None)  # disk full: retried, not stuck
+
+
+def test_a_locked_database_during_the_start_up_recovery_does_not_stop_the_start(home, monkeypatch, caplog):
+    """Another worker writes while this one starts: the recovery of interrupted moves gets 'database is locked'.
+    The start goes on, and the next rescan finishes those moves instead."""
+    from sqlalchemy.exc import OperationalError
+
+    import watcher.daemon as daemon_module
+
+    write_pngs(home / "inbox", 3)
+    process(home)
+    real = daemon_module.unfinished_moves
+    calls = []
+
+    def locked_once(s):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        return real(s)
+
+    monkeypatch.setattr(daemon_module, "unfinished_moves", locked_once)
+    d = Daemon(load_config(home / "coverwatch.yaml"), step=CountingStep())
+    try:
+        d.initialize(observe=False)
+    finally:
+        d.shutdown()
+    assert calls and "interrupted moves could not be looked at" in caplog.text
