@@ -170,10 +170,18 @@ def check_writable(engine: Engine) -> None:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """The one place that begins, commits and rolls back."""
+def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
+    """The one place that begins, commits and rolls back.
+
+    `write`: a transaction that reads, then writes what it read (a counter, a state change), while another
+    process may commit. SQLite refuses such a write at once with 'database is locked' when anyone committed
+    since the read began, whatever the busy timeout; with `write` it takes the write lock at BEGIN (waiting up
+    to the busy timeout for it) and cannot be refused later. Other databases ignore it.
+    """
     session = sessionmaker(engine, expire_on_commit=False)()
     try:
+        if write and engine.dialect.name == "sqlite":
+            session.connection(execution_options={"sqlite_immediate": True})
         yield session
         session.commit()
     except BaseException:

@@ -289,7 +289,7 @@ def assign_destinations(s: Session, layout: Layout, folder: str, rows: list[File
 def move(engine, home: Path, ids: list[int]) -> None:
     """Phase D: move the files of these rows (destinations committed) and record it."""
     try:
-        with session_scope(engine) as s:
+        with session_scope(engine, write=True) as s:
             finish_moves(s, home, s.scalars(select(File).where(File.id.in_(ids))).all())
     except (OperationalError, OSError) as exc:
         # Destinations are committed: the daemon's recovery finishes these moves later.

@@ -68,7 +68,7 @@ def ingest_batch(
     if not found:
         return report
     try:
-        with session_scope(engine) as s:
+        with session_scope(engine, write=True) as s:
             register(s, layout, found, claim, _Copies(s, folder, found, layout.home, claim))
             found = [f for f in found if f.row is not None]
             work = [f for f in found if f.row.state == FileState.pending.value and f.row.duplicate_of is None]
@@ -84,7 +84,7 @@ def ingest_batch(
     with closing(_parts(step, work, [f for f in found if id(f) not in in_work], ids, report)) as parts:
         for part, outcomes in parts:
             try:
-                with session_scope(engine) as s:
+                with session_scope(engine, write=True) as s:
                     moving = [r.id for r in _commit(s, layout, folder, part, ids, outcomes, report, claim, near_bits)]
             except (OperationalError, OSError) as exc:
                 return transient(report, [f.path for f in found if id(f) not in committed], "commit", exc)

@@ -71,7 +71,7 @@ def ingest_labelled(engine, layout: Layout, root: Path, paths: list[Path], *, ma
     if not seen:
         return report
     try:
-        with session_scope(engine) as s:
+        with session_scope(engine, write=True) as s:
             register(s, layout, seen, claim, _Drop(FOLDER))
     except (OperationalError, OSError) as exc:
         return transient(report, [x.path for x in seen], "register", exc)
@@ -157,7 +157,7 @@ def _resolve(engine, layout, root, folders, report, *, max_pixels, cutoff, grace
     for job in jobs:
         _decide(job, batch, home, locations, names, max_pixels, max_boxes)
     try:
-        with session_scope(engine) as s:
+        with session_scope(engine, write=True) as s:
             moving = commit_decisions(s, layout, batch, report)
     except (OperationalError, OSError) as exc:
         return transient(report, [home / locations[m.row_id] for m in members], "commit", exc)

@@ -81,7 +81,7 @@ def run_audit(engine, run_id: int, *, trainer, should_stop) -> int:
 
 def plan_audit(engine, run_id: int) -> AuditPlan:
     """The run's snapshot, its labelled images and their folds; AuditError when there is nothing to audit."""
-    with session_scope(engine) as s:
+    with session_scope(engine, write=True) as s:
         run = s.get(TrainingRun, run_id)
         params, version = dict(run.params or {}), run.version
         k = run.folds or params.get("audit_folds") or DEFAULT_FOLDS
@@ -133,7 +133,7 @@ def _run_folds(engine, run_id: int, trainer, plan: AuditPlan, should_stop) -> di
 
 def _run_fold(engine, run_id, trainer, plan: AuditPlan, k: int, spec: AttemptSpec, should_stop) -> AttemptSpec:
     folder = plan.folder / f"fold{k + 1}"
-    with session_scope(engine) as s:
+    with session_scope(engine, write=True) as s:
         run = s.get(TrainingRun, run_id)
         run.fold, run.epoch = k + 1, 0
     log.info("audit run %d: fold %d/%d", run_id, k + 1, plan.k)

@@ -34,7 +34,7 @@ def record_audit(engine, run_id: int, plan, probs: dict[str, dict[str, float]]) 
                                .where(Sample.replaced_at.is_(None))).all())
     review = plan.settings.review_dir / version
     copies = {h.index: _review_copy(review, plan, h.index, version) for h in health.flagged}
-    with session_scope(engine) as s:
+    with session_scope(engine, write=True) as s:
         run = s.get(TrainingRun, run_id)
         audit = LabelAudit(run_id=run_id, dataset_version_id=plan.dataset_version_id, task=plan.settings.task,
                            folds=plan.k, epochs=plan.settings.epochs, images=len(plan.items),

@@ -143,7 +143,7 @@ def _finish(engine, run_id, trainer, spec, settings, params, folder, manifest) -
     # temperature from this manifest (pipeline.inference.model_loader).
     manifest.update(arch=spec.arch, calibration=evaluation.calibration)
     registry.write_manifest(folder, manifest)
-    with session_scope(engine) as s:
+    with session_scope(engine, write=True) as s:
         mv = registry.record_version(s, version=folder.name, task=task, folder=os.path.relpath(folder, settings.home),
                                      classes=params["classes"], fingerprint=params["fingerprint"],
                                      evaluation=evaluation, champion_eval=champ_eval,
@@ -174,7 +174,7 @@ def _evaluate_champion(engine, trainer, settings, params) -> tuple[registry.Eval
 
 
 def _start_attempt(engine, run_id, spec: AttemptSpec, manifest, folder) -> int:
-    with session_scope(engine) as s:
+    with session_scope(engine, write=True) as s:
         run = s.get(TrainingRun, run_id)
         n = len(run.attempts) + 1
         s.add(TrainingAttempt(run_id=run_id, n=n, model=spec.model if not spec.resume else f"resume {spec.model}",
@@ -188,7 +188,7 @@ def _start_attempt(engine, run_id, spec: AttemptSpec, manifest, folder) -> int:
 
 
 def _end_attempt(engine, run_id, n, manifest, folder, outcome: str, reason: str | None) -> None:
-    with session_scope(engine) as s:
+    with session_scope(engine, write=True) as s:
         a = s.query(TrainingAttempt).filter_by(run_id=run_id, n=n).one()
         a.outcome, a.reason, a.finished_at = outcome, reason, utcnow()
     manifest["attempts"][-1].update(outcome=outcome, reason=reason)
@@ -198,7 +198,7 @@ def _end_attempt(engine, run_id, n, manifest, folder, outcome: str, reason: str 
 def _progress(engine, run_id, n, p: dict, used: dict) -> None:
     """Called by the trainer after each epoch: {epoch, epochs, losses, eta_seconds, batch}."""
     used["batch"] = p.get("batch")
-    with session_scope(engine) as s:
+    with session_scope(engine, write=True) as s:
         run = s.get(TrainingRun, run_id)
         run.epoch, run.epochs, run.losses = p["epoch"], p["epochs"], p.get("losses")
         run.eta_seconds, run.updated_at = p.get("eta_seconds"), utcnow()
@@ -207,7 +207,7 @@ def _progress(engine, run_id, n, p: dict, used: dict) -> None:
 
 
 def _close_run(engine, run_id, *, state: str, error: str | None) -> None:
-    with session_scope(engine) as s:
+    with session_scope(engine, write=True) as s:
         run = s.get(TrainingRun, run_id)
         run.state, run.error, run.finished_at, run.pid = state, error, utcnow(), None
 

@@ -42,7 +42,7 @@ def request_training(engine, trigger: str, *, now: datetime | None = None, kind:
     counts for the slot it was asked for. `folds` and `epochs` (audits) override the config's for this run."""
     for _ in range(3):
         try:
-            with session_scope(engine) as s:
+            with session_scope(engine, write=True) as s:
                 queued = s.scalar(select(TrainingRun).where(TrainingRun.state == "queued", TrainingRun.kind == kind))
                 if queued is not None:
                     parts = queued.trigger.split("+")

@@ -141,7 +141,7 @@ def record_version(s, *, version: str, task: str, folder: str, classes: list[str
 
 def promote_version(engine, version: str) -> ModelVersion:
     """Make `version` the champion by hand (whatever its figures); the current champion is retired."""
-    with session_scope(engine) as s:
+    with session_scope(engine, write=True) as s:
         mv = s.scalar(select(ModelVersion).where(ModelVersion.version == version))
         if mv is None:
             raise TrainingError("unknown_version", f"no model version {version!r} (see `coverwatch models list`)")
@@ -153,7 +153,7 @@ def promote_version(engine, version: str) -> ModelVersion:
 
 def rollback(engine) -> tuple[str, str]:
     """Give the champion role back to the previous champion; returns (from, to) versions."""
-    with session_scope(engine) as s:
+    with session_scope(engine, write=True) as s:
         current = champion(s)
         if current is None:
             raise TrainingError("no_previous", "there is no champion to roll back from")

@@ -132,7 +132,7 @@ class TrainingSupervisor:
     def _finished(self, rc: int) -> None:
         """The process ended: say how the run went in one log line (the job itself logs only to train.log)."""
         run_id, self.proc = self.run_id, None
-        with session_scope(self.engine) as s:
+        with session_scope(self.engine, write=True) as s:
             run = s.get(TrainingRun, run_id)
             if run is None:
                 return
@@ -171,7 +171,7 @@ class TrainingSupervisor:
             with session_scope(self.engine) as s:
                 prepared = _keep_params(s.get(TrainingRun, run_id), self.settings)
             params = None if prepared else {**self.settings.as_params(), **self._prepare()}
-            with session_scope(self.engine) as s:  # written after the build: its own transactions come first
+            with session_scope(self.engine, write=True) as s:  # written after the build: its own transactions come first
                 run = s.get(TrainingRun, run_id)
                 if params is not None:
                     run.params, run.dataset_version_id = params, params.get("dataset_version_id")
@@ -187,7 +187,7 @@ class TrainingSupervisor:
         except OSError as exc:
             self._fail(run_id, f"cannot start the training process: {exc}")
             return
-        with session_scope(self.engine) as s:
+        with session_scope(self.engine, write=True) as s:
             s.get(TrainingRun, run_id).pid = getattr(self.proc, "pid", None)
         log.info("%s run %d started as %s", _word(kind), run_id, version)
 
@@ -196,7 +196,7 @@ class TrainingSupervisor:
         None when busy or idle."""
         from pipeline.training.registry import version_name
 
-        with session_scope(self.engine) as s:
+        with session_scope(self.engine, write=True) as s:
             running = list(s.scalars(select(TrainingRun).where(TrainingRun.state == "running")
                                      .order_by(TrainingRun.id)))
             for run in running:
@@ -237,7 +237,7 @@ class TrainingSupervisor:
 
     def _fail(self, run_id: int, error: str) -> None:
         """Before any process ran: there is no train.log to point to."""
-        with session_scope(self.engine) as s:
+        with session_scope(self.engine, write=True) as s:
             run = s.get(TrainingRun, run_id)
             run.state, run.error, run.finished_at = "failed", error, utcnow()
             version = run.version
