@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.inference import model_loader as ml
 from pipeline.inference.calibration import apply_temperature
-from pipeline.images.decode import MAX_ASPECT
+from pipeline.images.decode import MAX_ASPECT, open_for_reading
 from pipeline.images.phash import perceptual_hash
 from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.inference.boxes import Answer, classify_answer, detect_answer, e2e_rows, nms_rows
@@ -206,12 +206,22 @@ class ClassifyStep(Step):
 
     def _run(self, active: _Active, items: list[Item]) -> Iterator[list[Outcome]]:
         """Chunks through decode (the pool, ahead) and the forward pass (the lanes, `plan.lanes` at once),
-        their outcomes yielded in order as each chunk's forward pass and review copies end."""
+        their outcomes yielded in order as each chunk's forward pass ends. A chunk's review copies are written
+        beside the next chunk's work (their sources opened already: the caller archives the files next), and a
+        chunk is yielded only once the copies of the chunk before it are written: a backlog of one chunk."""
         first = min(self.batch, FIRST_CHUNK)
         chunks = [items[:first]] + [items[i:i + self.batch] for i in range(first, len(items), self.batch)]
         decoding: dict[int, list[Future]] = {}
         running: deque[tuple[Plan, int, Future, list[Future]]] = deque()  # plan, images, outcomes, reviews
         clock = {"ended": 0.0, "done": 0}
+        behind: list[Future] = []  # the review copies of the chunk yielded last
+
+        def hand_over(outcomes: list[Outcome], reviews: list[Future]) -> list[Outcome]:
+            nonlocal behind
+            _written(behind)
+            behind = reviews
+            return outcomes
+
         try:
             for k, chunk in enumerate(chunks):
                 finished = []  # room for this chunk's forward pass; each end measured before the next pick
@@ -224,16 +234,16 @@ class ClassifyStep(Step):
                 prepared, reviews = [f.result() for f in decoding.pop(k)], []
                 running.append((plan, len(chunk), self.lane_pool.submit(self._infer, active, chunk, prepared,
                                                                         plan.threads, reviews), reviews))
-                yield from (_reviewed(*done) for done in finished)
+                yield from (hand_over(*done) for done in finished)
             while running:
-                yield _reviewed(*self._finished(active, running.popleft(), clock))
+                yield hand_over(*self._finished(active, running.popleft(), clock))
         finally:
             for futures in decoding.values():  # left early: what has not started does not start
                 for f in futures:
                     f.cancel()
             wait([entry[2] for entry in running])
-            for entry in running:
-                _reviewed([], entry[3])
+            for reviews in [behind, *(entry[3] for entry in running)]:
+                _written(reviews)
 
     @staticmethod
     def _finished(active: _Active, entry: tuple, clock: dict) -> tuple[list[Outcome], list[Future]]:
@@ -313,22 +323,27 @@ class ClassifyStep(Step):
         if self.review_dir is not None and (a.confidence is None or a.confidence < self.review_below
                                             or self.review_below >= 1.0):  # 1.0: review everything
             # In a thread of its own, beside the next forward pass: a copy (or, turned upright, a re-encode) of a
-            # phone photo costs as much as classifying it.
-            reviews.append(self.review_pool.submit(write_review, self.review_dir, item.path, names=active.model.names,
-                                            boxes=a.boxes, orientation=p.image.orientation, version=active.version))
+            # phone photo costs as much as classifying it. The source is opened here, before the chunk is handed
+            # over and its files archived: an open file is still read whole after its name is moved.
+            try:
+                source = os.fdopen(open_for_reading(item.path), "rb")  # write_review reads and closes it
+            except (OSError, Rejected) as exc:
+                log.warning("review copy of %s not written: %s", item.path.name, exc)
+            else:
+                reviews.append(self.review_pool.submit(
+                    write_review, self.review_dir, item.path, names=active.model.names, boxes=a.boxes,
+                    orientation=p.image.orientation, version=active.version, opened=source))
         return Result(width=p.image.width, height=p.image.height, predicted_class=a.predicted_class,
                       confidence=a.confidence, top5=a.top5, detections=a.detections, model_version=active.version,
                       backend=active.model.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms,
                       phash=p.phash)
 
 
-def _reviewed(outcomes: list[Outcome], reviews: list[Future]) -> list[Outcome]:
-    """`outcomes` once every review copy of their chunk is on disk: the caller archives the files next, and a
-    copy still being written would find its source gone."""
+def _written(reviews: list[Future]) -> None:
+    """Wait for these review copies; a copy that failed is logged (it never fails its image)."""
     for f in wait(reviews).done:
         if f.exception() is not None:
             log.error("review copy failed", exc_info=f.exception())
-    return outcomes
 
 
 def model_plans(model: Model) -> list[Plan]:

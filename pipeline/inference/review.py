@@ -12,11 +12,13 @@ with their own classes.txt, so every folder stays consistent with its labels.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import ImageOps
 
@@ -31,28 +33,30 @@ Box = tuple[int, float, float, float, float]  # class id, x1, y1, x2, y2 (normal
 
 
 def write_review(folder: Path, source: Path, *, names: list[str], boxes: list[Box], orientation: int,
-                 version: str) -> Path | None:
+                 version: str, opened: BinaryIO | None = None) -> Path | None:
     """Copy `source` into `folder` with its label; returns the copy, or None when it could not be written.
+    `opened`: `source` opened before its name could move (the ingest archives it meanwhile); read and closed here.
 
     >>> write_review(home / "review", inbox / "a.jpg", names=["comic", "novel"], boxes=[(1, .1, .2, .5, .9)],
     ...              orientation=1, version="v3")
     PosixPath('.../review/a.jpg')           # and review/a.txt: "1 0.300000 0.550000 0.400000 0.700000"
     """
-    try:
-        target_dir = _folder_for(folder, names, version)
-        image, label = _claim(target_dir, source.stem, source.suffix.lower())
-    except OSError as exc:
-        log.warning("review copy of %s not written: %s", source.name, exc)
-        return None
-    try:
-        label.write_text("".join(label_line(*b) for b in boxes))
-        _copy_image(source, image, orientation)
-    except OSError as exc:
-        log.warning("review copy of %s not written: %s", source.name, exc)
-        for p in (image, label):
-            p.unlink(missing_ok=True)
-        return None
-    return image
+    with opened if opened is not None else contextlib.nullcontext():
+        try:
+            target_dir = _folder_for(folder, names, version)
+            image, label = _claim(target_dir, source.stem, source.suffix.lower())
+        except OSError as exc:
+            log.warning("review copy of %s not written: %s", source.name, exc)
+            return None
+        try:
+            label.write_text("".join(label_line(*b) for b in boxes))
+            _copy_image(opened.read() if opened is not None else read_file(source), image, orientation)
+        except OSError as exc:
+            log.warning("review copy of %s not written: %s", source.name, exc)
+            for p in (image, label):
+                p.unlink(missing_ok=True)
+            return None
+        return image
 
 
 def label_line(cls: int, x1: float, y1: float, x2: float, y2: float) -> str:
@@ -100,8 +104,7 @@ def _create(path: Path) -> bool:
         return False
 
 
-def _copy_image(source: Path, image: Path, orientation: int) -> None:
-    data = read_file(source)
+def _copy_image(data: bytes, image: Path, orientation: int) -> None:
     if orientation == 1:
         image.write_bytes(data)
         return

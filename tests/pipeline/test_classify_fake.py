@@ -170,29 +170,45 @@ def test_images_under_review_below_are_copied_to_review_with_their_label(make_st
     assert not (review / "again.png").exists()
 
 
-def test_a_parts_review_copies_are_on_disk_before_the_part_is_handed_over(make_step, tmp_path, monkeypatch):
-    """The caller archives a part's files as soon as it has the part: a review copy still being written
-    (a phone photo turned upright takes ~0.2 s) found its source gone ("No such file or directory")."""
+def test_review_copies_survive_the_archiving_of_their_part_and_never_hold_it_back(make_step, tmp_path, monkeypatch):
+    """The caller archives a part's files as soon as it has the part. A review copy still being written (a phone
+    photo turned upright takes ~0.2 s) once found its source gone ("No such file or directory"); waiting for the
+    copies then held every part back, the first row included. Now each copy opens its source before the part is
+    handed over and writes beside the next part's work: the first part comes before its copies are written, a
+    part comes only once the copies of the part before it are written (a backlog of one part), and every copy
+    is whole."""
     import time as _time
 
     real = classify.write_review
+    written: list[str] = []
 
     def slow(*a, **kw):
-        _time.sleep(0.05)
-        return real(*a, **kw)
+        _time.sleep(0.2)
+        out = real(*a, **kw)
+        written.append(out.name)
+        return out
 
     monkeypatch.setattr(classify, "write_review", slow)
     review = tmp_path / "review"
     step, _ = make_step({"w1": FakeModel(names=["light", "dark"], answer=brightness)}, review_dir=review,
                         review_below=1.0, batch=2)
-    paths = [gray(tmp_path / "inbox" / f"{i}.png", 230) for i in range(9)]
-    done = 0
-    for part in step.stream(items(paths)):
+    originals = {}
+    for i in range(9):
+        p = gray(tmp_path / "inbox" / f"{i}.png", 20 * i)
+        originals[p.name] = p.read_bytes()
+    paths = sorted((tmp_path / "inbox").iterdir(), key=lambda p: int(p.stem))
+    done, before = 0, []
+    for k, part in enumerate(step.stream(items(paths))):
+        mine = [p.name for p in paths[done:done + len(part)]]
+        if k == 0:
+            assert not written, "the first part waited for its review copies"
+        assert set(before) <= set(written), "a part came before the copies of the part before it were written"
         for p in paths[done:done + len(part)]:
-            assert (review / p.name).read_bytes() == p.read_bytes()
             p.rename(tmp_path / f"archived-{p.name}")  # what the ingest's move does next
-        done += len(part)
-    assert done == 9
+        done, before = done + len(part), mine
+    step.close()
+    assert done == 9 and sorted(written) == sorted(originals)
+    assert {n: (review / n).read_bytes() for n in originals} == originals
 
 
 def test_review_below_one_reviews_every_image_even_a_certain_one(make_step, tmp_path):
