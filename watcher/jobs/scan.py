@@ -91,7 +91,7 @@ class Rescan(Job):
             log.error("the file observer died; restarting it and rescanning")
             d.start_observer()
         try:
-            with session_scope(d.engine) as s:
+            with session_scope(d.engine, write=True) as s:  # it frees, forgets and finishes moves
                 waiting = self._reconcile(s)
         except OperationalError as exc:
             log.warning("rescan could not read the database (%s); trying again soon", exc.orig)
