@@ -211,7 +211,7 @@ class Daemon:
         """Finish the moves that a crash interrupted: destinations committed, files not there yet. Another worker
         holding the database does not stop the start: every rescan finishes such moves too."""
         try:
-            with session_scope(self.engine) as s:
+            with session_scope(self.engine, write=True) as s:
                 rows = unfinished_moves(s)
                 if rows:
                     log.info("finishing %d moves interrupted by a restart", len(rows))

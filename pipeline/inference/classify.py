@@ -212,14 +212,17 @@ class ClassifyStep(Step):
         first = min(self.batch, FIRST_CHUNK)
         chunks = [items[:first]] + [items[i:i + self.batch] for i in range(first, len(items), self.batch)]
         decoding: dict[int, list[Future]] = {}
-        running: deque[tuple[Plan, int, Future, list[Future]]] = deque()  # plan, images, outcomes, reviews
+        running: deque[tuple[Plan, int, Future]] = deque()  # (plan, images, outcomes), oldest first
+        copies: list[list[Future]] = []  # each chunk's review copies, in chunk order
         clock = {"ended": 0.0, "done": 0}
-        behind: list[Future] = []  # the review copies of the chunk yielded last
+        yielded = 0
 
-        def hand_over(outcomes: list[Outcome], reviews: list[Future]) -> list[Outcome]:
-            nonlocal behind
-            _written(behind)
-            behind = reviews
+        def hand_over(outcomes: list[Outcome]) -> list[Outcome]:
+            """The next chunk in order, once the copies of the chunk before it are written."""
+            nonlocal yielded
+            if yielded:
+                wait(copies[yielded - 1])
+            yielded += 1
             return outcomes
 
         try:
@@ -231,32 +234,33 @@ class ClassifyStep(Step):
                 for j in range(k, min(len(chunks), k + plan.lanes + 1)):  # decode ahead of the forward passes
                     if j not in decoding:
                         decoding[j] = self._submit(active, chunks[j])
-                prepared, reviews = [f.result() for f in decoding.pop(k)], []
+                prepared = [f.result() for f in decoding.pop(k)]
+                copies.append([])
                 running.append((plan, len(chunk), self.lane_pool.submit(self._infer, active, chunk, prepared,
-                                                                        plan.threads, reviews), reviews))
-                yield from (hand_over(*done) for done in finished)
+                                                                        plan.threads, copies[-1])))
+                yield from (hand_over(done) for done in finished)
             while running:
-                yield hand_over(*self._finished(active, running.popleft(), clock))
+                yield hand_over(self._finished(active, running.popleft(), clock))
         finally:
             for futures in decoding.values():  # left early: what has not started does not start
                 for f in futures:
                     f.cancel()
-            wait([entry[2] for entry in running])
-            for reviews in [behind, *(entry[3] for entry in running)]:
-                _written(reviews)
+            wait([f for _, _, f in running])
+            for f in wait([f for chunk in copies for f in chunk]).done:  # every copy of the call is on disk
+                if f.exception() is not None:
+                    log.error("review copy failed", exc_info=f.exception())
 
     @staticmethod
-    def _finished(active: _Active, entry: tuple, clock: dict) -> tuple[list[Outcome], list[Future]]:
-        """A chunk's outcomes (and its review copies, still being written), once its forward pass ends; the
-        time since the chunk before it ended goes to the chooser. The first chunk of a call waits for its whole
-        decode: only the chunks after it show the pace."""
-        plan, images, future, reviews = entry
+    def _finished(active: _Active, entry: tuple[Plan, int, Future], clock: dict) -> list[Outcome]:
+        """A chunk's outcomes, once its forward pass ends; the time since the chunk before it ended goes to the
+        chooser. The first chunk of a call waits for its whole decode: only the chunks after it show the pace."""
+        plan, images, future = entry
         outcomes = future.result()
         ended, started = time.perf_counter(), clock["ended"]
         if clock["done"]:
             active.plans.record(plan, ended - started, images)
         clock["ended"], clock["done"] = ended, clock["done"] + 1
-        return outcomes, reviews
+        return outcomes
 
     def _submit(self, active: _Active, chunk: list[Item]) -> list[Future]:
         m = active.model
@@ -337,13 +341,6 @@ class ClassifyStep(Step):
                       confidence=a.confidence, top5=a.top5, detections=a.detections, model_version=active.version,
                       backend=active.model.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms,
                       phash=p.phash)
-
-
-def _written(reviews: list[Future]) -> None:
-    """Wait for these review copies; a copy that failed is logged (it never fails its image)."""
-    for f in wait(reviews).done:
-        if f.exception() is not None:
-            log.error("review copy failed", exc_info=f.exception())
 
 
 def model_plans(model: Model) -> list[Plan]:

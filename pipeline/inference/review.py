@@ -41,7 +41,7 @@ def write_review(folder: Path, source: Path, *, names: list[str], boxes: list[Bo
     ...              orientation=1, version="v3")
     PosixPath('.../review/a.jpg')           # and review/a.txt: "1 0.300000 0.550000 0.400000 0.700000"
     """
-    with opened if opened is not None else contextlib.nullcontext():
+    with opened or contextlib.nullcontext():
         try:
             target_dir = _folder_for(folder, names, version)
             image, label = _claim(target_dir, source.stem, source.suffix.lower())

@@ -171,7 +171,8 @@ class TrainingSupervisor:
             with session_scope(self.engine) as s:
                 prepared = _keep_params(s.get(TrainingRun, run_id), self.settings)
             params = None if prepared else {**self.settings.as_params(), **self._prepare()}
-            with session_scope(self.engine, write=True) as s:  # written after the build: its own transactions come first
+            # Written after the build: its own transactions come first.
+            with session_scope(self.engine, write=True) as s:
                 run = s.get(TrainingRun, run_id)
                 if params is not None:
                     run.params, run.dataset_version_id = params, params.get("dataset_version_id")

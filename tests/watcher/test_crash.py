@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -45,6 +46,12 @@ def start(procs, home, log, **env):
     with open(log.with_suffix(".stderr"), "ab") as err:
         return procs.popen([sys.executable, "-m", "tests.watcher.daemon_proc", str(home), str(log)], cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **env})
+
+
+def stderr_of(worker, lines: int = 30) -> str:
+    """The last lines a worker made by `start` wrote to stderr (the file beside its call log, its last argument)."""
+    path = Path(worker.args[-1]).with_suffix(".stderr")
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no stderr)"
 
 
 def alive(home, pid):

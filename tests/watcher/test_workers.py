@@ -2,18 +2,11 @@
 
 import signal
 from collections import Counter
-from pathlib import Path
 
 from sqlalchemy import select
 
 from tests.watcher.conftest import configure, predictions, rows, wait_for
-from tests.watcher.test_crash import alive, start, write_jpegs
-
-
-def stderr_of(worker, lines: int = 30) -> str:
-    """The last lines a worker started by `start` wrote to stderr (beside its call log, its last argument)."""
-    path = Path(worker.args[-1]).with_suffix(".stderr")
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no stderr)"
+from tests.watcher.test_crash import alive, start, stderr_of, write_jpegs
 
 
 def kill_one_midway(home, workers, drop, *, folder: str, pattern: str, n: int, registered: int):
