@@ -4,8 +4,9 @@ to the first committed row, and `coverwatch run` from start to its first row. be
 host after its first run.
 
 The home has run before, as a cron job's or a service's home has: its database exists and this hour's Excel
-report is written (one `coverwatch process` on an empty inbox first). The first run of a new home also makes
-the database and writes the first report; that figure is printed beside, not as the target.
+report is written (one `coverwatch process` on an empty inbox, which makes the database but writes no report,
+then `coverwatch report`). The first run of a new home also makes the database and writes the first report (with
+a thumbnail of each image); that figure is printed beside, not as the target.
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ def _home(home: Path, task: str, weights: Path, imgsz: int, device: str, images:
     raw["model"].update(weights=str(weights), imgsz=imgsz, device=device)
     raw["watch"].update(settle_seconds=0.0)
     cfg.write_text(yaml.safe_dump(raw))
-    if primed:
+    if primed:  # the database made (a `process` with nothing to do), and this hour's report written
         _coverwatch_process(home, rows=False)
+        if _coverwatch(home, "report").wait() != 0:
+            raise SystemExit(f"coverwatch report failed in {home}")
     for p in images:
         (home / "inbox" / p.name).write_bytes(p.read_bytes())
     return home
