@@ -96,11 +96,12 @@ def ingest_batch(
 class _Copies(Registration):
     """The inbox registers each content once: a later file with the same content is a duplicate of the first
     and ends as it did, without a second inference. The same content twice in one batch: the later copies
-    point at the first."""
+    point at the first. Only the folder's own files count: a labelled image has no prediction to end as, so
+    an inbox photo of it is classified."""
 
     def __init__(self, s: Session, folder: str, found: list[Found], home: Path, claim: Claim):
         super().__init__(folder)
-        self.first_by_sha = _first_rows(s, {f.sha256 for f in found if f.sha256}, home, claim)
+        self.first_by_sha = _first_rows(s, folder, {f.sha256 for f in found if f.sha256}, home, claim)
 
     def carry_on(self, row: File, f: Found) -> bool:
         if row.sha256 != f.sha256 or f.rejected is not None:
@@ -119,14 +120,14 @@ class _Copies(Registration):
                 row.duplicate_of = first.id  # a copy of a file earlier in this batch (flushed: it has an id)
 
 
-def _first_rows(s: Session, shas: set[str], home: Path, claim: Claim) -> dict[str, File]:
-    """The first row of each content, that later copies end as. A live one whose file is gone is resolved
-    as vanished here and passed over: a file with its content is new, not a copy of nothing."""
+def _first_rows(s: Session, folder: str, shas: set[str], home: Path, claim: Claim) -> dict[str, File]:
+    """The first row of `folder` with each content, that later copies end as. A live one whose file is gone
+    is resolved as vanished here and passed over: a file with its content is new, not a copy of nothing."""
     if not shas:
         return {}
     rows = s.scalars(
         select(File)
-        .where(File.sha256.in_(list(shas)), File.duplicate_of.is_(None), File.state != FileState.requeued.value,
+        .where(File.folder == folder, File.sha256.in_(list(shas)), File.duplicate_of.is_(None), File.state != FileState.requeued.value,
                ~((File.state == FileState.quarantined.value) & File.reason.in_(UNSEEN)))
         .order_by(File.id)
     )
@@ -267,7 +268,7 @@ def _settle_duplicate(s: Session, row: File, home: Path, claim: Claim) -> bool:
     if first.state in LIVE and gone(home, first) and claimable(first, claim):
         vanish(first, utcnow())
     if first.state == FileState.quarantined.value and first.reason in UNSEEN:
-        other = _first_rows(s, {row.sha256}, home, claim).get(row.sha256)
+        other = _first_rows(s, row.folder, {row.sha256}, home, claim).get(row.sha256)
         row.duplicate_of = None if other is None or other.id == row.id else other.id
         return False  # pending still: the next pass settles it against `other`, or classifies it
     if first.state in FINAL:

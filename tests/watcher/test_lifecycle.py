@@ -88,6 +88,27 @@ def test_same_content_twice_is_a_duplicate_not_a_second_inference(home, files_in
     assert files_in("archive", "inbox") == ["again.jpg", "first.jpg", "sub/first.jpg"]
 
 
+def test_an_inbox_photo_of_a_labelled_image_is_classified_not_a_duplicate_of_the_label(home, files_in):
+    """The users' own case: covers they labelled dropped into the inbox too. The labelled row has no prediction
+    to end as; the inbox copy once ended `processed` as a "duplicate" of it with no prediction, and was missing
+    from the report's Predictions sheet. Copies within the inbox still share one inference."""
+    from tests.labelimg import coco_drop, coco_names, labelled_images
+
+    [image] = labelled_images(0, 1)
+    with running(home) as d:
+        coco_drop(home / "labeled" / "drop", [image], coco_names())
+        final_rows(home, 3)  # classes.txt, the label, the image
+        shutil.copy(image, home / "inbox" / "cover.jpg")
+        shutil.copy(image, home / "inbox" / "again.jpg")
+        rs = final_rows(home, 5)
+    inbox = sorted((r for r in rs if r.folder == "inbox"), key=lambda r: r.id)
+    assert [r.state for r in inbox] == ["processed", "processed"]
+    assert inbox[0].duplicate_of is None and inbox[1].duplicate_of == inbox[0].id
+    assert [p.file_id for p in predictions(home)] == [inbox[0].id]
+    assert list(d.step.calls.values()) == [1]
+    assert files_in("archive", "inbox") == ["again.jpg", "cover.jpg"]
+
+
 def test_slow_writer_that_pauses_is_not_processed_half_written(home):
     data = coco_images(1)[0].read_bytes()
     with running(home) as d:
