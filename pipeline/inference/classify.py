@@ -234,6 +234,9 @@ class ClassifyStep(Step):
                 for j in range(k, min(len(chunks), k + plan.lanes + 1)):  # decode ahead of the forward passes
                     if j not in decoding:
                         decoding[j] = self._submit(active, chunks[j])
+                if finished and not yielded:  # the call's first rows go out now, not once this chunk is decoded
+                    yield from (hand_over(done) for done in finished)
+                    finished = []
                 prepared = [f.result() for f in decoding.pop(k)]
                 copies.append([])
                 running.append((plan, len(chunk), self.lane_pool.submit(self._infer, active, chunk, prepared,
