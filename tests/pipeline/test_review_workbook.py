@@ -207,6 +207,27 @@ def test_too_many_rows_is_refused(cfg, engine, tmp_path, monkeypatch):
     assert (row.reason, row.detail) == ("workbook_too_big", "more than 5 rows in the Review sheet")
 
 
+
+def test_a_refused_workbook_is_closed_at_once(cfg, engine, tmp_path, monkeypatch):
+    """Refused mid-sheet, the sheet's row reader kept the .xlsx open until the collector found it; CI then saw
+    its ResourceWarning ('unclosed file ... review.xlsx') raised inside whichever test ran at that moment."""
+    import os
+
+    from pipeline.errors import Rejected
+
+    archive_images(engine, cfg.home, coco_images(3), [0.1, 0.2, 0.3])
+    book = write_review_workbook(engine, tmp_path / "review.xlsx", home=cfg.home, options=options(cfg.home)).path
+    monkeypatch.setattr(read, "MAX_ROWS", 5)
+
+    def open_here() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(book.resolve())) if fds.is_dir() else 0
+
+    with pytest.raises(Rejected) as refused:
+        read.read_review(book)
+    # The intake keeps the Rejected (and with it its traceback's frames) until the batch is committed.
+    assert refused.value.code == "workbook_too_big" and open_here() == 0
+
 def test_every_outcome_is_explained():
     assert set(OUTCOMES) >= {"labelled", "unchanged", "skipped", "review_copy", "unknown_class", "unknown_row_id",
                              "image_gone", "conflicting_rows"}
