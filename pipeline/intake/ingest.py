@@ -127,8 +127,8 @@ def _first_rows(s: Session, folder: str, shas: set[str], home: Path, claim: Clai
         return {}
     rows = s.scalars(
         select(File)
-        .where(File.folder == folder, File.sha256.in_(list(shas)), File.duplicate_of.is_(None), File.state != FileState.requeued.value,
-               ~((File.state == FileState.quarantined.value) & File.reason.in_(UNSEEN)))
+        .where(File.folder == folder, File.sha256.in_(list(shas)), File.duplicate_of.is_(None),
+               File.state != FileState.requeued.value, ~((File.state == FileState.quarantined.value) & File.reason.in_(UNSEEN)))
         .order_by(File.id)
     )
     out: dict[str, File] = {}

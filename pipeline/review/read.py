@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import unicodedata
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,22 +44,19 @@ def read_review(path: Path) -> ReviewRows:
         wb = load_workbook(path, read_only=True, data_only=True, keep_links=False)
     except Exception as exc:  # noqa: BLE001 - a damaged file may fail anywhere inside openpyxl; it is data
         raise Rejected("not_xlsx", f"openpyxl cannot read it: {type(exc).__name__}: {exc}"[:200]) from None
-    values = None
     try:
         if SHEET not in wb.sheetnames:
             raise Rejected("not_review_workbook", f"no sheet named {SHEET!r}: not a coverwatch review workbook")
-        values = wb[SHEET].iter_rows(max_col=MAX_COLUMNS, values_only=True)
-        return _rows(values)
+        # The row reader holds the sheet's part of the .xlsx open, and wb.close() does not close a file a part
+        # of it still reads: left mid-sheet (a refusal), it kept the file open through the Rejected's traceback
+        # until the collector found it.
+        with closing(wb[SHEET].iter_rows(max_col=MAX_COLUMNS, values_only=True)) as values:
+            return _rows(values)
     except Rejected:
         raise
     except Exception as exc:  # noqa: BLE001 - as above: the sheet's XML is the dropper's
         raise Rejected("not_xlsx", f"openpyxl cannot read it: {type(exc).__name__}: {exc}"[:200]) from None
     finally:
-        # The row reader holds the sheet's part of the .xlsx open; left mid-sheet (a refusal) it would keep
-        # the file open, through the Rejected's traceback, until the collector found it. wb.close() alone
-        # does not close a file a part of it still reads.
-        if values is not None:
-            values.close()
         wb.close()
 
 

@@ -151,7 +151,6 @@ def test_the_first_chunk_of_a_call_is_small_so_its_rows_come_early(make_step, tm
     assert [len(p) for p in parts] == [classify.FIRST_CHUNK, 16, 16, 1] and classify.FIRST_CHUNK == 4
 
 
-
 def test_the_first_rows_are_handed_over_before_the_next_chunk_is_decoded(make_step, tmp_path, monkeypatch):
     """The first chunk's outcomes waited for the decode of the chunk after it (16 phone photos, ~0.2 s of a
     cold `process` on 2 cores) before they went out: the first committed row came that much later."""
@@ -178,6 +177,7 @@ def test_the_first_rows_are_handed_over_before_the_next_chunk_is_decoded(make_st
     rest = list(stream)
     assert [len(first)] + [len(p) for p in rest] == [classify.FIRST_CHUNK, 16]
     assert all(isinstance(o, Result) for o in first + rest[0])
+
 
 # -- review copies ---------------------------------------------------------------------------------------
 

@@ -207,7 +207,6 @@ def test_too_many_rows_is_refused(cfg, engine, tmp_path, monkeypatch):
     assert (row.reason, row.detail) == ("workbook_too_big", "more than 5 rows in the Review sheet")
 
 
-
 def test_a_refused_workbook_is_closed_at_once(cfg, engine, tmp_path, monkeypatch):
     """Refused mid-sheet, the sheet's row reader kept the .xlsx open until the collector found it; CI then saw
     its ResourceWarning ('unclosed file ... review.xlsx') raised inside whichever test ran at that moment."""
@@ -227,6 +226,7 @@ def test_a_refused_workbook_is_closed_at_once(cfg, engine, tmp_path, monkeypatch
         read.read_review(book)
     # The intake keeps the Rejected (and with it its traceback's frames) until the batch is committed.
     assert refused.value.code == "workbook_too_big" and open_here() == 0
+
 
 def test_every_outcome_is_explained():
     assert set(OUTCOMES) >= {"labelled", "unchanged", "skipped", "review_copy", "unknown_class", "unknown_row_id",

@@ -1,20 +1,11 @@
 """The rows an inbox chunk stores (pipeline.inference.steps.store_results, through the tables' INSERTs): each
 prediction on its own file and each box on its own image's prediction, on SQLite and PostgreSQL alike."""
 
-import pytest
 from sqlalchemy import select
 
 from pipeline.inference.steps import Result, store_results
-from storage.db import make_engine, session_scope, upgrade_database
+from storage.db import session_scope
 from storage.tables import Detection, File, Prediction
-
-
-@pytest.fixture
-def engine(db_url):
-    e = make_engine(db_url)
-    upgrade_database(e)
-    yield e
-    e.dispose()
 
 
 def _files(s, n: int) -> list[int]:
