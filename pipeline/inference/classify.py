@@ -37,7 +37,7 @@ from pipeline.inference.model_io import Model
 from pipeline.images.preprocess import ModelImage, center_crop, decode_for_model, letterbox, to_nchw
 from pipeline.inference.review import write_review
 from pipeline.inference.steps import Item, Outcome, Result, Step, read_file
-from pipeline.inference.threads import Plan, ThreadChooser
+from pipeline.inference.threads import Plan, PlanMemory, ThreadChooser
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ class ClassifyStep(Step):
         model = self.open_model(weights)
         if model.task != self.task:
             log.warning("task is %s but %s is a %s model; using the model's task", self.task, model.source, model.task)
-        return _Active(want, version or model.version, model, ThreadChooser(model_plans(model)))
+        memory = PlanMemory(model.plan_file) if model.plan_file is not None else None
+        return _Active(want, version or model.version, model, ThreadChooser(model_plans(model), memory=memory))
 
     def _open_yolo(self, weights: Path | str) -> Model:
         folders = [r for r in self.allowed_roots if r.is_dir()]

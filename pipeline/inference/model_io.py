@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -37,6 +38,7 @@ class Model(Protocol):
     threads: tuple[int, ...]  # the thread counts `forward` can run on, widest first (pipeline.inference.threads picks)
     lanes: int  # how many `forward` calls may run at once (from different threads); 1: one at a time
     temperature: float  # classify: confidences are softmax(log p / temperature); 1.0 leaves them as they are
+    plan_file: Path | None  # where the thread plan measured for it is kept (pipeline.inference.threads.PlanMemory)
 
     def forward(self, batch: np.ndarray, threads: int | None = None) -> np.ndarray:
         """(N, 3, H, W) float32 in 0..1 -> N output rows; `threads`: one of `threads` (None: the first)."""
@@ -52,17 +54,18 @@ class FakeModel:
     """A deterministic `Model` for tests: each image's row is `answer(image)` ((3, H, W) float32 in 0..1), or
     `answer` itself when it is a fixed row (classify probabilities, say).
 
-    `threads` are the counts it offers, `lanes` how many forwards may run at once, and `seconds` how long one
-    image takes on each thread count (to steer pipeline.inference.threads); every forward is recorded in `calls`
-    as (images, threads), every input shape in `shapes`, and `most_at_once` is the most forwards that overlapped.
+    `threads` are the counts it offers, `lanes` how many forwards may run at once, `seconds` how long one
+    image takes on each thread count (to steer pipeline.inference.threads), `plan_file` where its plan is
+    kept; every forward is recorded in `calls` as (images, threads), every input shape in `shapes`, and
+    `most_at_once` is the most forwards that overlapped.
     """
 
     def __init__(self, *, names: list[str], task: str = "classify", answer: Answer | Sequence[float],
                  imgsz: int = 64, stride: int = 32, end2end: bool = False, version: str = "fake@000000000000",
                  backend: str = "fake", threads: Sequence[int] = (0,), seconds: dict[int, float] | None = None,
-                 temperature: float = 1.0, lanes: int = 1):
+                 temperature: float = 1.0, lanes: int = 1, plan_file: Path | None = None):
         self.names, self.task, self.imgsz, self.stride, self.end2end = list(names), task, imgsz, stride, end2end
-        self.temperature = temperature
+        self.temperature, self.plan_file = temperature, plan_file
         self.version, self.backend, self.source = version, backend, f"fake model {version}"
         self.threads, self.lanes = tuple(sorted(set(threads), reverse=True)), lanes
         self._answer, self._seconds = answer, seconds or {}

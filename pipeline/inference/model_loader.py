@@ -139,9 +139,11 @@ def _load_file(path: Path) -> LoadedModel:
 class YoloModel:
     """A loaded .pt as a `pipeline.inference.model_io.Model`: ONNX Runtime sessions (one per thread count) or the PyTorch net."""
 
-    def __init__(self, loaded: LoadedModel, imgsz: int, backend: str, forwards: dict[int, Callable], lanes: int = 1):
+    def __init__(self, loaded: LoadedModel, imgsz: int, backend: str, forwards: dict[int, Callable], lanes: int = 1,
+                 plan_file: Path | None = None):
         self.loaded, self.imgsz, self.backend, self._forwards = loaded, imgsz, backend, forwards
         self.lanes = lanes  # ONNX Runtime on the CPU: a session runs calls from several threads at once
+        self.plan_file = plan_file  # ONNX Runtime on the CPU: beside the export, `best.<sha12>.<imgsz>.plan.json`
         self.names, self.task, self.stride, self.end2end = loaded.names, loaded.task, loaded.stride, loaded.end2end
         self.version = f"{loaded.path.stem[:40]}@{loaded.sha12}"
         self.source = str(loaded.path)
@@ -218,7 +220,8 @@ def _onnx_model(loaded: LoadedModel, path: Path, imgsz: int, device: str, spare_
     counts = [cores] + sorted({max(1, cores - spare_threads), max(1, cores // 2)} - {cores}, reverse=True)
     forwards = {t: _LazyForward(path, device, t) for t in counts}
     forwards[cores].open()
-    return YoloModel(loaded, imgsz, "onnx", forwards, lanes=2 if cores > 1 else 1)
+    return YoloModel(loaded, imgsz, "onnx", forwards, lanes=2 if cores > 1 else 1,
+                     plan_file=path.with_suffix(".plan.json"))
 
 
 class _LazyForward:
@@ -268,7 +271,7 @@ def _from_export(path: Path, sha12: str, export: Path, *, imgsz: int, device: st
         log.info("cached export %s lacks usable metadata; loading %s", export, path)
         return None
     loaded = LoadedModel(path, sha12, meta.task, meta.names, meta.end2end, meta.stride)
-    return YoloModel(loaded, imgsz, "onnx", model._forwards, lanes=model.lanes)
+    return YoloModel(loaded, imgsz, "onnx", model._forwards, lanes=model.lanes, plan_file=model.plan_file)
 
 
 def onnx_path(model: LoadedModel, imgsz: int) -> Path:

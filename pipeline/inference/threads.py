@@ -17,11 +17,20 @@ Options are thread counts, or `Plan`s: a model that can run side by side (ONNX R
 offered two runs at once, each on a chunk of its own with half the cores. On this machine's two cores, yolo11n
 at 640 moved ~42 images/s as two one-thread runs against ~36 as one two-thread run: one run's parallel
 operators wait for their slowest thread, two runs do not wait for each other.
+
+A trial costs what its slower options cost: 4 chunks of each of 3 plans are 192 images, all of a `coverwatch
+process` of 128 phone photos. With a `PlanMemory` (beside the model's cached export), what was decided is kept
+on disk, and the next chooser for that model on a machine with as many CPUs starts with it and tries the others
+again only after `every` chunks, as a running one does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+from pathlib import Path
 from statistics import median
 from typing import NamedTuple
 
@@ -43,14 +52,52 @@ def _label(option) -> str:
     return str(option) if isinstance(option, Plan) else f"{option} thread{'s' * (option != 1)}"
 
 
+class PlanMemory:
+    """The option a chooser decided on, in a small JSON file: {"cpus": 2, "plan": [1, 2], "ms_per_image": ...}.
+    It counts only on a machine with as many CPUs and for an option still offered; a file that cannot be read
+    or written is no memory (a debug line), never an error."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def recall(self, options: list):
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            if saved["cpus"] != os.cpu_count():
+                return None
+            plan = saved["plan"]
+            option = Plan(*plan) if isinstance(plan, list) else plan
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.debug("thread plan memory %s not used: %s", self.path, exc)
+            return None
+        return option if option in options else None
+
+    def remember(self, option, speeds: dict) -> None:
+        saved = {"cpus": os.cpu_count(), "plan": list(option) if isinstance(option, Plan) else option,
+                 "ms_per_image": {_label(t): round(s * 1000, 2) for t, s in speeds.items()}}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(saved), encoding="utf-8")
+            os.replace(tmp, self.path)  # two processes deciding at once: one whole file wins
+        except OSError as exc:
+            log.debug("thread plan not remembered in %s: %s", self.path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
 class ThreadChooser:
-    def __init__(self, options: list, *, trial: int = 4, every: int = 400, give_up: float = 1.3):
+    def __init__(self, options: list, *, trial: int = 4, every: int = 400, give_up: float = 1.3,
+                 memory: PlanMemory | None = None):
         self.order = sorted(set(options), reverse=True)
-        self.trial, self.every, self.give_up = trial, every, give_up
+        self.trial, self.every, self.give_up, self.memory = trial, every, give_up, memory
         self.best = self.order[0]  # every core until measured
         self._n = 0  # chunks since the current trial began
         self._samples: dict[int, list[float]] = {}
         self._decided = False
+        recalled = memory.recall(self.order) if memory is not None and len(self.order) > 1 else None
+        if recalled is not None:  # decided before: the next trial comes after `every` chunks, as after a trial
+            self.best, self._decided, self._n = recalled, True, self._trial_chunks
 
     @property
     def _trial_chunks(self) -> int:
@@ -87,3 +134,5 @@ class ThreadChooser:
             log.info("model on %s: %.1f ms per image from chunk to chunk (%s)", _label(best), speeds[best] * 1000,
                      others)
         self.best, self._decided = best, True
+        if self.memory is not None:
+            self.memory.remember(best, speeds)

@@ -137,6 +137,22 @@ def test_a_model_that_runs_side_by_side_gets_two_runs_at_once_when_that_is_faste
     assert [t for _, t in model.calls[-4:]] == [1, 1, 1, 1]
 
 
+def test_the_next_step_on_the_same_model_starts_with_the_plan_the_last_one_measured(make_step, tmp_path):
+    """A `coverwatch process` of 128 phone photos was all trial: the plan decided is kept beside the model
+    (its `plan_file`), and the next step, in a new process say, runs every chunk on it from the first."""
+    def model():
+        return FakeModel(names=["light", "dark"], answer=brightness, threads=(1, 2), lanes=2,
+                         seconds={2: 0.020, 1: 0.030}, plan_file=tmp_path / "w1.plan.json")
+
+    paths = [gray(tmp_path / "inbox" / f"{i}.png", 230) for i in range(2 * 22)]
+    first = model()
+    make_step({"w1": first}, batch=2)[0](items(paths))
+    assert (tmp_path / "w1.plan.json").is_file()
+    second = model()
+    make_step({"w1": second}, batch=2)[0](items(paths[:12]))
+    assert [t for _, t in second.calls] == [1] * 6 and second.most_at_once == 2
+
+
 def test_a_model_that_cannot_run_side_by_side_never_does(make_step, tmp_path):
     model = FakeModel(names=["light", "dark"], answer=brightness, threads=(1, 2), seconds={2: 0.002, 1: 0.003})
     step, _ = make_step({"w1": model}, batch=1)

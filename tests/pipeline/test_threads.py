@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 
-from pipeline.inference.threads import ThreadChooser
+import pytest
+
+from pipeline.inference.threads import Plan, PlanMemory, ThreadChooser
 
 
 def run(chooser: ThreadChooser, chunks: int, per_image: dict[int, float]) -> list[int]:
@@ -61,3 +64,49 @@ def test_an_option_far_slower_on_its_first_chunk_is_not_tried_further():
 def test_an_option_close_on_its_first_chunk_gets_its_whole_trial():
     chooser = ThreadChooser([1, 2], trial=4, every=10, give_up=1.3)
     assert run(chooser, 8, {2: 0.050, 1: 0.060}) == [2, 2, 2, 2, 1, 1, 1, 1]
+
+
+# -- remembered: a new process starts with what the last one measured ------------------------------------
+
+
+def test_a_decision_is_remembered_and_the_next_chooser_starts_with_it(tmp_path):
+    """A `coverwatch process` of 128 phone photos was all trial (4 chunks of each of 3 plans): the next one
+    starts on the plan the last one measured, and tries the others again only after `every` chunks."""
+    memory = PlanMemory(tmp_path / "best.abc.640.plan.json")
+    first = ThreadChooser([1, 2], trial=3, every=10, memory=memory)
+    run(first, 6, {2: 0.0071, 1: 0.0056})
+    assert first.best == 1
+    second = ThreadChooser([1, 2], trial=3, every=10, memory=memory)
+    assert second.best == 1
+    assert run(second, 10 + 6, {2: 0.0071, 1: 0.0056}) == [1] * 10 + [2, 2, 2, 1, 1, 1]
+
+
+def test_plans_are_remembered_as_plans(tmp_path):
+    memory = PlanMemory(tmp_path / "m.plan.json")
+    options = [Plan(2), Plan(1), Plan(1, 2)]
+    first = ThreadChooser(options, trial=1, every=10, memory=memory)
+    run(first, 3, {Plan(2): 0.05, Plan(1): 0.08, Plan(1, 2): 0.04})
+    assert ThreadChooser(options, trial=1, every=10, memory=memory).pick() == Plan(1, 2)
+
+
+@pytest.mark.parametrize("text", [
+    '{"cpus": 999, "plan": 1}',  # measured on another machine
+    '{"cpus": CPUS, "plan": 3}',  # an option this model does not offer
+    '{"cpus": CPUS, "plan": [1, 2]}',  # a plan where the options are thread counts
+    "{not json",
+    '["cpus"]',
+])
+def test_a_memory_that_does_not_fit_is_not_used(tmp_path, text):
+    path = tmp_path / "m.plan.json"
+    path.write_text(text.replace("CPUS", str(os.cpu_count())))
+    chooser = ThreadChooser([1, 2], trial=2, every=10, memory=PlanMemory(path))
+    assert run(chooser, 4, {2: 0.007, 1: 0.005}) == [2, 2, 1, 1]
+
+
+def test_a_memory_that_cannot_be_written_costs_nothing_but_the_memory(tmp_path, caplog):
+    blocker = tmp_path / "weights"
+    blocker.write_text("a file where the folder would be")  # a read-only models folder, even for root
+    chooser = ThreadChooser([1, 2], trial=2, every=10, memory=PlanMemory(blocker / "m.plan.json"))
+    with caplog.at_level(logging.WARNING, logger="pipeline.inference.threads"):
+        run(chooser, 4, {2: 0.007, 1: 0.005})
+    assert chooser.best == 1 and not caplog.records
