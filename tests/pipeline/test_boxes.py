@@ -33,6 +33,17 @@ def test_nms_edge_cases(boxes, scores, kept):
     assert nms(np.asarray(boxes, np.float32), np.asarray(scores, np.float32), 0.7).tolist() == kept
 
 
+@pytest.mark.parametrize("seed, n, limit", [(8, 1000, 70), (9, 300, 64), (10, 200, 1)])
+def test_nms_with_a_limit_keeps_the_first_torchvision_keeps(seed, n, limit):
+    """The limit may fall inside a block of candidates decided together (boxes.NMS_BLOCK)."""
+    import torch
+    import torchvision
+
+    boxes, scores = random_boxes(np.random.default_rng(seed), n)
+    want = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).numpy()[:limit]
+    assert nms(boxes, scores, 0.5, limit=limit).tolist() == want.tolist()
+
+
 def test_nms_stops_at_the_limit():
     boxes, scores = random_boxes(np.random.default_rng(4), 400, spread=5000.0)  # nearly all apart
     assert len(nms(boxes, scores, 0.7, limit=300)) == 300
