@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -120,6 +121,22 @@ def look(path: Path, root: Path, max_bytes: int, report: BatchReport, *, allowed
         report.retry.append(path)
         return None
     return f
+
+
+LOOK_THREADS = 2  # hashing releases the GIL: a batch of 12 MP phone photos is hashed on two cores, not one
+
+
+def look_all(paths: list[Path], root: Path, max_bytes: int, report: BatchReport, *,
+             allowed: frozenset[str] | set[str], empty_ok: Callable[[str], bool] = lambda rel: False) -> list[Found]:
+    """`look` at each path, in order, the found ones. A batch is hashed by LOOK_THREADS threads: nothing else
+    runs while a batch is hashed before its registration (128 phone photos: ~150 ms on one core)."""
+    def one(p: Path) -> Found | None:
+        return look(p, root, max_bytes, report, allowed=allowed, empty_ok=empty_ok)
+
+    if len(paths) < 2 * LOOK_THREADS:
+        return [f for f in map(one, paths) if f is not None]
+    with ThreadPoolExecutor(max_workers=LOOK_THREADS, thread_name_prefix="intake-hash") as pool:
+        return [f for f in pool.map(one, paths) if f is not None]
 
 
 def transient(report: BatchReport, paths: list[Path], phase: str, exc: Exception) -> BatchReport:

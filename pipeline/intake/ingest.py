@@ -37,7 +37,7 @@ from pipeline.images.decode import IMAGE_EXTENSIONS
 from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.intake.near import look_alike
 from pipeline.intake.core import (LIVE, BatchReport, Claim, Found, Layout, Registration, assign_destinations,
-                                  claimable, gone, look, move, quarantine, register, transient, vanish)
+                                  claimable, gone, look_all, move, quarantine, register, transient, vanish)
 from pipeline.inference.steps import Item, Result, Step, store_results, stream_ahead
 from storage.clock import utcnow
 from storage.db import session_scope
@@ -64,7 +64,7 @@ def ingest_batch(
         1
     """
     report = BatchReport()
-    found = [f for f in (look(p, root, max_bytes, report, allowed=IMAGE_EXTENSIONS) for p in paths) if f]
+    found = look_all(paths, root, max_bytes, report, allowed=IMAGE_EXTENSIONS)
     if not found:
         return report
     try:

@@ -33,7 +33,7 @@ from pipeline.labels.classes import class_names
 from pipeline.images.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, decode_image
 from pipeline.images.phash import perceptual_hash
 from pipeline.errors import Rejected
-from pipeline.intake.core import (BatchReport, Claim, Found, Layout, Registration, look, move, quarantine,
+from pipeline.intake.core import (BatchReport, Claim, Found, Layout, Registration, look_all, move, quarantine,
                                   register, transient)
 from pipeline.labels.formats import DEFAULT_MAX_BOXES, ParsedLabel, class_name, normalise_name, parse_classes, parse_label
 from pipeline.intake.pairing import CLASSES_FILE, ClassFolder, Member, Pair, Reject, Wait, folder_of, kind_of, plan_pairs
@@ -66,8 +66,7 @@ def ingest_labelled(engine, layout: Layout, root: Path, paths: list[Path], *, ma
     `review`: the task and review/ folder review workbooks' corrections need (None: classify, no copies).
     """
     report = BatchReport()
-    seen = [x for x in (look(p, root, max_bytes, report, allowed=_ACCEPTED, empty_ok=_may_be_empty)
-                        for p in paths) if x is not None]
+    seen = look_all(paths, root, max_bytes, report, allowed=_ACCEPTED, empty_ok=_may_be_empty)
     if not seen:
         return report
     try:
