@@ -49,6 +49,8 @@ MAX_LANES = 2  # forward passes at once, at most (pipeline.inference.threads.Pla
 # The first chunk of a call is this small: its rows are committed after 4 images' forward pass, not 16 (the
 # first committed row of a cold `coverwatch process`), and the chunks after it are the full batch.
 FIRST_CHUNK = 4
+# Two runs side by side: the last chunk of a call in quarters, so that both end together (ClassifyStep._chunks).
+TAIL_PIECES = 4
 
 ModelSource = Callable[[], "tuple[str, Path] | None"]
 OpenModel = Callable[[Path | str], Model]  # weights -> model; raises ModelUnavailable
@@ -210,8 +212,7 @@ class ClassifyStep(Step):
         their outcomes yielded in order as each chunk's forward pass ends. A chunk's review copies are written
         beside the next chunk's work (their sources opened already: the caller archives the files next), and a
         chunk is yielded only once the copies of the chunk before it are written: a backlog of one chunk."""
-        first = min(self.batch, FIRST_CHUNK)
-        chunks = [items[:first]] + [items[i:i + self.batch] for i in range(first, len(items), self.batch)]
+        chunks = self._chunks(active.model, items)
         decoding: dict[int, list[Future]] = {}
         running: deque[tuple[Plan, int, Future]] = deque()  # (plan, images, outcomes), oldest first
         copies: list[list[Future]] = []  # each chunk's review copies, in chunk order
@@ -253,6 +254,18 @@ class ClassifyStep(Step):
             for f in wait([f for chunk in copies for f in chunk]).done:  # every copy of the call is on disk
                 if f.exception() is not None:
                     log.error("review copy failed", exc_info=f.exception())
+
+    def _chunks(self, model: Model, items: list[Item]) -> list[list[Item]]:
+        """A small first chunk (FIRST_CHUNK), then `batch` at a time. A model that runs side by side gets its
+        last chunk in TAIL_PIECES pieces: started while the chunk before it still runs, a whole chunk would
+        end on one core while the other waits."""
+        first = min(self.batch, FIRST_CHUNK)
+        chunks = [items[:first]] + [items[i:i + self.batch] for i in range(first, len(items), self.batch)]
+        if model.lanes > 1 and len(chunks) > 2:
+            last = chunks.pop()
+            size = -(-len(last) // TAIL_PIECES)
+            chunks += [last[i:i + size] for i in range(0, len(last), size)]
+        return chunks
 
     @staticmethod
     def _finished(active: _Active, entry: tuple[Plan, int, Future], clock: dict) -> list[Outcome]:
