@@ -7,10 +7,11 @@ A pipeline that did nothing else, with every core busy, would move cores / (deco
 second; (b) is printed as a fraction of that (target >= 0.85).
 
 Profile: one (b) with the pipeline's stages wrapped, summing per stage the wall time of its calls and the CPU
-time of the thread that made them: read+hash, decode, forward, NMS (and the answers), database, moves. The
-stages run in different threads at once (that is the point of the pipeline), so wall times overlap; CPU
-times add up to the process's, less what is not wrapped (the "rest"). ONNX Runtime's own worker threads are
-not a Python thread's CPU: the forward pass on 2 threads shows about half its CPU.
+time of the thread that made them: read+hash, decode, phash, stacking, forward, NMS (and the answers),
+database, moves. The stages run in different threads at once (that is the point of the pipeline), so wall
+times overlap; CPU times add up to the process's, less what is not wrapped (the "rest"), and what no thread
+used is printed as idle (cores x wall - CPU). ONNX Runtime's own worker threads are not a Python thread's
+CPU: the forward pass on 2 threads shows about half its CPU.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ def limit_and_profile(workdir: Path, task: str, weights: Path, paths: list[Path]
           f"image ({detail}); {cores} cores / {decode_ms + forward_ms:.1f} ms = {limit:.1f} images/s")
     print(f"  b / limit = {b_rate / limit:.2f}   (target >= 0.85)")
     (stages, wall, cpu), _ = measure(workdir, "bench._limit.profiled_run", weights, paths, imgsz, task)
-    print(f"  profile of one (b): {wall:.2f} s wall, {cpu:.2f} s CPU in the process")
+    idle = cores * wall - cpu
+    print(f"  profile of one (b): {wall:.2f} s wall, {cpu:.2f} s CPU in the process, {idle:.2f} core-seconds "
+          f"idle ({100 * idle / (cores * wall):.0f}% of {cores} cores)")
     for name, (w, c, calls) in stages.items():
         print(f"    {name:12s} {w:7.2f} s wall  {c:7.2f} s CPU  ({calls} calls)")
     print(f"    {'rest':12s} {'':7s}   {'':4s}  {cpu - sum(c for _, c, _ in stages.values()):7.2f} s CPU  "
-          "(not wrapped: stacking, Python, ONNX Runtime's own threads show here)")
+          "(not wrapped: Python between the stages, ONNX Runtime's own threads show here)")
 
 
 def cpu_costs(weights: Path, paths: list[Path], imgsz: int, task: str) -> tuple[float, float, str]:
@@ -133,6 +136,8 @@ def profiled_run(weights: Path, paths: list[Path], imgsz: int, task: str) -> tup
     stages.wrap(classify, "read_file", "read+hash")
     for attr in ("decode_for_model", "letterbox", "center_crop"):
         stages.wrap(classify, attr, "decode")
+    stages.wrap(classify, "perceptual_hash", "phash")  # of the decoded image, for near-duplicates
+    stages.wrap(classify, "to_nchw", "stacking")  # uint8 HWC images -> one float NCHW batch
     stages.wrap(model_loader.YoloModel, "forward", "forward")
     for attr in ("nms_rows", "e2e_rows", "detect_answer", "classify_answer"):
         stages.wrap(classify, attr, "NMS")
