@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -216,7 +216,7 @@ class ClassifyStep(Step):
         decoding: dict[int, list[Future]] = {}
         running: deque[tuple[Plan, int, Future]] = deque()  # (plan, images, outcomes), oldest first
         copies: list[list[Future]] = []  # each chunk's review copies, in chunk order
-        clock = {"ended": 0.0, "done": 0}
+        clock = {"ended": 0.0, "done": 0, "ends": {}}  # "ends": when each forward future ended
         yielded = 0
 
         def hand_over(outcomes: list[Outcome]) -> list[Outcome]:
@@ -230,9 +230,16 @@ class ClassifyStep(Step):
         try:
             for k, chunk in enumerate(chunks):
                 finished = []  # room for this chunk's forward pass; each end measured before the next pick
-                while running and len(running) >= active.plans.pick().lanes:
-                    finished.append(self._finished(active, running.popleft(), clock))
-                plan = active.plans.pick() if k else active.plans.best
+                while True:
+                    while running and running[0][2].done():  # the ended ones, in order
+                        finished.append(self._finished(active, running.popleft(), clock))
+                    plan = active.plans.pick() if k else active.plans.best
+                    busy = [f for _, _, f in running if not f.done()]
+                    if len(busy) < plan.lanes:
+                        break
+                    # A run that is free takes the next chunk, even while an older one still runs beside it
+                    # (the last chunk's quarters beside a whole chunk); outcomes still go out in order.
+                    wait(busy, return_when=FIRST_COMPLETED)
                 for j in range(k, min(len(chunks), k + plan.lanes + 1)):  # decode ahead of the forward passes
                     if j not in decoding:
                         decoding[j] = self._submit(active, chunks[j])
@@ -241,8 +248,9 @@ class ClassifyStep(Step):
                     finished = []
                 prepared = [f.result() for f in decoding.pop(k)]
                 copies.append([])
-                running.append((plan, len(chunk), self.lane_pool.submit(self._infer, active, chunk, prepared,
-                                                                        plan.threads, copies[-1])))
+                future = self.lane_pool.submit(self._infer, active, chunk, prepared, plan.threads, copies[-1])
+                future.add_done_callback(lambda f: clock["ends"].setdefault(f, time.perf_counter()))
+                running.append((plan, len(chunk), future))
                 yield from (hand_over(done) for done in finished)
             while running:
                 yield hand_over(self._finished(active, running.popleft(), clock))
@@ -273,10 +281,10 @@ class ClassifyStep(Step):
         chooser. The first chunk of a call waits for its whole decode: only the chunks after it show the pace."""
         plan, images, future = entry
         outcomes = future.result()
-        ended, started = time.perf_counter(), clock["ended"]
-        if clock["done"]:
+        ended, started = clock["ends"].pop(future, time.perf_counter()), clock["ended"]
+        if clock["done"] and ended > started:  # one that ended before the chunk ahead of it shows no pace
             active.plans.record(plan, ended - started, images)
-        clock["ended"], clock["done"] = ended, clock["done"] + 1
+        clock["ended"], clock["done"] = max(ended, started), clock["done"] + 1
         return outcomes
 
     def _submit(self, active: _Active, chunk: list[Item]) -> list[Future]:

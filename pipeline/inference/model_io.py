@@ -56,8 +56,8 @@ class FakeModel:
 
     `threads` are the counts it offers, `lanes` how many forwards may run at once, `seconds` how long one
     image takes on each thread count (to steer pipeline.inference.threads), `plan_file` where its plan is
-    kept; every forward is recorded in `calls` as (images, threads), every input shape in `shapes`, and
-    `most_at_once` is the most forwards that overlapped.
+    kept; every forward is recorded in `calls` as (images, threads) and in `spans` as [images, start, end]
+    (perf_counter), every input shape in `shapes`, and `most_at_once` is the most forwards that overlapped.
     """
 
     def __init__(self, *, names: list[str], task: str = "classify", answer: Answer | Sequence[float],
@@ -70,6 +70,7 @@ class FakeModel:
         self.threads, self.lanes = tuple(sorted(set(threads), reverse=True)), lanes
         self._answer, self._seconds = answer, seconds or {}
         self.calls: list[tuple[int, int | None]] = []
+        self.spans: list[list] = []  # [images, start, end] of each forward, in the order they started
         self.shapes: list[tuple[int, ...]] = []
         self.closed = False
         self.most_at_once, self._running = 0, 0
@@ -87,11 +88,14 @@ class FakeModel:
             self.shapes.append(batch.shape)
             self._running += 1
             self.most_at_once = max(self.most_at_once, self._running)
+            span = [len(batch), time.perf_counter(), None]
+            self.spans.append(span)
         try:
             time.sleep(self._seconds.get(self.threads[0] if threads is None else threads, 0.0) * len(batch))
         finally:
             with self._lock:
                 self._running -= 1
+                span[2] = time.perf_counter()
         answer = self._answer
         rows = [answer(x) if callable(answer) else answer for x in batch]
         return np.stack([np.asarray(r, dtype=np.float32) for r in rows])

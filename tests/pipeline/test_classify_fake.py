@@ -3,6 +3,8 @@ the detect rows, fast and exact. tests/pipeline/test_classify.py runs the same s
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +182,19 @@ def test_the_last_chunk_is_cut_in_pieces_when_two_runs_can_share_the_cores(make_
     assert [len(p) for p in step.stream(items(paths))] == [4, 16, 16, 16]
     step, _ = make_step({"w1": sides}, batch=16)
     assert [len(p) for p in step.stream(items(paths[:20]))] == [4, 16]  # nothing before it to overlap with
+
+
+def test_a_free_run_takes_the_next_chunk_while_an_older_one_still_runs(make_step, tmp_path):
+    """Outcomes go out in order, but a run that is free starts the next chunk at once: the quarters of the
+    last chunk waited for the older whole chunk beside them to end, one core idle meanwhile."""
+    model = FakeModel(names=["light", "dark"], answer=brightness, threads=(1, 2), lanes=2, seconds={1: 0.020},
+                      plan_file=tmp_path / "w1.plan.json")
+    (tmp_path / "w1.plan.json").write_text(json.dumps({"cpus": os.cpu_count(), "plan": [1, 2]}))
+    step, _ = make_step({"w1": model}, batch=16)
+    paths = [gray(tmp_path / "inbox" / f"{i}.png", 230) for i in range(classify.FIRST_CHUNK + 2 * 16)]
+    assert [len(p) for p in step.stream(items(paths))] == [4, 16, 4, 4, 4, 4]
+    whole_end = model.spans[1][2]  # the chunk of 16 (320 ms), beside the first of 4 and then the quarters
+    assert sum(start < whole_end for _, start, _ in model.spans[2:]) >= 3
 
 
 def test_the_first_rows_are_handed_over_before_the_next_chunk_is_decoded(make_step, tmp_path, monkeypatch):
