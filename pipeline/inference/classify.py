@@ -233,13 +233,14 @@ class ClassifyStep(Step):
                 while True:
                     while running and running[0][2].done():  # the ended ones, in order
                         finished.append(self._finished(active, running.popleft(), clock))
-                    plan = active.plans.pick() if k else active.plans.best
-                    busy = [f for _, _, f in running if not f.done()]
-                    if len(busy) < plan.lanes:
+                    # The first chunk of a call on every core, alone: its rows come soonest (a cold start).
+                    plan = active.plans.pick() if k else active.plans.order[0]
+                    busy = [(p, f) for p, _, f in running if not f.done()]
+                    if sum(_cores(p) for p, _ in busy) + _cores(plan) <= _cores(plan) * plan.lanes:
                         break
                     # A run that is free takes the next chunk, even while an older one still runs beside it
                     # (the last chunk's quarters beside a whole chunk); outcomes still go out in order.
-                    wait(busy, return_when=FIRST_COMPLETED)
+                    wait([f for _, f in busy], return_when=FIRST_COMPLETED)
                 for j in range(k, min(len(chunks), k + plan.lanes + 1)):  # decode ahead of the forward passes
                     if j not in decoding:
                         decoding[j] = self._submit(active, chunks[j])
@@ -366,6 +367,11 @@ class ClassifyStep(Step):
                       confidence=a.confidence, top5=a.top5, detections=a.detections, model_version=active.version,
                       backend=active.model.backend, imgsz=self.imgsz, decode_ms=p.decode_ms, infer_ms=infer_ms,
                       phash=p.phash)
+
+
+def _cores(plan: Plan) -> int:
+    """The cores one run of `plan` takes (0, the backend's own count: one run at a time)."""
+    return max(1, plan.threads)
 
 
 def model_plans(model: Model) -> list[Plan]:
