@@ -6,8 +6,9 @@ resizing a coco photo costs ~6 ms) moves more images on ONE thread, which leaves
 model that is most of the cost (yolo11n at 640: ~48 ms per image on 2 threads, ~89 on 1) needs every core. Which
 holds depends on the model, the photos and the machine, so it is measured: each option runs `trial` chunks in
 turn, widest first, the one with the fewest seconds per image from one chunk's end to the next is kept, and the
-trial is repeated after `every` chunks in case the work or the machine changed. An option whose first chunk is
-`give_up` times slower than the best already tried is not tried further (yolo11n at 640 on 1 thread of 2).
+trial is repeated after `every` chunks in case the work or the machine changed. An option whose first chunk (a
+chunk per lane, for runs side by side) is `give_up` times slower than the best already tried is not tried
+further (yolo11n at 640 on 1 thread of 2).
 
     >>> chooser = ThreadChooser([2, 1])
     >>> threads = chooser.pick()                 # for this chunk
@@ -120,8 +121,13 @@ class ThreadChooser:
             self._n = 0
 
     def _far_slower(self, threads: int) -> bool:
+        """Judged once the option has a chunk per lane: two runs side by side start one after the other, and
+        the first one's end says nothing of their pace together."""
+        mine = self._samples[threads]
+        if len(mine) < (threads.lanes if isinstance(threads, Plan) else 1):
+            return False
         tried = [median(v) for t, v in self._samples.items() if t != threads]
-        return bool(tried) and median(self._samples[threads]) > self.give_up * min(tried)
+        return bool(tried) and median(mine) > self.give_up * min(tried)
 
     def _decide(self) -> None:
         speeds = {t: median(v) for t, v in self._samples.items()}
