@@ -283,8 +283,8 @@ class ClassifyStep(Step):
         plan, images, future = entry
         outcomes = future.result()
         ended, started = clock["ends"].pop(future, time.perf_counter()), clock["ended"]
-        if clock["done"] and ended > started:  # one that ended before the chunk ahead of it shows no pace
-            active.plans.record(plan, ended - started, images)
+        if clock["done"]:  # one that ended before the chunk ahead of it: its images took no extra time
+            active.plans.record(plan, max(0.0, ended - started), images)
         clock["ended"], clock["done"] = max(ended, started), clock["done"] + 1
         return outcomes
 
