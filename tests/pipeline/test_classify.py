@@ -312,10 +312,17 @@ def test_the_model_on_all_cores_or_fewer_gives_the_same_answers(which, detect_we
     monkeypatch.setattr(model_loader, "physical_cores", lambda: 2)
     weights = detect_weights if which == "detect" else classify_weights
     paths = copy_images(inbox, 10)
+
+    def forget() -> None:  # what an earlier step decided (pipeline.inference.threads.PlanMemory), if it did
+        for remembered in Path(weights).parent.glob("*.plan.json"):
+            remembered.unlink()
+
+    forget()
     streamed = make_step(weights, batch=1)(items(paths))  # 10 chunks: 4 on 2 threads, 4 on 1, then the faster
     assert set(used) == {1, 2}
     used.clear()
-    at_once = make_step(weights, batch=10)(items(paths))
+    forget()
+    at_once = make_step(weights, batch=10)(items(paths))  # no plan remembered: every core, until measured
     assert set(used) == {2}
     for a, b in zip(streamed, at_once):
         assert [c for c, _ in a.top5] == [c for c, _ in b.top5] or a.top5[0][1] - a.top5[1][1] < 1e-3
