@@ -105,6 +105,7 @@ class ClassifyStep(Step):
         self.lane_pool = ThreadPoolExecutor(max_workers=MAX_LANES, thread_name_prefix="classify-forward")
         self._active: _Active | None = None
         self._failed: dict[tuple, tuple[float, ModelUnavailable]] = {}
+        self._choosing = threading.Lock()  # one model load at a time: a call during the warm-up waits for it
 
     def __call__(self, items: list[Item]) -> list[Outcome]:
         return [o for part in self.stream(items) for o in part]
@@ -127,6 +128,17 @@ class ClassifyStep(Step):
         Optional: the first call loads it anyway.
         """
         return self._model_for_call().version
+
+    def warm_up(self) -> None:
+        """Load the model on one of the forward lanes (idle until the first chunk) while the caller carries
+        on; a failure is logged there once and the files wait for the model, as on a first call."""
+        self.lane_pool.submit(self._warm)
+
+    def _warm(self) -> None:
+        try:
+            self._model_for_call()
+        except ModelUnavailable:
+            pass
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -154,6 +166,10 @@ class ClassifyStep(Step):
     # -- which model -------------------------------------------------------------------------------------
 
     def _model_for_call(self) -> _Active:
+        with self._choosing:
+            return self._choose()
+
+    def _choose(self) -> _Active:
         want = self._wanted()
         if self._active is not None and self._active.want == want:
             return self._active

@@ -69,6 +69,10 @@ class Step:
         """False while no model exists: inbox files wait as awaiting_model until it turns true."""
         return True
 
+    def warm_up(self) -> None:
+        """Start getting ready (load the model) in the background and return at once: the first call then
+        finds it done or waits for it. A step without a model has nothing to do."""
+
     def reconfigure(self, *, conf: float, review_below: float) -> None:
         """Thresholds from a reloaded config (SIGHUP); a step without thresholds has nothing to change."""
 

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -399,6 +401,65 @@ def test_close_closes_the_model(make_step, tmp_path):
     model = FakeModel(names=["light", "dark"], answer=[0.8, 0.2])
     step, _ = make_step({"w1": model})
     assert step.load() == "fake@000000000000"
+    step.close()
+    assert model.closed
+
+
+def test_warm_up_loads_the_model_in_the_background_and_the_first_call_uses_it(make_step, tmp_path):
+    """A cold `coverwatch process` loads its model beside the start and the first batch's bookkeeping, not
+    after them (the first committed row comes ~0.1 s sooner on 12 MP photos)."""
+    release = threading.Event()
+    model = FakeModel(names=["light", "dark"], answer=[0.8, 0.2])
+
+    def slow_open(weights):
+        assert release.wait(10)
+        return model
+
+    step, _ = make_step({}, open_model=slow_open)
+    step.warm_up()  # returns at once: the load runs on another thread
+    assert step.model_version is None
+    release.set()
+    out = step(items([gray(tmp_path / "inbox" / "a.png", 230)]))
+    assert out[0].predicted_class == "light" and step.model_version == "fake@000000000000"
+
+
+def test_a_call_during_the_warm_up_waits_for_it_and_the_model_loads_once(make_step, tmp_path):
+    started, release = threading.Event(), threading.Event()
+    opened = []
+
+    def slow_open(weights):
+        opened.append(str(weights))
+        started.set()
+        assert release.wait(10)
+        return FakeModel(names=["light", "dark"], answer=[0.8, 0.2])
+
+    step, _ = make_step({}, open_model=slow_open)
+    step.warm_up()
+    assert started.wait(10)
+    threading.Timer(0.2, release.set).start()
+    out = step(items([gray(tmp_path / "inbox" / "a.png", 230)]))
+    step.warm_up()  # loaded already: nothing more
+    assert out[0].predicted_class == "light" and opened == ["w1"]
+
+
+def test_a_warm_up_that_cannot_load_leaves_the_files_awaiting_the_model_with_one_warning(make_step, tmp_path, caplog):
+    step, opened = make_step({})
+    with caplog.at_level("WARNING", logger="pipeline.inference.classify"):
+        step.warm_up()
+        out = step(items([gray(tmp_path / "inbox" / "a.png", 230)]))
+    assert [o.code for o in out] == ["awaiting_model"] and opened == ["w1"]
+    assert [r.getMessage() for r in caplog.records] == ["model.weights: w1 is not on disk"]
+
+
+def test_close_during_the_warm_up_waits_for_it_and_closes_the_model(make_step, tmp_path):
+    model = FakeModel(names=["light", "dark"], answer=[0.8, 0.2])
+
+    def slow_open(weights):
+        time.sleep(0.2)
+        return model
+
+    step, _ = make_step({}, open_model=slow_open)
+    step.warm_up()
     step.close()
     assert model.closed
 

@@ -311,6 +311,42 @@ def test_process_command_does_one_pass_and_exits(home):
     assert "model.weights: yolo11n.pt" in r.stderr  # the one clear line about why
 
 
+
+class WarmingStep(CountingStep):
+    """Records when the daemon asks it to get ready, and whether inbox files were still waiting then."""
+
+    def __init__(self, home, ready: bool = True):
+        super().__init__()
+        self.home, self.ready, self.warmed = home, ready, []
+
+    def model_ready(self):
+        return self.ready
+
+    def warm_up(self):
+        self.warmed.append(sorted(p.name for p in (self.home / "inbox").iterdir()))
+
+
+@pytest.mark.parametrize("files, ready, warmed", [
+    (2, True, [["0.png", "1.png"]]),  # before the first batch: the load runs beside its bookkeeping
+    (0, True, []),  # nothing to classify: a `process` of labelled files alone does not load a model
+    (2, False, []),  # no weights on disk yet (a pretrained name to download): the first image asks for them
+], ids=["inbox-files", "empty-inbox", "no-model-yet"])
+def test_process_warms_the_model_up_before_its_first_batch_when_the_inbox_has_work(home, files, ready, warmed):
+    from watcher.config import load_config
+    from watcher.daemon import Daemon
+
+    for i in range(files):
+        unique_png(home / "inbox" / f"{i}.png", i)
+    step = WarmingStep(home, ready)
+    assert Daemon(load_config(home / "coverwatch.yaml"), step=step).process_pending() == files
+    assert step.warmed == warmed
+
+
+def test_a_service_warms_its_model_up_at_start_even_with_an_empty_inbox(home):
+    step = WarmingStep(home)
+    with running(home, step=step):
+        wait_for(lambda: step.warmed == [[]], timeout=20)
+
 def test_handler_never_raises(home):
     from watcher.events import EnqueueHandler
 
