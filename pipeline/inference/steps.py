@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -88,37 +89,86 @@ def stream_ahead(step: Step, items: list[Item], *, depth: int = 1) -> Iterator[l
         >>> for outcomes in stream_ahead(step, items):
         ...     commit(outcomes)          # the step computes the next part meanwhile
     """
-    parts: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    with closing(StreamAhead(step, depth=depth)) as feed:
+        feed.add(items)
+        feed.end()
+        for _, part in feed:
+            if isinstance(part, BaseException):
+                raise part
+            if part is not None:
+                yield part
 
-    def drive() -> None:
-        parts_of = step.stream(items)
-        try:
-            for part in parts_of:
-                if not _put(parts, (part, None), stop):
-                    return
-            _put(parts, (None, None), stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who decides
-            _put(parts, (None, exc), stop)
-        finally:
-            parts_of.close()
 
-    worker = threading.Thread(target=drive, name="step-stream", daemon=True)
-    worker.start()
-    try:
+class StreamAhead:
+    """`step.stream` of each batch handed in with `add`, one call after the other on a thread of its own, up to
+    `depth` parts ahead of the caller: the caller's bookkeeping of one part runs beside the step's work on the
+    next, and the step goes on to the next batch without waiting for the caller to finish this one.
+
+    Iterating gives, in order, (batch number, outcomes) for each part, (batch number, exception) when the step
+    raised (the rest of that batch has no outcomes; the next batch is still called), and (batch number, None)
+    once a batch is done. It ends after `end()` and the last batch. `close()` stops the thread after the part it
+    is on and waits for it.
+
+        >>> with closing(StreamAhead(step)) as feed:
+        ...     feed.add(items)
+        ...     for n, part in feed:
+        ...         commit(part)              # ... and feed.add(next_items) or feed.end() when known
+    """
+
+    _END = object()
+
+    def __init__(self, step: Step, *, depth: int = 1):
+        self.step = step
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._parts: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._drive, name="step-stream", daemon=True)
+        self._worker.start()
+
+    def add(self, items: list[Item]) -> None:
+        self._calls.put(items)
+
+    def end(self) -> None:
+        """No batch after the ones added."""
+        self._calls.put(self._END)
+
+    def __iter__(self) -> Iterator[tuple[int, list[Outcome] | BaseException | None]]:
         while True:
-            part, exc = parts.get()
-            if exc is not None:
-                raise exc
-            if part is None:
+            entry = self._parts.get()
+            if entry is self._END:
                 return
-            yield part
-    finally:
-        stop.set()  # the thread ends after the part it is on
-        worker.join()
+            yield entry
+
+    def close(self) -> None:
+        self._stop.set()  # the thread ends after the part it is on
+        self._calls.put(self._END)
+        self._worker.join()
+
+    def _drive(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            items = self._calls.get()
+            if items is self._END:
+                _put(self._parts, self._END, self._stop)
+                return
+            try:
+                parts_of = self.step.stream(items) if items else iter(())
+                try:
+                    for part in parts_of:
+                        if not _put(self._parts, (n, part), self._stop):
+                            return
+                finally:
+                    if hasattr(parts_of, "close"):
+                        parts_of.close()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who decides
+                if not _put(self._parts, (n, exc), self._stop):
+                    return
+            if not _put(self._parts, (n, None), self._stop):
+                return
+            n += 1
 
 
-def _put(parts: queue.Queue, entry: tuple, stop: threading.Event) -> bool:
+def _put(parts: queue.Queue, entry, stop: threading.Event) -> bool:
     """Hand `entry` over unless the caller left; False when it did."""
     while not stop.is_set():
         try:

@@ -2,11 +2,13 @@
 
     A  register   one transaction: a row per file (or the row a crash left behind), claimed, cheap rejections
                   decided, copies of content seen before marked (pipeline.intake.core does the rest)
-    B  step       the step computes outcomes; nothing is written meanwhile
-    C  commit     one transaction: results, final states and destinations
-    D  move       files go to archive/ or quarantine/; one transaction records the moves
+    B  step       the step computes outcomes, a part at a time (its own thread: StreamAhead)
+    C  commit     one transaction per part: results, final states and destinations
+    D  move       the part's files go to archive/ or quarantine/; one transaction records the moves
 
-A crash between any two of these leaves either a `pending` row with its file still in the drop folder (redone
+All transactions are the caller's thread's, one after the other. C and D of a part run while the step
+computes the next part; A of the next batch (`more`) while it computes the last images of this one, so the
+step goes from batch to batch without waiting. A crash between any two of these leaves either a `pending` row with its file still in the drop folder (redone
 from B) or a committed destination (the move is finished at start-up). Disk full or a locked database: the
 transaction rolls back, the files stay where they are, and the caller retries later.
 
@@ -25,9 +27,10 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import closing
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -38,7 +41,7 @@ from pipeline.errors import ModelUnavailable, Rejected
 from pipeline.intake.near import look_alike
 from pipeline.intake.core import (LIVE, BatchReport, Claim, Found, Layout, Registration, assign_destinations,
                                   claimable, gone, look_all, move, quarantine, register, transient, vanish)
-from pipeline.inference.steps import Item, Result, Step, store_results, stream_ahead
+from pipeline.inference.steps import Item, Result, Step, StreamAhead, store_results
 from storage.clock import utcnow
 from storage.db import session_scope
 from storage.tables import File, FileState
@@ -52,10 +55,13 @@ UNSEEN = ("vanished", "replaced")  # quarantined before their content was looked
 
 def ingest_batch(
     engine, layout: Layout, folder: str, root: Path, paths: list[Path], step: Step, *, max_bytes: int,
-    claim: Claim = Claim(), near_bits: int = 0,
+    claim: Claim = Claim(), near_bits: int = 0, more: Callable[[], list[Path]] | None = None,
 ) -> BatchReport:
     """Take complete files under `root` (the `folder` drop folder) through to a final or waiting state;
     `near_bits`: how many bits of perceptual hash apart an image may be from an earlier one to look like it.
+    `more()`: the paths of a next batch ([]: none), asked for once the step has at most LOOKAHEAD images
+    left to compute; that batch is registered then and goes through the step right after this one, and so
+    on. The report covers every batch.
 
     Example:
         >>> report = ingest_batch(engine, layout, "inbox", home / "inbox", [home / "inbox/a.jpg"], NoopStep(),
@@ -64,9 +70,103 @@ def ingest_batch(
         1
     """
     report = BatchReport()
+    first = _register_batch(engine, layout, folder, root, paths, max_bytes, claim, report)
+    if not isinstance(first, _Batch):
+        return report
+    batches = [first]
+    with closing(StreamAhead(step, depth=2)) as feed:
+        feed.add(first.items)
+        asking = more is not None
+
+        def ask() -> None:
+            """The next batch once the step has at most LOOKAHEAD images left to compute."""
+            nonlocal asking
+            while asking and sum(x.unseen for x in batches) <= LOOKAHEAD:
+                got = _register_batch(engine, layout, folder, root, more(), max_bytes, claim, report)
+                if isinstance(got, _Batch):
+                    batches.append(got)
+                    feed.add(got.items)
+                elif got is not _NOTHING_FOUND:  # no paths, or a transient failure: no batch after these
+                    asking = False
+            if not asking:
+                feed.end()
+                asking = None  # ended
+
+        if asking:
+            ask()
+        else:
+            feed.end()
+        for n, part in feed:
+            b = batches[n]
+            if part is None:  # the step is done with batch n: its files that were no work come last
+                if b.unseen:
+                    raise RuntimeError(f"step returned {len(b.work) - b.unseen} outcomes for {len(b.work)} items")
+                files, outcomes = b.rest, {}
+            elif isinstance(part, BaseException):  # a broken step must not stop the daemon
+                log.error("step failed on a batch of %d files", b.unseen, exc_info=part)
+                report.errors.append(f"{type(part).__name__}: {part}")
+                files, outcomes = b.take([part] * b.unseen)
+            else:
+                files, outcomes = b.take(part)
+            if files and not _commit_part(engine, layout, folder, b, files, outcomes, report, claim, near_bits):
+                transient(report, [f.path for x in batches for f in x.found if id(f) not in x.committed], "commit",
+                          b.failure)
+                return report
+            if asking:
+                ask()
+    return report
+
+
+LOOKAHEAD = 64  # images of a batch still to compute when the next batch is registered (4 chunks of 16)
+
+
+@dataclass
+class _Batch:
+    """A registered batch: its files with rows (`found`), those the step computes (`work`), in order."""
+
+    found: list[Found]
+    work: list[Found]
+    ids: dict[int, int]  # id(Found) -> row id
+    done: int = 0  # outcomes of `work` received so far
+    committed: set[int] = field(default_factory=set)  # id(Found) of the files committed
+    failure: Exception | None = None
+
+    @property
+    def items(self) -> list[Item]:
+        return [Item(self.ids[id(f)], f.path, f.sha256) for f in self.work]
+
+    @property
+    def unseen(self) -> int:
+        return len(self.work) - self.done
+
+    @property
+    def rest(self) -> list[Found]:
+        """The files that were no work: duplicates, rows decided at registration. They go last, when every first
+        copy of this batch (and of the batches before it) has its state."""
+        work = {id(f) for f in self.work}
+        return [f for f in self.found if id(f) not in work]
+
+    def take(self, outcomes: list) -> tuple[list[Found], dict[int, object]]:
+        """The next part of `work` and its outcomes by row id."""
+        if len(outcomes) > self.unseen:
+            raise RuntimeError(f"step returned {self.done + len(outcomes)} outcomes for {len(self.work)} items")
+        files = self.work[self.done:self.done + len(outcomes)]
+        self.done += len(outcomes)
+        return files, {self.ids[id(f)]: o for f, o in zip(files, outcomes)}
+
+
+_NOTHING_FOUND = object()  # paths given, but none of them is there to take now
+
+
+def _register_batch(engine, layout: Layout, folder: str, root: Path, paths: list[Path], max_bytes: int,
+                    claim: Claim, report: BatchReport) -> _Batch | object | None:
+    """Phase A for `paths`: a _Batch; None when there are no paths or registering failed (they are retried),
+    _NOTHING_FOUND when none of them is there to take."""
+    if not paths:
+        return None
     found = look_all(paths, root, max_bytes, report, allowed=IMAGE_EXTENSIONS)
     if not found:
-        return report
+        return _NOTHING_FOUND
     try:
         with session_scope(engine, write=True) as s:
             register(s, layout, found, claim, _Copies(s, folder, found, layout.home, claim))
@@ -74,23 +174,23 @@ def ingest_batch(
             work = [f for f in found if f.row.state == FileState.pending.value and f.row.duplicate_of is None]
             ids = {id(f): f.row.id for f in found}
     except (OperationalError, OSError) as exc:
-        return transient(report, [f.path for f in found], "register", exc)
+        transient(report, [f.path for f in found], "register", exc)
+        return None
+    return _Batch(found, work, ids)
 
-    # C and D a part at a time, as the step hands its parts over: the bookkeeping of one part runs beside the
-    # step's work on the next. The files that were no work (duplicates, rows decided at registration) come
-    # last, when every first copy of this batch has its state.
-    in_work = {id(f) for f in work}
-    committed: set[int] = set()
-    with closing(_parts(step, work, [f for f in found if id(f) not in in_work], ids, report)) as parts:
-        for part, outcomes in parts:
-            try:
-                with session_scope(engine, write=True) as s:
-                    moving = [r.id for r in _commit(s, layout, folder, part, ids, outcomes, report, claim, near_bits)]
-            except (OperationalError, OSError) as exc:
-                return transient(report, [f.path for f in found if id(f) not in committed], "commit", exc)
-            committed.update(id(f) for f in part)
-            move(engine, layout.home, moving)
-    return report
+
+def _commit_part(engine, layout: Layout, folder: str, b: _Batch, files: list[Found], outcomes: dict, report,
+                 claim: Claim, near_bits: int) -> bool:
+    """Phases C and D for a part of a batch; False (b.failure set) when the commit failed for now."""
+    try:
+        with session_scope(engine, write=True) as s:
+            moving = [r.id for r in _commit(s, layout, folder, files, b.ids, outcomes, report, claim, near_bits)]
+    except (OperationalError, OSError) as exc:
+        b.failure = exc
+        return False
+    b.committed.update(id(f) for f in files)
+    move(engine, layout.home, moving)
+    return True
 
 
 class _Copies(Registration):
@@ -152,31 +252,6 @@ def _changed(f: Found) -> str | None:
     except OSError:
         return None  # cannot tell: the move will say
     return "changed" if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (f.size, f.mtime_ns, f.ctime_ns) else None
-
-
-def _parts(step: Step, work: list[Found], rest: list[Found], ids: dict, report: BatchReport
-           ) -> Iterator[tuple[list[Found], dict[int, object]]]:
-    """(files, outcome by row id) as the step finishes each part of `work`, then (`rest`, {})."""
-    items = [Item(ids[id(f)], f.path, f.sha256) for f in work]
-    done, stream = 0, stream_ahead(step, items) if items else iter(())
-    while True:
-        try:
-            outcomes = next(stream, None)
-        except Exception as exc:  # noqa: BLE001 - a broken step must not stop the daemon
-            log.exception("step failed on a batch of %d files", len(items) - done)
-            report.errors.append(f"{type(exc).__name__}: {exc}")
-            outcomes = [exc] * (len(items) - done)
-            stream = iter(())
-        if outcomes is None:
-            break
-        if done + len(outcomes) > len(items):
-            raise RuntimeError(f"step returned {done + len(outcomes)} outcomes for {len(items)} items")
-        part, done = items[done:done + len(outcomes)], done + len(outcomes)
-        yield work[done - len(part):done], {i.file_id: o for i, o in zip(part, outcomes)}
-    if done != len(items):
-        raise RuntimeError(f"step returned {done} outcomes for {len(items)} items")
-    if rest:
-        yield rest, {}
 
 
 def _commit(s, layout, folder, found, ids, outcomes, report, claim: Claim, near_bits: int) -> list[File]:

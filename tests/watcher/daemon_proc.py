@@ -31,6 +31,10 @@ class LoggedStep(DecodeStep):
 
 
 if __name__ == "__main__":
+    if os.environ.get("INGEST_BATCH"):  # small bookkeeping batches: many of them chained in one burst
+        from watcher import drops
+
+        drops.INGEST_BATCH = int(os.environ["INGEST_BATCH"])
     setup_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     cfg = load_config(Path(sys.argv[1]) / "coverwatch.yaml")
     Daemon(cfg, step=LoggedStep(cfg.watch.max_pixels, Path(sys.argv[2]))).run()

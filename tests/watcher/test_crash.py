@@ -70,12 +70,15 @@ def alive(home, pid):
         engine.dispose()
 
 
-@pytest.mark.parametrize("part", [0, 16], ids=["whole-batch", "parts-of-16"])
-def test_kill_9_during_a_burst_loses_nothing_and_records_nothing_twice(part, home, tmp_path, procs):
+@pytest.mark.parametrize("part, batch", [(0, 0), (16, 0), (8, 32)],
+                         ids=["whole-batch", "parts-of-16", "chained-batches-of-32"])
+def test_kill_9_during_a_burst_loses_nothing_and_records_nothing_twice(part, batch, home, tmp_path, procs):
     """parts-of-16: the step hands its outcomes over 16 at a time and the intake commits and moves each part
-    while the step computes the next (pipeline.inference.steps.stream_ahead): a kill lands between the commits
-    of one batch, during a move, or while a part is computed, and still nothing is lost or repeated."""
-    env = {"STREAM_PART": str(part)}
+    while the step computes the next (pipeline.inference.steps.StreamAhead): a kill lands between the commits
+    of one batch, during a move, or while a part is computed, and still nothing is lost or repeated.
+    chained-batches-of-32: the next batch is registered while the step computes the last parts of the one
+    before it, so a kill also lands with two batches in flight, one of them registered and not computed."""
+    env = {"STREAM_PART": str(part), **({"INGEST_BATCH": str(batch)} if batch else {})}
     configure(home, watch={"settle_seconds": 0.1, "rescan_seconds": 2})
     log = tmp_path / "calls.log"
     rng = random.Random(7)
