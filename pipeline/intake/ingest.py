@@ -8,9 +8,10 @@
 
 All transactions are the caller's thread's, one after the other. C and D of a part run while the step
 computes the next part; A of the next batch (`more`) while it computes the last images of this one, so the
-step goes from batch to batch without waiting. A crash between any two of these leaves either a `pending` row with its file still in the drop folder (redone
-from B) or a committed destination (the move is finished at start-up). Disk full or a locked database: the
-transaction rolls back, the files stay where they are, and the caller retries later.
+step goes from batch to batch without waiting. A crash between any two of these leaves either a `pending` row
+with its file still in the drop folder (redone from B) or a committed destination (the move is finished at
+start-up). Disk full or a locked database: the transaction rolls back, the files stay where they are, and the
+caller retries later.
 
 C also records each classified image's perceptual hash and, when an earlier inbox file looks like it
 (`near_bits`, watch.near_duplicate_bits; 0: off), which one and how many bits apart (pipeline.intake.near). Such
@@ -103,6 +104,8 @@ def ingest_batch(
                     raise RuntimeError(f"step returned {len(b.work) - b.unseen} outcomes for {len(b.work)} items")
                 files, outcomes = b.rest, {}
             elif isinstance(part, BaseException):  # a broken step must not stop the daemon
+                if not isinstance(part, Exception):
+                    raise part  # SystemExit and the like are not the step's failure
                 log.error("step failed on a batch of %d files", b.unseen, exc_info=part)
                 report.errors.append(f"{type(part).__name__}: {part}")
                 files, outcomes = b.take([part] * b.unseen)
