@@ -11,7 +11,6 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -79,24 +78,6 @@ class Step:
 
     def close(self) -> None:
         """Free threads and the model at shutdown."""
-
-
-def stream_ahead(step: Step, items: list[Item], *, depth: int = 1) -> Iterator[list[Outcome]]:
-    """`step.stream(items)` driven by a thread of its own, up to `depth` parts ahead of the caller: the caller's
-    bookkeeping of part k runs beside the step's work on part k+1. An exception of the step comes out here, in
-    order; leaving early (break, an exception) stops the thread after its current part and waits for it.
-
-        >>> for outcomes in stream_ahead(step, items):
-        ...     commit(outcomes)          # the step computes the next part meanwhile
-    """
-    with closing(StreamAhead(step, depth=depth)) as feed:
-        feed.add(items)
-        feed.end()
-        for _, part in feed:
-            if isinstance(part, BaseException):
-                raise part
-            if part is not None:
-                yield part
 
 
 class StreamAhead:

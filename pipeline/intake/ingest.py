@@ -72,7 +72,7 @@ def ingest_batch(
     """
     report = BatchReport()
     first = _register_batch(engine, layout, folder, root, paths, max_bytes, claim, report)
-    if not isinstance(first, _Batch):
+    if first is None or not first.found:
         return report
     batches = [first]
     with closing(StreamAhead(step, depth=2)) as feed:
@@ -84,14 +84,12 @@ def ingest_batch(
             nonlocal asking
             while asking and sum(x.unseen for x in batches) <= LOOKAHEAD:
                 got = _register_batch(engine, layout, folder, root, more(), max_bytes, claim, report)
-                if isinstance(got, _Batch):
+                if got is None:  # no paths, or a transient failure: no batch after these
+                    asking = False
+                    feed.end()
+                else:
                     batches.append(got)
                     feed.add(got.items)
-                elif got is not _NOTHING_FOUND:  # no paths, or a transient failure: no batch after these
-                    asking = False
-            if not asking:
-                feed.end()
-                asking = None  # ended
 
         if asking:
             ask()
@@ -111,16 +109,17 @@ def ingest_batch(
                 files, outcomes = b.take([part] * b.unseen)
             else:
                 files, outcomes = b.take(part)
-            if files and not _commit_part(engine, layout, folder, b, files, outcomes, report, claim, near_bits):
+            failure = files and _commit_part(engine, layout, folder, b, files, outcomes, report, claim, near_bits)
+            if failure:  # None: committed; []: nothing to commit
                 transient(report, [f.path for x in batches for f in x.found if id(f) not in x.committed], "commit",
-                          b.failure)
+                          failure)
                 return report
             if asking:
                 ask()
     return report
 
 
-LOOKAHEAD = 64  # images of a batch still to compute when the next batch is registered (4 chunks of 16)
+LOOKAHEAD = 64  # images still to compute when the next batch is registered (4 chunks of 16)
 
 
 @dataclass
@@ -132,7 +131,6 @@ class _Batch:
     ids: dict[int, int]  # id(Found) -> row id
     done: int = 0  # outcomes of `work` received so far
     committed: set[int] = field(default_factory=set)  # id(Found) of the files committed
-    failure: Exception | None = None
 
     @property
     def items(self) -> list[Item]:
@@ -158,18 +156,15 @@ class _Batch:
         return files, {self.ids[id(f)]: o for f, o in zip(files, outcomes)}
 
 
-_NOTHING_FOUND = object()  # paths given, but none of them is there to take now
-
-
 def _register_batch(engine, layout: Layout, folder: str, root: Path, paths: list[Path], max_bytes: int,
-                    claim: Claim, report: BatchReport) -> _Batch | object | None:
-    """Phase A for `paths`: a _Batch; None when there are no paths or registering failed (they are retried),
-    _NOTHING_FOUND when none of them is there to take."""
+                    claim: Claim, report: BatchReport) -> _Batch | None:
+    """Phase A for `paths`: a _Batch (empty when none of them is there to take); None when there are no paths
+    or registering failed (they are retried)."""
     if not paths:
         return None
     found = look_all(paths, root, max_bytes, report, allowed=IMAGE_EXTENSIONS)
     if not found:
-        return _NOTHING_FOUND
+        return _Batch([], [], {})
     try:
         with session_scope(engine, write=True) as s:
             register(s, layout, found, claim, _Copies(s, folder, found, layout.home, claim))
@@ -183,17 +178,16 @@ def _register_batch(engine, layout: Layout, folder: str, root: Path, paths: list
 
 
 def _commit_part(engine, layout: Layout, folder: str, b: _Batch, files: list[Found], outcomes: dict, report,
-                 claim: Claim, near_bits: int) -> bool:
-    """Phases C and D for a part of a batch; False (b.failure set) when the commit failed for now."""
+                 claim: Claim, near_bits: int) -> Exception | None:
+    """Phases C and D for a part of a batch; the error when the commit failed for now."""
     try:
         with session_scope(engine, write=True) as s:
             moving = [r.id for r in _commit(s, layout, folder, files, b.ids, outcomes, report, claim, near_bits)]
     except (OperationalError, OSError) as exc:
-        b.failure = exc
-        return False
+        return exc
     b.committed.update(id(f) for f in files)
     move(engine, layout.home, moving)
-    return True
+    return None
 
 
 class _Copies(Registration):

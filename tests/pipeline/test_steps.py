@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import closing
 
 import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from pipeline.inference.steps import Item, NoopStep, Result, Step, stream_ahead
+from pipeline.inference.steps import Item, NoopStep, Result, Step, StreamAhead
 from pipeline.intake.core import Layout
 from pipeline.intake.ingest import ingest_batch
 from storage.db import session_scope
@@ -35,6 +36,18 @@ class PartsStep(Step):
 
 def items(n: int) -> list[Item]:
     return [Item(i, None, "") for i in range(n)]
+
+
+def stream_ahead(step: Step, items: list[Item]):
+    """One batch through StreamAhead: its parts, the step's exception raised in order."""
+    with closing(StreamAhead(step)) as feed:
+        feed.add(items)
+        feed.end()
+        for _, part in feed:
+            if isinstance(part, BaseException):
+                raise part
+            if part is not None:
+                yield part
 
 
 def stream_threads() -> list[threading.Thread]:
