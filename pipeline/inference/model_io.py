@@ -6,9 +6,9 @@ review copies and hot swaps are tested without weights, torch or Ultralytics:
 
     >>> model = FakeModel(names=["comic", "novel"], task="classify", answer=[0.9, 0.1])
     >>> step = ClassifyStep(..., open_model=lambda weights: model)
-    >>> step(items_20)                 # batch=16: a first chunk of 4 (classify.FIRST_CHUNK), then 16
+    >>> step(items_18)                 # batch=16: a first chunk of 2 (classify.FIRST_CHUNK), then 16
     >>> model.calls                    # (images, threads) per forward; 0: the backend's own thread count
-    [(4, 0), (16, 0)]
+    [(2, 0), (16, 0)]
 
 Rows are what the network gives: classify, softmax probabilities per class (the step calibrates them with the
 model's `temperature`, pipeline.inference.calibration); detect, (4 + classes, anchors) of
